@@ -1,0 +1,44 @@
+"""mentor_fn: curriculum learning for PyTorch on an immutable, pure state.
+
+Two controls per layer, frozen and lr coefficient, held in a
+:class:`CurriculumState`; optimizer param groups are derived from it, and
+:func:`plan` says how a live optimizer moves from one state to the next.
+"""
+
+from ._groups import apply_requires_grad, param_groups, requires_grad_map
+from ._layers import layer_names, select_layers, unwrap_model
+from ._plan import GroupLayout, GroupScale, NoChange, Patch, Rebuild, layout_of, plan
+from ._state import CurriculumState
+from ._transitions import (
+    Transition,
+    chain,
+    freeze,
+    layerwise_lr_decay,
+    set_lr_coefficient,
+    unfreeze,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CurriculumState",
+    "GroupLayout",
+    "GroupScale",
+    "NoChange",
+    "Patch",
+    "Rebuild",
+    "Transition",
+    "apply_requires_grad",
+    "chain",
+    "freeze",
+    "layer_names",
+    "layerwise_lr_decay",
+    "layout_of",
+    "param_groups",
+    "plan",
+    "requires_grad_map",
+    "select_layers",
+    "set_lr_coefficient",
+    "unfreeze",
+    "unwrap_model",
+]

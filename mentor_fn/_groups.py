@@ -1,0 +1,127 @@
+"""Deriving optimizer param groups and requires_grad flags from a state (pure).
+
+One traversal of the model, with the state's resolved values looked up by
+position: linear in the number of layers.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from torch import nn
+
+from ._layers import ModelLayers, check_same_layers, walk_model
+from ._state import CurriculumState
+
+__all__ = ["apply_requires_grad", "param_groups", "requires_grad_map", "walk_for_state"]
+
+
+def walk_for_state(state: CurriculumState, model: nn.Module) -> ModelLayers:
+    """Walk ``model`` and check that its layers are the state's."""
+    if not isinstance(state, CurriculumState):
+        raise TypeError(f"expected a CurriculumState, got {type(state).__name__}")
+    walked = walk_model(model)
+    check_same_layers(state.layers, walked.layers, "the model")
+    return walked
+
+
+def validate_lr(lr: object) -> float:
+    """Return ``lr`` as a float; it must be real, finite and >= 0."""
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"lr must be a real number, got {type(lr).__name__}: {lr!r}")
+    value = float(lr)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"lr must be finite and >= 0, got {lr!r}")
+    return value
+
+
+def param_groups(
+    state: CurriculumState, model: nn.Module, lr: float, *, coalesce: bool = False
+) -> list[dict[str, Any]]:
+    """Optimizer param groups for ``model`` under ``state``.
+
+    One group per non-frozen layer that owns at least one parameter, in layer
+    order, with ``lr = lr * coefficient``. Each group also carries ``layers``
+    (the tuple of layer names it covers) and ``coefficient``; torch keeps such
+    extra keys, and :func:`layout_of` reads them back. With ``coalesce=True``,
+    layers of equal coefficient share one group (ordered by first appearance):
+    fewer groups, faster optimizer steps.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+        >>> state = CurriculumState.from_model(model).set_lr_coefficient(0.5, "0")
+        >>> optimizer = torch.optim.SGD(param_groups(state, model, lr=0.1))
+        >>> [(group["layers"], group["lr"]) for group in optimizer.param_groups]
+        [(('0',), 0.05), (('1',), 0.1)]
+    """
+    global_lr = validate_lr(lr)
+    walked = walk_for_state(state, model)
+    frozen = state.resolved_frozen()
+    coefficients = state.resolved_coefficients()
+    groups: list[dict[str, Any]] = []
+    if coalesce:
+        by_coefficient: dict[float, dict[str, Any]] = {}
+        for position, owned in enumerate(walked.owned):
+            if not owned or frozen[position]:
+                continue
+            coefficient = coefficients[position]
+            group = by_coefficient.get(coefficient)
+            if group is None:
+                group = {
+                    "params": [],
+                    "lr": global_lr * coefficient,
+                    "layers": [],
+                    "coefficient": coefficient,
+                }
+                by_coefficient[coefficient] = group
+                groups.append(group)
+            group["params"].extend(parameter for _, parameter in owned)
+            group["layers"].append(walked.layers[position])
+        for group in groups:
+            group["layers"] = tuple(group["layers"])
+        return groups
+    layers = walked.layers
+    for position, owned in enumerate(walked.owned):
+        if owned and not frozen[position]:
+            coefficient = coefficients[position]
+            groups.append(
+                {
+                    "params": [parameter for _, parameter in owned],
+                    "lr": global_lr * coefficient,
+                    "layers": (layers[position],),
+                    "coefficient": coefficient,
+                }
+            )
+    return groups
+
+
+def requires_grad_map(state: CurriculumState, model: nn.Module) -> dict[str, bool]:
+    """Parameter name -> whether it should require grad (its owner is not frozen)."""
+    walked = walk_for_state(state, model)
+    frozen = state.resolved_frozen()
+    return {
+        name: not frozen[position]
+        for position, owned in enumerate(walked.owned)
+        for name, _ in owned
+    }
+
+
+def apply_requires_grad(state: CurriculumState, model: nn.Module) -> None:
+    """Set ``requires_grad`` on every parameter of ``model`` as ``state`` says.
+
+    Parameters of frozen layers also lose their ``.grad``, so optimizers skip
+    them (an inert group stays inert) and no stale gradient is applied later.
+    """
+    walked = walk_for_state(state, model)
+    frozen = state.resolved_frozen()
+    for position, owned in enumerate(walked.owned):
+        trainable = not frozen[position]
+        for _, parameter in owned:
+            if parameter.requires_grad != trainable:
+                parameter.requires_grad_(trainable)
+            if not trainable:
+                parameter.grad = None

@@ -1,0 +1,191 @@
+"""Planning the move of a live optimizer from one state to the next (pure).
+
+``plan(layout, old, new)`` decides whether the optimizer needs nothing
+(:class:`NoChange`), can be patched in place (:class:`Patch`: scale some
+groups' lrs, give re-activated parameters fresh state) or must be rebuilt
+(:class:`Rebuild`, with human-readable reasons).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._state import CurriculumState
+
+__all__ = ["GroupLayout", "GroupScale", "NoChange", "Patch", "Rebuild", "layout_of", "plan"]
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """What one live optimizer group covers.
+
+    Attributes:
+        layers: the layer names of the group, or None for a group that was not
+            derived by mentor_fn (no ``layers`` key).
+        coefficient: the coefficient the group's lr currently reflects, or None.
+    """
+
+    layers: tuple[str, ...] | None
+    coefficient: float | None
+
+
+@dataclass(frozen=True)
+class GroupScale:
+    """Scale group ``group`` from coefficient ``old`` to ``new`` (lr *= new / old)."""
+
+    group: int
+    old: float
+    new: float
+
+    @property
+    def ratio(self) -> float:
+        return self.new / self.old
+
+
+@dataclass(frozen=True)
+class NoChange:
+    """The optimizer needs no change (requires_grad flags are still applied)."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Change the optimizer in place.
+
+    Attributes:
+        scales: groups whose lr-like values scale by ``new / old``, inert groups
+            of frozen layers included, so a later unfreeze has the right lr.
+        reactivated: layers trainable again whose parameters get fresh
+            optimizer state.
+    """
+
+    scales: tuple[GroupScale, ...] = ()
+    reactivated: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rebuild:
+    """The optimizer must be rebuilt from the derived groups; ``reasons`` says why."""
+
+    reasons: tuple[str, ...]
+
+
+Plan = NoChange | Patch | Rebuild
+
+
+def layout_of(
+    optimizer: torch.optim.Optimizer | Iterable[Mapping[str, Any]],
+) -> tuple[GroupLayout, ...]:
+    """The layout of a live optimizer (or of a list of group dicts).
+
+    Reads the ``layers`` and ``coefficient`` keys that :func:`param_groups`
+    puts in every group.
+    """
+    groups = optimizer.param_groups if isinstance(optimizer, torch.optim.Optimizer) else optimizer
+    layout = []
+    for group in groups:
+        layers = group.get("layers")
+        coefficient = group.get("coefficient")
+        layout.append(
+            GroupLayout(
+                tuple(layers) if layers is not None else None,
+                float(coefficient) if coefficient is not None else None,
+            )
+        )
+    return tuple(layout)
+
+
+def plan(
+    layout: Iterable[GroupLayout], old: CurriculumState, new: CurriculumState
+) -> NoChange | Patch | Rebuild:
+    """How to move an optimizer with ``layout``, derived under ``old``, to ``new``.
+
+    * :class:`Patch` when every layer that owns parameters and is trainable in
+      ``new`` already has a group, every group's layers still share one
+      coefficient, and no changed group goes from coefficient 0 to non-zero;
+    * :class:`NoChange` when such a patch would do nothing;
+    * :class:`Rebuild` otherwise, with the reasons.
+
+    Raises:
+        ValueError: ``old`` and ``new`` are states of different layers.
+    """
+    if not isinstance(old, CurriculumState) or not isinstance(new, CurriculumState):
+        raise TypeError("plan(layout, old, new) takes two CurriculumState values")
+    if old.layers != new.layers:
+        raise ValueError("plan: old and new states have different layers")
+    groups = tuple(layout)
+    index = new._tree.index
+    new_frozen = new.resolved_frozen()
+    new_coefficients = new.resolved_coefficients()
+    old_frozen = old.resolved_frozen()
+
+    reasons: list[str] = []
+    group_of: dict[str, int] = {}
+    scales: list[GroupScale] = []
+    for number, group in enumerate(groups):
+        if group.layers is None or group.coefficient is None:
+            reasons.append(
+                f"optimizer group {number} was not derived by mentor_fn "
+                "(it has no 'layers'/'coefficient' keys)"
+            )
+            continue
+        coefficients = set()
+        for layer in group.layers:
+            position = index.get(layer)
+            if position is None:
+                reasons.append(f"optimizer group {number} covers unknown layer {layer!r}")
+                continue
+            if layer in group_of:
+                reasons.append(f"layer {layer!r} is in two optimizer groups")
+            group_of[layer] = number
+            coefficients.add(new_coefficients[position])
+        if len(coefficients) > 1:
+            detail = ", ".join(
+                f"{layer} -> {new_coefficients[index[layer]]:g}"
+                for layer in group.layers
+                if layer in index
+            )
+            reasons.append(
+                f"optimizer group {number} covers layers whose coefficients now differ "
+                f"({detail}); it must be split"
+            )
+        elif len(coefficients) == 1:
+            target = coefficients.pop()
+            if target != group.coefficient:
+                if group.coefficient == 0:
+                    reasons.append(
+                        f"optimizer group {number} ({_describe(group.layers)}) goes from "
+                        f"coefficient 0 to {target:g}: the ratio is undefined"
+                    )
+                else:
+                    scales.append(GroupScale(number, group.coefficient, target))
+
+    missing = [
+        layer
+        for position, layer in enumerate(new.layers)
+        if not new_frozen[position] and layer in new.parameter_owners and layer not in group_of
+    ]
+    if missing:
+        reasons.append(
+            f"trainable layer(s) with no optimizer group: {_describe(tuple(missing))} "
+            "(frozen when the optimizer was built, or the optimizer has no per-layer groups)"
+        )
+    if reasons:
+        return Rebuild(tuple(reasons))
+
+    reactivated = tuple(
+        layer
+        for position, layer in enumerate(new.layers)
+        if old_frozen[position] and not new_frozen[position] and layer in group_of
+    )
+    if not scales and not reactivated:
+        return NoChange()
+    return Patch(tuple(scales), reactivated)
+
+
+def _describe(layers: tuple[str, ...], limit: int = 6) -> str:
+    shown = ", ".join(layers[:limit])
+    return shown + (f", ... ({len(layers) - limit} more)" if len(layers) > limit else "")

@@ -1,0 +1,488 @@
+"""CurriculumState: the immutable source of truth of a curriculum.
+
+Per layer, two orthogonal controls: whether it is frozen and its learning-rate
+coefficient. Both are stored as sparse rules (layer -> value) resolved on the
+nearest ancestor-or-self, always in canonical form so that equality of states
+is equality of what they resolve to.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import optree
+from torch import nn
+
+from ._layers import Patterns, select_layers, walk_model
+
+__all__ = ["FORMAT_VERSION", "CurriculumState", "validate_coefficient"]
+
+FORMAT_VERSION = 1
+_FORMAT_NAME = "mentor_fn.CurriculumState"
+PYTREE_NAMESPACE = "mentor_fn"
+
+
+def validate_coefficient(coefficient: object, *, what: str = "coefficient") -> float:
+    """Return ``coefficient`` as a float; it must be a real, finite number >= 0.
+
+    Raises:
+        TypeError: a bool or a non-number.
+        ValueError: NaN, infinite or negative.
+    """
+    if isinstance(coefficient, bool) or not isinstance(coefficient, numbers.Real):
+        raise TypeError(
+            f"{what} must be a real number, got {type(coefficient).__name__}: {coefficient!r}"
+        )
+    value = float(coefficient)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be finite and >= 0, got {coefficient!r}")
+    return value + 0.0  # -0.0 -> 0.0
+
+
+class _LayerTree:
+    """Index of a layers tuple: position and nearest ancestor layer of each name.
+
+    Shared by every state derived from the same layers (it is cached), so that
+    transitions cost O(rules + written layers), not O(layers).
+    """
+
+    __slots__ = ("index", "layers", "parent")
+
+    def __init__(self, layers: tuple[str, ...]) -> None:
+        index: dict[str, int] = {}
+        for position, name in enumerate(layers):
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"layer names must be non-empty str, got {name!r}")
+            if name in index:
+                raise ValueError(f"duplicate layer name {name!r}")
+            index[name] = position
+        parent = [-1] * len(layers)
+        for position, name in enumerate(layers):
+            head, dot, _ = name.rpartition(".")
+            while dot:
+                found = index.get(head)
+                if found is not None:
+                    if found > position:
+                        raise ValueError(f"layer {head!r} must come before its descendant {name!r}")
+                    parent[position] = found
+                    break
+                head, dot, _ = head.rpartition(".")
+        self.layers = layers
+        self.index = index
+        self.parent = parent
+
+    def position(self, layer: str) -> int:
+        found = self.index.get(layer)
+        if found is None:
+            close = difflib.get_close_matches(layer, self.layers, n=3, cutoff=0.5)
+            hint = f"; closest layer names: {', '.join(map(repr, close))}" if close else ""
+            raise ValueError(f"unknown layer {layer!r}{hint}")
+        return found
+
+    def lookup(self, rules: Mapping[str, Any], position: int, default: Any) -> Any:
+        """Value of the nearest ancestor-or-self rule of the layer at ``position``."""
+        layers, parent = self.layers, self.parent
+        while position >= 0:
+            value = rules.get(layers[position], _MISSING)
+            if value is not _MISSING:
+                return value
+            position = parent[position]
+        return default
+
+    def has_ancestor_in(self, position: int, positions: set[int]) -> bool:
+        position = self.parent[position]
+        while position >= 0:
+            if position in positions:
+                return True
+            position = self.parent[position]
+        return False
+
+    def write(
+        self, rules: Mapping[str, Any], values: Mapping[int, Any], default: Any
+    ) -> dict[str, Any]:
+        """Rules after writing ``values`` (position -> value) on whole subtrees.
+
+        Every rule strictly below a written layer is removed; then each written
+        rule equal to what its layer inherits is dropped (canonical form).
+        Rules elsewhere keep their inherited value, so they stay canonical.
+        """
+        written = set(values)
+        result = {
+            name: value
+            for name, value in rules.items()
+            if not self.has_ancestor_in(self.index[name], written)
+        }
+        for position in sorted(written):
+            result[self.layers[position]] = values[position]
+        for position in sorted(written):
+            name = self.layers[position]
+            inherited = self.lookup(result, self.parent[position], default)
+            if inherited == result[name]:
+                del result[name]
+        return self.ordered(result)
+
+    def canonical(self, rules: Mapping[str, Any], default: Any) -> dict[str, Any]:
+        """Rules in canonical form and layer order (drop rules equal to inherited)."""
+        result: dict[str, Any] = {}
+        for position in sorted(self.position(name) for name in rules):
+            name = self.layers[position]
+            inherited = self.lookup(result, self.parent[position], default)
+            if rules[name] != inherited:
+                result[name] = rules[name]
+        return result
+
+    def ordered(self, rules: Mapping[str, Any]) -> dict[str, Any]:
+        return {name: rules[name] for name in sorted(rules, key=self.index.__getitem__)}
+
+    def resolve_all(self, rules: Mapping[str, Any], default: Any) -> list[Any]:
+        """Resolved value of every layer, in one pass (ancestors precede descendants)."""
+        resolved: list[Any] = []
+        parent = self.parent
+        for position, name in enumerate(self.layers):
+            value = rules.get(name, _MISSING)
+            if value is _MISSING:
+                above = parent[position]
+                value = resolved[above] if above >= 0 else default
+            resolved.append(value)
+        return resolved
+
+
+_MISSING = object()
+
+
+@functools.lru_cache(maxsize=16)
+def _layer_tree(layers: tuple[str, ...]) -> _LayerTree:
+    return _LayerTree(layers)
+
+
+@dataclass(frozen=True, init=False, eq=False, repr=False)
+class CurriculumState:
+    """Which layers are frozen and how fast each learns: an immutable value.
+
+    ``frozen`` and ``coefficients`` are sparse rules (layer -> value); a layer
+    resolves to the rule on its nearest ancestor-or-self (dotted-path ancestry
+    among ``layers``), by default not frozen and coefficient 1.0. A write on a
+    layer applies to its whole subtree (rules below it are removed), so the
+    last write on a subtree wins. Rules equal to what their layer would
+    inherit are dropped, so two states are equal iff they resolve identically.
+
+    Args:
+        layers: layer names, ancestors before descendants (``layer_names(model)``).
+        frozen: initial frozen rules.
+        coefficients: initial coefficient rules (real, finite, >= 0).
+        parameter_owners: layers that own parameters directly; ``None`` means
+            all of them. :meth:`from_model` fills it from the model.
+
+    Example:
+        >>> state = CurriculumState(("backbone", "backbone.layer4", "head"))
+        >>> state = state.freeze("backbone").unfreeze("backbone.layer4")
+        >>> [state.is_frozen(layer) for layer in state.layers]
+        [True, False, False]
+        >>> state.set_lr_coefficient(0.1, "backbone").coefficient("backbone.layer4")
+        0.1
+    """
+
+    layers: tuple[str, ...]
+    parameter_owners: frozenset[str]
+    _frozen_rules: dict[str, bool] = field(repr=False)
+    _coefficient_rules: dict[str, float] = field(repr=False)
+    _tree: _LayerTree = field(repr=False)
+    _cache: dict[str, Any] = field(repr=False)
+
+    def __init__(
+        self,
+        layers: Iterable[str],
+        *,
+        frozen: Mapping[str, bool] | None = None,
+        coefficients: Mapping[str, float] | None = None,
+        parameter_owners: Iterable[str] | None = None,
+    ) -> None:
+        if isinstance(layers, str) or not isinstance(layers, Iterable):
+            raise TypeError(f"layers must be an iterable of str, got {layers!r}")
+        layer_tuple = tuple(layers)
+        for name in layer_tuple:
+            if not isinstance(name, str):
+                raise TypeError(f"layer names must be str, got {type(name).__name__}: {name!r}")
+        tree = _layer_tree(layer_tuple)
+        frozen_rules = _checked_rules(frozen, tree, "frozen", _validate_flag)
+        coefficient_rules = _checked_rules(coefficients, tree, "coefficients", validate_coefficient)
+        if parameter_owners is None:
+            owners = frozenset(layer_tuple)
+        else:
+            if isinstance(parameter_owners, str) or not isinstance(parameter_owners, Iterable):
+                raise TypeError(
+                    f"parameter_owners must be an iterable of str, got {parameter_owners!r}"
+                )
+            owners = frozenset(parameter_owners)
+            for name in owners:
+                tree.position(name)
+        self._set(
+            tree,
+            owners,
+            tree.canonical(frozen_rules, False),
+            tree.canonical(coefficient_rules, 1.0),
+        )
+
+    def _set(
+        self,
+        tree: _LayerTree,
+        owners: frozenset[str],
+        frozen_rules: dict[str, bool],
+        coefficient_rules: dict[str, float],
+    ) -> None:
+        object.__setattr__(self, "layers", tree.layers)
+        object.__setattr__(self, "parameter_owners", owners)
+        object.__setattr__(self, "_frozen_rules", frozen_rules)
+        object.__setattr__(self, "_coefficient_rules", coefficient_rules)
+        object.__setattr__(self, "_tree", tree)
+        object.__setattr__(self, "_cache", {})
+
+    def _replace(
+        self,
+        *,
+        frozen_rules: dict[str, bool] | None = None,
+        coefficient_rules: dict[str, float] | None = None,
+    ) -> CurriculumState:
+        new = object.__new__(CurriculumState)
+        new._set(
+            self._tree,
+            self.parameter_owners,
+            self._frozen_rules if frozen_rules is None else frozen_rules,
+            self._coefficient_rules if coefficient_rules is None else coefficient_rules,
+        )
+        return new
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> CurriculumState:
+        """A state with every layer of ``model`` trainable at coefficient 1.0."""
+        walked = walk_model(model)
+        return cls(walked.layers, parameter_owners=walked.parameter_owners)
+
+    # Reading -----------------------------------------------------------------
+
+    @property
+    def frozen(self) -> Mapping[str, bool]:
+        """The frozen rules (read-only, layer order)."""
+        return MappingProxyType(self._frozen_rules)
+
+    @property
+    def coefficients(self) -> Mapping[str, float]:
+        """The coefficient rules (read-only, layer order)."""
+        return MappingProxyType(self._coefficient_rules)
+
+    def is_frozen(self, layer: str) -> bool:
+        """Whether ``layer`` is frozen (its nearest ancestor-or-self rule)."""
+        return bool(self._tree.lookup(self._frozen_rules, self._tree.position(layer), False))
+
+    def coefficient(self, layer: str) -> float:
+        """The lr coefficient of ``layer`` (its nearest ancestor-or-self rule)."""
+        return float(self._tree.lookup(self._coefficient_rules, self._tree.position(layer), 1.0))
+
+    def resolved_frozen(self) -> tuple[bool, ...]:
+        """The frozen flag of every layer, aligned with ``layers``."""
+        cached = self._cache.get("frozen")
+        if cached is None:
+            cached = tuple(self._tree.resolve_all(self._frozen_rules, False))
+            self._cache["frozen"] = cached
+        return cached
+
+    def resolved_coefficients(self) -> tuple[float, ...]:
+        """The coefficient of every layer, aligned with ``layers``."""
+        cached = self._cache.get("coefficients")
+        if cached is None:
+            cached = tuple(self._tree.resolve_all(self._coefficient_rules, 1.0))
+            self._cache["coefficients"] = cached
+        return cached
+
+    def select(self, patterns: Patterns) -> tuple[str, ...]:
+        """``select_layers(self.layers, patterns)``."""
+        return select_layers(self.layers, patterns)
+
+    # Transitions ---------------------------------------------------------------
+
+    def freeze(self, patterns: Patterns) -> CurriculumState:
+        """Freeze the subtrees of the selected layers."""
+        return self._write_frozen(patterns, True)
+
+    def unfreeze(self, patterns: Patterns) -> CurriculumState:
+        """Make the subtrees of the selected layers trainable."""
+        return self._write_frozen(patterns, False)
+
+    def set_lr_coefficient(self, coefficient: float, patterns: Patterns) -> CurriculumState:
+        """Set the lr coefficient of the subtrees of the selected layers.
+
+        Setting 1.0 restores 1.0 even under an ancestor with another coefficient.
+        """
+        value = validate_coefficient(coefficient)
+        positions = self._positions(patterns)
+        return self.set_coefficients({position: value for position in positions})
+
+    def set_coefficients(
+        self, values: Mapping[int, float] | Mapping[str, float]
+    ) -> CurriculumState:
+        """Write several coefficients at once, each on its layer's subtree.
+
+        Equivalent to one ``set_lr_coefficient`` per entry in layer order.
+        Keys are layer names or positions in ``layers``.
+        """
+        checked = {
+            (key if isinstance(key, int) else self._tree.position(key)): validate_coefficient(value)
+            for key, value in values.items()
+        }
+        rules = self._tree.write(self._coefficient_rules, checked, 1.0)
+        return self._replace(coefficient_rules=rules)
+
+    def _write_frozen(self, patterns: Patterns, value: bool) -> CurriculumState:
+        positions = self._positions(patterns)
+        rules = self._tree.write(self._frozen_rules, dict.fromkeys(positions, value), False)
+        return self._replace(frozen_rules=rules)
+
+    def _positions(self, patterns: Patterns) -> list[int]:
+        index = self._tree.index
+        return [index[name] for name in select_layers(self.layers, patterns)]
+
+    # Plain data ----------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (str, bool, float, list, dict) with a format version.
+
+        Loadable with ``torch.load(weights_only=True)``.
+        """
+        return {
+            "format": _FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "layers": list(self.layers),
+            "parameter_owners": [name for name in self.layers if name in self.parameter_owners],
+            "frozen": dict(self._frozen_rules),
+            "coefficients": dict(self._coefficient_rules),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CurriculumState:
+        """Rebuild a state from :meth:`to_dict` output, validating everything.
+
+        Raises:
+            ValueError: unknown format or version, or malformed content.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a CurriculumState dict must be a mapping, got {type(data).__name__}")
+        if data.get("format") != _FORMAT_NAME:
+            raise ValueError(
+                f"not a CurriculumState dict: format is {data.get('format')!r}, "
+                f"expected {_FORMAT_NAME!r}"
+            )
+        version = data.get("version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"unsupported CurriculumState format version {version!r}; "
+                f"this mentor_fn reads version {FORMAT_VERSION}"
+            )
+        expected = {"format", "version", "layers", "parameter_owners", "frozen", "coefficients"}
+        if set(data) != expected:
+            raise ValueError(
+                f"malformed CurriculumState dict: keys {sorted(data)}, expected {sorted(expected)}"
+            )
+        layers, owners = data["layers"], data["parameter_owners"]
+        frozen, coefficients = data["frozen"], data["coefficients"]
+        if not isinstance(layers, list) or not isinstance(owners, list):
+            raise ValueError(
+                "malformed CurriculumState dict: layers and parameter_owners must be lists"
+            )
+        if not isinstance(frozen, Mapping) or not isinstance(coefficients, Mapping):
+            raise ValueError(
+                "malformed CurriculumState dict: frozen and coefficients must be dicts"
+            )
+        try:
+            return cls(layers, frozen=frozen, coefficients=coefficients, parameter_owners=owners)
+        except TypeError as error:
+            raise ValueError(f"malformed CurriculumState dict: {error}") from None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CurriculumState.from_dict, (self.to_dict(),))
+
+    # Value semantics -------------------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CurriculumState):
+            return NotImplemented
+        return (
+            (self._tree is other._tree or self.layers == other.layers)
+            and self.parameter_owners == other.parameter_owners
+            and self._frozen_rules == other._frozen_rules
+            and self._coefficient_rules == other._coefficient_rules
+        )
+
+    def __hash__(self) -> int:
+        cached = self._cache.get("hash")
+        if cached is None:
+            cached = hash(
+                (
+                    self.layers,
+                    self.parameter_owners,
+                    frozenset(self._frozen_rules.items()),
+                    frozenset(self._coefficient_rules.items()),
+                )
+            )
+            self._cache["hash"] = cached
+        return cached
+
+    def __repr__(self) -> str:
+        return (
+            f"CurriculumState({len(self.layers)} layers, frozen={self._frozen_rules!r}, "
+            f"coefficients={self._coefficient_rules!r})"
+        )
+
+
+def _validate_flag(value: object, *, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be a bool, got {type(value).__name__}: {value!r}")
+    return value
+
+
+def _checked_rules(
+    rules: Mapping[str, Any] | None, tree: _LayerTree, what: str, validate: Any
+) -> dict[str, Any]:
+    if rules is None:
+        return {}
+    if not isinstance(rules, Mapping):
+        raise TypeError(f"{what} must be a mapping of layer name to value, got {rules!r}")
+    checked = {}
+    for name, value in rules.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{what} keys must be layer names (str), got {name!r}")
+        tree.position(name)
+        checked[name] = validate(value, what=f"{what}[{name!r}]")
+    return checked
+
+
+def _flatten(state: CurriculumState) -> tuple[tuple[float, ...], Any, tuple[str, ...]]:
+    names = tuple(state._coefficient_rules)
+    metadata = (state.layers, state.parameter_owners, tuple(state._frozen_rules.items()), names)
+    return tuple(state._coefficient_rules.values()), metadata, names
+
+
+def _unflatten(metadata: Any, children: Iterable[Any]) -> CurriculumState:
+    layers, owners, frozen_items, names = metadata
+    return CurriculumState(
+        layers,
+        frozen=dict(frozen_items),
+        coefficients=dict(zip(names, children, strict=True)),
+        parameter_owners=owners,
+    )
+
+
+# The coefficient rules are the leaves: optree.tree_map(f, state,
+# namespace="mentor_fn") maps every rule and re-validates the result.
+optree.register_pytree_node(
+    CurriculumState,  # type: ignore[arg-type]
+    _flatten,  # type: ignore[arg-type]
+    _unflatten,
+    namespace=PYTREE_NAMESPACE,
+)
