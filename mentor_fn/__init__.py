@@ -5,6 +5,7 @@ Two controls per layer, frozen and lr coefficient, held in a
 :func:`plan` says how a live optimizer moves from one state to the next.
 """
 
+from ._curriculum import Curriculum
 from ._groups import apply_requires_grad, param_groups, requires_grad_map
 from ._layers import layer_names, select_layers, unwrap_model
 from ._plan import GroupLayout, GroupScale, NoChange, Patch, Rebuild, layout_of, plan
@@ -21,6 +22,7 @@ from ._transitions import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Curriculum",
     "CurriculumState",
     "GroupLayout",
     "GroupScale",

@@ -1,0 +1,164 @@
+"""Building optimizers in linear time, and their state keyed by parameter name.
+
+torch's constructor adds groups one at a time and re-checks every earlier
+group for duplicates (quadratic in groups), and ``Optimizer.load_state_dict``
+scans a list per saved entry (quadratic in parameters). Here both are linear:
+the optimizer is constructed on one flat group (torch validates every
+parameter once), then split into the derived groups, with one set-based
+duplicate check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+__all__ = [
+    "build_optimizer",
+    "fresh_state",
+    "load_optimizer_state",
+    "optimizer_state_by_name",
+    "qualified_name",
+]
+
+
+def qualified_name(optimizer_class: type) -> str:
+    return f"{optimizer_class.__module__}.{optimizer_class.__qualname__}"
+
+
+def build_optimizer(
+    optimizer_class: type[torch.optim.Optimizer],
+    groups: Sequence[Mapping[str, Any]],
+    *,
+    lr: float,
+    optimizer_kwargs: Mapping[str, Any],
+) -> torch.optim.Optimizer:
+    """``optimizer_class(groups, lr=lr, **optimizer_kwargs)`` in linear time.
+
+    Every group gets the optimizer's defaults for the keys it does not set,
+    exactly as torch's ``add_param_group`` would.
+
+    Raises:
+        ValueError: a parameter appears in more than one group.
+    """
+    all_parameters = [parameter for group in groups for parameter in group["params"]]
+    if len({id(parameter) for parameter in all_parameters}) != len(all_parameters):
+        seen: set[int] = set()
+        for number, group in enumerate(groups):
+            for parameter in group["params"]:
+                if id(parameter) in seen:
+                    raise ValueError(
+                        f"a parameter of shape {tuple(parameter.shape)} appears in more than "
+                        f"one parameter group (again in group {number})"
+                    )
+                seen.add(id(parameter))
+    if len(groups) > 1 and optimizer_class is torch.optim.LBFGS:
+        raise ValueError("torch.optim.LBFGS supports a single parameter group only")
+    optimizer = optimizer_class([{"params": all_parameters}], lr=lr, **optimizer_kwargs)
+    template = optimizer.param_groups[0]
+    optimizer.param_groups = [
+        {**template, **group, "params": list(group["params"])} for group in groups
+    ]
+    return optimizer
+
+
+def fresh_state(
+    optimizer_class: type[torch.optim.Optimizer],
+    parameters: Sequence[torch.Tensor],
+    *,
+    lr: float,
+    optimizer_kwargs: Mapping[str, Any],
+) -> dict[torch.Tensor, dict[str, Any]]:
+    """The per-parameter state a new optimizer gives ``parameters``.
+
+    Empty for lazy optimizers (Adam, SGD, ...); Adagrad initialises its sums in
+    the constructor, so "fresh" means what its constructor writes.
+    """
+    if not parameters:
+        return {}
+    scratch = optimizer_class([{"params": list(parameters)}], lr=lr, **optimizer_kwargs)
+    return {
+        parameter: scratch.state[parameter]
+        for parameter in parameters
+        if parameter in scratch.state
+    }
+
+
+def optimizer_state_by_name(
+    optimizer: torch.optim.Optimizer, names: Mapping[int, str]
+) -> dict[str, Any]:
+    """The optimizer's groups and per-parameter state, parameters named.
+
+    ``names`` maps ``id(parameter)`` to its name. Tensors are referenced, not
+    copied, as in ``Optimizer.state_dict``.
+    """
+    groups = []
+    for group in optimizer.param_groups:
+        entry = {key: value for key, value in group.items() if key != "params"}
+        entry["params"] = [names[id(parameter)] for parameter in group["params"]]
+        groups.append(entry)
+    state = {
+        names[id(parameter)]: dict(values)
+        for parameter, values in optimizer.state.items()
+        if id(parameter) in names and values
+    }
+    return {"param_groups": groups, "state": state}
+
+
+def load_optimizer_state(
+    optimizer_class: type[torch.optim.Optimizer],
+    saved: Mapping[str, Any],
+    parameters: Mapping[str, torch.Tensor],
+    *,
+    lr: float,
+    optimizer_kwargs: Mapping[str, Any],
+) -> torch.optim.Optimizer:
+    """A new optimizer in exactly the saved layout, with the saved state.
+
+    Linear in the number of parameters. Saved tensors are copied (cast to each
+    parameter's dtype and device as ``Optimizer.load_state_dict`` does), so the
+    new optimizer shares no memory with ``saved``.
+
+    Raises:
+        ValueError: malformed data, or names that are not parameters of the model.
+    """
+    if not isinstance(saved, Mapping) or set(saved) != {"param_groups", "state"}:
+        raise ValueError("malformed optimizer state: expected keys 'param_groups' and 'state'")
+    unknown = [
+        name
+        for group in saved["param_groups"]
+        for name in group.get("params", ())
+        if name not in parameters
+    ]
+    unknown += [name for name in saved["state"] if name not in parameters]
+    if unknown:
+        raise ValueError(f"optimizer state names unknown parameters: {unknown[:8]}")
+    groups = [
+        {**group, "params": [parameters[name] for name in group["params"]]}
+        for group in saved["param_groups"]
+    ]
+    optimizer = build_optimizer(optimizer_class, groups, lr=lr, optimizer_kwargs=optimizer_kwargs)
+    group_of = {
+        id(parameter): group for group in optimizer.param_groups for parameter in group["params"]
+    }
+    for name, values in saved["state"].items():
+        parameter = parameters[name]
+        group = group_of.get(id(parameter), {})
+        keeps_step_on_host = not (group.get("fused") or group.get("capturable"))
+        optimizer.state[parameter] = {
+            key: _cast(value, parameter, keep_as_is=key == "step" and keeps_step_on_host)
+            for key, value in values.items()
+        }
+    return optimizer
+
+
+def _cast(value: Any, parameter: torch.Tensor, *, keep_as_is: bool) -> Any:
+    if not isinstance(value, torch.Tensor):
+        return value
+    if keep_as_is:
+        return value.clone()
+    if value.is_floating_point():
+        return value.to(dtype=parameter.dtype, device=parameter.device, copy=True)
+    return value.to(device=parameter.device, copy=True)
