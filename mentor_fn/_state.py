@@ -333,11 +333,21 @@ class CurriculumState:
         Keys are layer names or positions in ``layers``.
         """
         checked = {
-            (key if isinstance(key, int) else self._tree.position(key)): validate_coefficient(value)
-            for key, value in values.items()
+            self._key_position(key): validate_coefficient(value) for key, value in values.items()
         }
         rules = self._tree.write(self._coefficient_rules, checked, 1.0)
         return self._replace(coefficient_rules=rules)
+
+    def _key_position(self, key: object) -> int:
+        # A negative or out-of-range position would index the wrong layer
+        # without removing the rules below it, leaving a non-canonical state.
+        if isinstance(key, str):
+            return self._tree.position(key)
+        if isinstance(key, bool) or not isinstance(key, int):
+            raise TypeError(f"keys must be layer names or positions, got {key!r}")
+        if not 0 <= key < len(self.layers):
+            raise ValueError(f"layer position {key!r} out of range for {len(self.layers)} layers")
+        return key
 
     def _write_frozen(self, patterns: Patterns, value: bool) -> CurriculumState:
         positions = self._positions(patterns)
@@ -379,7 +389,8 @@ class CurriculumState:
                 f"expected {_FORMAT_NAME!r}"
             )
         version = data.get("version")
-        if version != FORMAT_VERSION:
+        # By type too: True and 1.0 compare equal to 1 but are not a version.
+        if type(version) is not int or version != FORMAT_VERSION:
             raise ValueError(
                 f"unsupported CurriculumState format version {version!r}; "
                 f"this mentor_fn reads version {FORMAT_VERSION}"
