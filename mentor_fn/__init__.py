@@ -5,11 +5,14 @@ Two controls per layer, frozen and lr coefficient, held in a
 :func:`plan` says how a live optimizer moves from one state to the next.
 """
 
+from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ._curriculum import Curriculum
 from ._groups import apply_requires_grad, param_groups, requires_grad_map
 from ._layers import layer_names, select_layers, unwrap_model
+from ._mentee import Mentee
 from ._plan import GroupLayout, GroupScale, NoChange, Patch, Rebuild, layout_of, plan
 from ._state import CurriculumState
+from ._trainers import Classifier, Regressor, Trainer
 from ._transitions import (
     Transition,
     chain,
@@ -22,13 +25,18 @@ from ._transitions import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "Classifier",
     "Curriculum",
     "CurriculumState",
     "GroupLayout",
     "GroupScale",
+    "Mentee",
     "NoChange",
     "Patch",
     "Rebuild",
+    "Regressor",
+    "Trainer",
     "Transition",
     "apply_requires_grad",
     "chain",
@@ -36,9 +44,11 @@ __all__ = [
     "layer_names",
     "layerwise_lr_decay",
     "layout_of",
+    "load_checkpoint",
     "param_groups",
     "plan",
     "requires_grad_map",
+    "save_checkpoint",
     "select_layers",
     "set_lr_coefficient",
     "unfreeze",
