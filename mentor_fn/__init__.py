@@ -7,6 +7,8 @@ Two controls per layer, frozen and lr coefficient, held in a
 
 from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ._curriculum import Curriculum
+from ._ddp import wrap_ddp
+from ._distributed_checkpoint import load_distributed_checkpoint, save_distributed_checkpoint
 from ._groups import apply_requires_grad, param_groups, requires_grad_map
 from ._layers import layer_names, select_layers, unwrap_model
 from ._mentee import Mentee
@@ -45,12 +47,15 @@ __all__ = [
     "layerwise_lr_decay",
     "layout_of",
     "load_checkpoint",
+    "load_distributed_checkpoint",
     "param_groups",
     "plan",
     "requires_grad_map",
     "save_checkpoint",
+    "save_distributed_checkpoint",
     "select_layers",
     "set_lr_coefficient",
     "unfreeze",
     "unwrap_model",
+    "wrap_ddp",
 ]

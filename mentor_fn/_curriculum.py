@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._ddp import check_ddp_wrappers
 from ._groups import apply_requires_grad, param_groups, validate_lr, walk_for_state
-from ._layers import ModelLayers, Patterns, check_same_layers, walk_model
+from ._layers import ModelLayers, Patterns, check_same_layers, unwrap_model, walk_model
 from ._optimizer import (
     build_optimizer,
     fresh_state,
@@ -101,6 +102,7 @@ class Curriculum:
             )
         if not isinstance(coalesce, bool):
             raise TypeError(f"coalesce must be a bool, got {coalesce!r}")
+        check_ddp_wrappers(model)
         walked = walk_model(model)
         if state is None:
             initial = CurriculumState(walked.layers, parameter_owners=walked.parameter_owners)
@@ -171,6 +173,7 @@ class Curriculum:
             if group["coefficient"] != 1.0:
                 scale_group(optimizer, scheduler, index, group["coefficient"])
                 optimizer.param_groups[index]["coefficient"] = group["coefficient"]
+        self._guard_against_stale_parameters(optimizer)
         self._optimizer, self._scheduler = optimizer, scheduler
         return optimizer
 
@@ -189,6 +192,45 @@ class Curriculum:
             )
         return scheduler
 
+    def check_parameters(self) -> None:
+        """Raise if the optimizer holds parameters that are no longer the model's.
+
+        That happens when the model is sharded with ``fully_shard`` (or its
+        parameters are replaced) after :meth:`build`: the optimizer would
+        silently train tensors the model no longer uses.
+
+        Raises:
+            RuntimeError: naming a stale parameter and the fix.
+        """
+        if self._optimizer is None:
+            return
+        current = {id(parameter) for parameter in self._model.parameters()}
+        for group in self._optimizer.param_groups:
+            for parameter in group["params"]:
+                if id(parameter) not in current:
+                    raise RuntimeError(
+                        f"the optimizer holds a parameter (layers {group.get('layers')}) that is "
+                        "no longer one of the model's: was the model sharded with fully_shard, or "
+                        "its parameters replaced, after build()? Call build() again."
+                    )
+
+    def _guard_against_stale_parameters(self, optimizer: torch.optim.Optimizer) -> None:
+        # A step pre-hook with an O(depth) check of one parameter: sharding or
+        # replacing parameters after build() swaps all of them, so one suffices.
+        for group in optimizer.param_groups:
+            if group["params"] and group.get("layers"):
+                sentinel, layer = group["params"][0], group["layers"][0]
+                break
+        else:
+            return
+        model = self._model
+
+        def check_before_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+            if not _registers(model, layer, sentinel):
+                self.check_parameters()
+
+        optimizer.register_step_pre_hook(check_before_step)
+
     # Transitions --------------------------------------------------------------------
 
     def update(
@@ -205,6 +247,7 @@ class Curriculum:
             ValueError / TypeError: bad target; nothing has changed.
         """
         new = self._resolve(target)
+        self.check_parameters()
         if self._optimizer is None:
             apply_requires_grad(new, self._model)
             self._state = new
@@ -317,6 +360,7 @@ class Curriculum:
             sources.append((reference_index, 1.0))
             remap_scheduler_groups(self._scheduler, sources)
             retarget_scheduler(self._scheduler, optimizer)
+        self._guard_against_stale_parameters(optimizer)
         self._optimizer = optimizer
 
     # Saving and loading -------------------------------------------------------------
@@ -328,6 +372,7 @@ class Curriculum:
         position. Tensors are referenced, not copied (as in torch); save it
         with ``torch.save`` before training on.
         """
+        self.check_parameters()
         optimizer_state = None
         if self._optimizer is not None:
             names = {
@@ -401,6 +446,8 @@ class Curriculum:
                     optimizer.param_groups, saved_optimizer["param_groups"], strict=True
                 ):
                     group.update({k: v for k, v in saved_group.items() if k != "params"})
+        if optimizer is not None:
+            self._guard_against_stale_parameters(optimizer)
         apply_requires_grad(new, self._model)
         self._state = new
         self._lr, self._optimizer_kwargs, self._coalesce = lr, kwargs, coalesce
@@ -412,6 +459,18 @@ class Curriculum:
             f"Curriculum({type(self._model).__name__}, lr={self._lr:g}, "
             f"optimizer={self._optimizer_class.__name__}, {built}, state={self._state!r})"
         )
+
+
+def _registers(model: nn.Module, layer: str, parameter: torch.Tensor) -> bool:
+    """Whether ``layer`` of the bare model still registers ``parameter`` directly."""
+    bare = unwrap_model(model)
+    if layer in bare._parameters:
+        return bare._parameters[layer] is parameter
+    try:
+        module = unwrap_model(bare.get_submodule(layer))
+    except AttributeError:
+        return False
+    return any(value is parameter for value in module._parameters.values())
 
 
 def _checked_kwargs(optimizer_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:

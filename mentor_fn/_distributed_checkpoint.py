@@ -1,0 +1,137 @@
+"""Distributed checkpoints of curriculum runs (DDP, FSDP2) through DCP.
+
+``torch.distributed.checkpoint``'s optimizer helpers drop the saved state of
+parameters that are frozen at load time. :func:`save_distributed_checkpoint`
+and :func:`load_distributed_checkpoint` key optimizer state by parameter name
+and prime the state of every parameter that has saved state before loading,
+so a sharded run resumes exactly, whatever is frozen.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ._curriculum import Curriculum
+from ._layers import unwrap_model, walk_model
+
+__all__ = ["load_distributed_checkpoint", "save_distributed_checkpoint"]
+_PLAIN_FILE = "curriculum.pt"
+
+
+def _split_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(plain part with the state's keys listed, tensor part keyed by name)."""
+    optimizer = state_dict["optimizer"]
+    if optimizer is None:
+        return state_dict, {}
+    tensors = {name: dict(values) for name, values in optimizer["state"].items()}
+    plain = {
+        **state_dict,
+        "optimizer": {**optimizer, "state": {}},
+        "optimizer_state_keys": {name: sorted(values) for name, values in tensors.items()},
+    }
+    return plain, tensors
+
+
+def save_distributed_checkpoint(
+    directory: str | os.PathLike[str],
+    curriculum: Curriculum,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save a (possibly sharded) run with ``torch.distributed.checkpoint``.
+
+    Call it on every rank. Tensors (model weights, optimizer state keyed by
+    parameter name, DTensor shards included) go through DCP; the plain part
+    (curriculum state, optimizer recipe and layout, scheduler, ``extra``) is
+    written by rank 0 as ``curriculum.pt`` (loadable with weights_only=True).
+    """
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    target = Path(directory)
+    model = unwrap_model(curriculum.model)
+    plain, optimizer_tensors = _split_optimizer_state(curriculum.state_dict())
+    dcp.save({"model": model.state_dict(), "optimizer": optimizer_tensors}, checkpoint_id=target)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        save_checkpoint(target / _PLAIN_FILE, {"curriculum": plain, "extra": extra or {}})
+    if dist.is_initialized():
+        dist.barrier()
+    return target
+
+
+def load_distributed_checkpoint(
+    directory: str | os.PathLike[str], curriculum: Curriculum
+) -> dict[str, Any]:
+    """Resume a run saved by :func:`save_distributed_checkpoint`, on every rank.
+
+    The optimizer is rebuilt in the saved layout; every parameter that has
+    saved state gets state allocated first (frozen ones included, which
+    DCP's own optimizer helpers would drop), then DCP loads model weights and
+    optimizer state in place, resharding as needed.
+
+    Returns:
+        The ``extra`` dict that was saved.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    target = Path(directory)
+    contents = load_checkpoint(target / _PLAIN_FILE)
+    try:
+        plain = dict(contents["curriculum"])
+        state_keys = plain.pop("optimizer_state_keys", {})
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(
+            f"{str(target)!r} is not a mentor_fn distributed checkpoint: {error}"
+        ) from None
+    curriculum.load_state_dict(plain)
+    model = unwrap_model(curriculum.model)
+    optimizer = curriculum.optimizer
+    optimizer_tensors: dict[str, Any] = {}
+    if optimizer is not None and state_keys:
+        parameters = {
+            name: parameter for _, name, parameter in walk_model(model).named_parameters()
+        }
+        _prime_state(optimizer, [parameters[name] for name in state_keys])
+        optimizer_tensors = {
+            name: {key: optimizer.state[parameters[name]][key] for key in keys}
+            for name, keys in state_keys.items()
+        }
+    dcp.load({"model": model.state_dict(), "optimizer": optimizer_tensors}, checkpoint_id=target)
+    return dict(contents.get("extra", {}))
+
+
+def _prime_state(optimizer: torch.optim.Optimizer, parameters: list[torch.Tensor]) -> None:
+    """Allocate optimizer state for ``parameters`` with one step at lr 0 on zero grads.
+
+    The flags and lrs are restored afterwards; parameters do not move (lr 0,
+    zero gradients) and the primed values are overwritten by the load.
+    """
+    priming = {id(parameter) for parameter in parameters}
+    flags = []
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            flags.append((parameter, parameter.requires_grad, parameter.grad))
+            if id(parameter) in priming:
+                parameter.requires_grad_(True)
+                parameter.grad = torch.zeros_like(parameter)
+            else:
+                parameter.grad = None
+    learning_rates = [group["lr"] for group in optimizer.param_groups]
+    try:
+        for group in optimizer.param_groups:
+            group["lr"] = (
+                torch.zeros_like(group["lr"]) if isinstance(group["lr"], torch.Tensor) else 0.0
+            )
+        with torch.no_grad():
+            optimizer.step()
+    finally:
+        for group, learning_rate in zip(optimizer.param_groups, learning_rates, strict=True):
+            group["lr"] = learning_rate
+        for parameter, flag, grad in flags:
+            parameter.requires_grad_(flag)
+            parameter.grad = grad
