@@ -68,9 +68,14 @@ def check_ddp_wrappers(model: nn.Module) -> None:
         if module.find_unused_parameters and all_trainable:
             setattr(module, _REGISTERS_ALL, True)
             continue
-        raise ValueError(
-            "this DistributedDataParallel wrapper breaks on a phase change: DDP only "
+        problem = (
+            "it was constructed while some parameters were frozen, and DDP only "
             "synchronizes the parameters that required grad when it was constructed"
-            + ("" if module.find_unused_parameters else " and needs find_unused_parameters=True")
-            + ". Wrap the bare model with mentor_fn.wrap_ddp(model, ...) instead."
+            if not all_trainable
+            else "it lacks find_unused_parameters=True, without which a frozen layer breaks "
+            "the next gradient reduction"
+        )
+        raise ValueError(
+            f"this DistributedDataParallel wrapper breaks on a phase change: {problem}. "
+            "Wrap the bare model with mentor_fn.wrap_ddp(model, ...) instead."
         )

@@ -1,0 +1,75 @@
+"""Curriculum phases under DDP and FSDP2 on a real 2-process gloo world.
+
+Each scenario runs the same phase changes (head first; unfreeze the backbone
+with a rebuild; freeze the head, leaving an inert group; patch a coefficient;
+unfreeze the head on the fast path) on 2 ranks with half a batch each, and in
+one process on the whole batch: all ranks must be identical and equal to that
+reference.
+"""
+
+from __future__ import annotations
+
+import distributed_workers as workers
+import pytest
+import torch
+import torch.distributed as dist
+from distributed_harness import run_world
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return workers.reference_phases()
+
+
+def assert_ranks_equal_reference(results, reference):
+    first, second = results
+    for name, expected in reference["parameters"].items():
+        # Ranks are bit-identical; the reference differs by reduction order only.
+        assert torch.equal(first["parameters"][name], second["parameters"][name]), name
+        torch.testing.assert_close(first["parameters"][name], expected, rtol=1e-5, atol=1e-6)
+    assert first["lrs"] == pytest.approx(reference["lrs"], rel=1e-12)
+
+
+def test_ddp_phase_changes_keep_ranks_identical_and_equal_to_single_process(reference):
+    assert_ranks_equal_reference(run_world(workers.ddp_phases), reference)
+
+
+def test_ddp_wrappers_that_would_break_on_a_phase_change_are_refused():
+    messages = run_world(workers.ddp_refused)[0]
+    assert "required grad when it was constructed" in messages["frozen_at_construction"]
+    assert "mentor_fn.wrap_ddp" in messages["frozen_at_construction"]
+    assert "find_unused_parameters=True" in messages["no_unused_detection"]
+
+
+def test_fsdp2_phase_changes_with_mixed_units_equal_single_process(reference):
+    assert_ranks_equal_reference(run_world(workers.fsdp_phases), reference)
+
+
+def test_optimizer_built_before_fully_shard_is_refused_on_update_and_step():
+    messages = run_world(workers.fsdp_stale_optimizer)[0]
+    for key in ("update", "step"):
+        assert "no longer one of the model's" in messages[key]
+        assert "Call build() again" in messages[key]
+    assert messages["recovered"] == "True"
+
+
+def test_distributed_checkpoint_of_sharded_run_with_frozen_layer_resumes_exactly(tmp_path):
+    results = run_world(workers.fsdp_checkpoint, str(tmp_path / "checkpoint"))
+    for result in results:
+        assert result["extra"] == {"step": 5}
+        assert result["state_equal"]
+        assert result["layout"] == result["original_layout"]
+        assert result["layout"][0] == ("backbone.0",)  # the inert group survived
+        # The frozen layer's optimizer state was loaded, not dropped.
+        assert result["frozen_state"].keys() == result["loaded_frozen_state"].keys()
+        for key, value in result["frozen_state"].items():
+            assert torch.equal(value, result["loaded_frozen_state"][key]), key
+        for name, value in result["original"].items():
+            assert torch.equal(value, result["resumed"][name]), name
+        assert result["lrs"][0] == result["lrs"][1]
+    assert (tmp_path / "checkpoint" / "curriculum.pt").is_file()
+    loaded = torch.load(tmp_path / "checkpoint" / "curriculum.pt", weights_only=True)
+    assert loaded["curriculum"]["optimizer"]["state"] == {}
+    assert "backbone.0.weight" in loaded["curriculum"]["optimizer_state_keys"]
