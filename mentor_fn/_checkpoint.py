@@ -8,6 +8,7 @@ A checkpoint holds only plain data and tensors, so it loads with
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,13 +31,25 @@ def save_checkpoint(path: str | os.PathLike[str], contents: Mapping[str, Any]) -
 
     The file is written to a temporary file in the same folder, flushed to
     disk (fsync) and renamed over ``path``: a crash during the save leaves the
-    previous file at ``path`` intact. ``format`` and ``version`` keys are added.
+    previous file at ``path`` intact. ``format`` and ``version`` keys are added
+    (``contents`` may hold them only with these same values, as the contents
+    returned by :func:`load_checkpoint` do).
 
     Returns:
         The path written.
+
+    Raises:
+        ValueError: ``contents`` holds another ``format`` or ``version`` (nothing is written).
     """
     target = Path(path)
-    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **contents}
+    header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
+    for key, value in header.items():
+        if key in contents and contents[key] != value:
+            raise ValueError(
+                f"save_checkpoint: the key {key!r} is reserved for the file header "
+                f"({value!r}), contents hold {contents[key]!r}"
+            )
+    payload = {**header, **contents}
     folder = target.parent if str(target.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
     # Not a `with` block: the file must outlive it to be renamed, or be removed.
@@ -86,10 +99,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         contents = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many kinds for a bad file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"checkpoint {str(target)!r} is truncated, corrupt or not a safe torch file: {reason}"
-        ) from None
+        raise CheckpointError(f"checkpoint {str(target)!r} {_load_problem(error)}") from None
     if not isinstance(contents, dict) or contents.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{str(target)!r} is not a mentor_fn checkpoint")
     version = contents.get("version")
@@ -99,6 +109,37 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"this mentor_fn reads version {CHECKPOINT_VERSION}"
         )
     return contents
+
+
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+_UNPICKLER_ERROR = "WeightsUnpickler error:"
+
+
+def _load_problem(error: Exception) -> str:
+    """What was wrong with a file ``torch.load(weights_only=True)`` refused."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and text.startswith(_TORCH_ADVICE[0]):
+        # torch's message advises weights_only=False or allowlisting globals,
+        # which would run whatever the file holds: keep only its diagnosis.
+        return (
+            "is corrupt or holds objects other than plain data and tensors "
+            f"(refused, nothing in it was run): {_diagnosis(text) or type(error).__name__}"
+        )
+    reason = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return f"is truncated, corrupt or not a torch file: {reason}"
+
+
+def _diagnosis(text: str) -> str:
+    for line in text.splitlines():
+        line = line.strip()
+        if _UNPICKLER_ERROR in line:
+            line = line.split(_UNPICKLER_ERROR, 1)[1]
+        elif line.startswith(_TORCH_ADVICE) or "weights_only" in line:
+            continue
+        line = line.split(" Please use ", 1)[0].strip()
+        if line:
+            return line
+    return ""
 
 
 def check_checkpoint_layers(
@@ -121,3 +162,33 @@ def check_checkpoint_layers(
         + ("; ".join(details) or "same layers in another order")
         + ")"
     )
+
+
+def check_checkpoint_weights(
+    saved: Mapping[str, Any], model: Mapping[str, Any], path: str | os.PathLike[str]
+) -> None:
+    """Raise CheckpointError naming missing, extra and reshaped entries of a state dict.
+
+    ``saved`` is the checkpoint's model state dict, ``model`` the model's own.
+    """
+    missing = [name for name in saved if name not in model]
+    extra = [name for name in model if name not in saved]
+    reshaped = [
+        f"{name} (checkpoint {list(saved[name].shape)}, model {list(tensor.shape)})"
+        for name, tensor in model.items()
+        if name in saved
+        and isinstance(tensor, torch.Tensor)
+        and isinstance(saved[name], torch.Tensor)
+        and saved[name].shape != tensor.shape
+    ]
+    details = []
+    if missing:
+        details.append(f"weights missing from the model: {', '.join(missing[:10])}")
+    if extra:
+        details.append(f"weights not in the checkpoint: {', '.join(extra[:10])}")
+    if reshaped:
+        details.append(f"shapes differ: {', '.join(reshaped[:10])}")
+    if details:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not fit this model (" + "; ".join(details) + ")"
+        )

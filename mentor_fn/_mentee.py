@@ -22,7 +22,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import _layers
-from ._checkpoint import CheckpointError, check_checkpoint_layers, load_checkpoint, save_checkpoint
+from ._checkpoint import (
+    CheckpointError,
+    check_checkpoint_layers,
+    check_checkpoint_weights,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ._curriculum import Curriculum
 from ._layers import Patterns
 from ._optimizer import qualified_name
@@ -492,6 +498,7 @@ class Mentee(nn.Module):
             )
         model = model_class(*constructor["args"], **constructor["kwargs"])
         check_checkpoint_layers(contents, _layers.layer_names(model), path)
+        check_checkpoint_weights(contents["model"], model.state_dict(), path)
         model.load_state_dict(contents["model"])
         state = CurriculumState.from_dict(contents["curriculum"]["state"])
         object.__setattr__(

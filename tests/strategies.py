@@ -104,10 +104,10 @@ def module_trees(draw: st.DrawFn) -> nn.Module:
     for _ in range(draw(st.integers(0, 2))):
         if len(weighted) < 2:
             break
-        source, target = draw(
-            st.lists(st.sampled_from(weighted), min_size=2, max_size=2, unique_by=id)
-        )
-        target.weight = source.weight
+        source = draw(st.integers(0, len(weighted) - 1))
+        target = draw(st.integers(0, len(weighted) - 2))
+        target += target >= source  # two different modules
+        weighted[target].weight = weighted[source].weight
     if weighted and draw(st.integers(0, 5)) == 0:
         root.tied = draw(st.sampled_from(weighted)).weight  # a root parameter tied to a layer's
 
@@ -142,7 +142,11 @@ class Write:
 
 
 def writes_for(
-    layers: Sequence[str], *, max_size: int = 6, coefficients: Sequence[float] = COEFFICIENTS
+    layers: Sequence[str],
+    *,
+    min_size: int = 0,
+    max_size: int = 6,
+    coefficients: Sequence[float] = COEFFICIENTS,
 ) -> st.SearchStrategy[list[Write]]:
     """Random write sequences on ``layers``."""
     if not layers:
@@ -154,6 +158,7 @@ def writes_for(
             st.sampled_from(tuple(layers)),
             st.sampled_from(tuple(coefficients)),
         ),
+        min_size=min_size,
         max_size=max_size,
     )
 
@@ -183,12 +188,12 @@ class Scenario:
 
 
 @st.composite
-def scenarios(draw: st.DrawFn, *, max_writes: int = 6) -> Scenario:
+def scenarios(draw: st.DrawFn, *, max_writes: int = 6, min_writes_b: int = 0) -> Scenario:
     """A random model with a state ``a`` (writes from the start) and ``b`` (more writes on ``a``)."""
     model = draw(module_trees())
     initial = CurriculumState.from_model(model)
     writes_a = draw(writes_for(initial.layers, max_size=max_writes))
-    writes_b = draw(writes_for(initial.layers, max_size=max_writes))
+    writes_b = draw(writes_for(initial.layers, min_size=min_writes_b, max_size=max_writes))
     a = apply_writes(initial, writes_a)
     b = apply_writes(a, writes_b)
     return Scenario(model, initial, writes_a, writes_b, a, b)
