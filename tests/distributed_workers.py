@@ -212,3 +212,55 @@ def fsdp_checkpoint(rank: int, directory: str) -> dict[str, Any]:
             [g["lr"] for g in resumed.optimizer.param_groups],
         ),
     }
+
+
+class DistNet(mf.Mentee):
+    """A Mentee for the distributed tests (module level: resume finds it)."""
+
+    def __init__(self, hidden: int = 8) -> None:
+        super().__init__()
+        reference = make_model()
+        self.backbone = reference.backbone
+        self.head = reference.head
+        self.trainer = mf.Regressor()
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(inputs))
+
+
+def mentee_phases(rank: int | None, mode: str = "plain", directory: str | None = None) -> dict:
+    """Mentee's object API: head first, then everything (rebuild), with fit."""
+    data = [local(batch, rank) for batch in batches(6)]
+    model = DistNet()
+    model.freeze("backbone")
+    if mode == "ddp":
+        model.wrap_ddp()
+    elif mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(model.backbone[0])
+        fully_shard(model)
+    model.create_train_objects(lr=0.05, step_size=1, gamma=0.5)
+    checkpoint = None if directory is None or mode == "fsdp" else f"{directory}/mentee.pt"
+    model.fit(data[:3], epochs=2, checkpoint_path=checkpoint, progress=False)
+    model.unfreeze("backbone", reset_optimizer_if_needed=True)
+    model.fit(data[3:], epochs=1, progress=False)
+    saved_error = ""
+    if mode == "fsdp":
+        try:
+            model.save(f"{directory}/refused.pt")
+        except ValueError as error:
+            saved_error = str(error)
+    return {
+        "parameters": full_parameters(model),
+        "history_lrs": [record["lr"] for record in model.history],
+        "saved_error": saved_error,
+    }
+
+
+def mentee_ddp(rank: int, directory: str) -> dict:
+    return mentee_phases(rank, "ddp", directory)
+
+
+def mentee_fsdp(rank: int, directory: str) -> dict:
+    return mentee_phases(rank, "fsdp", directory)

@@ -73,3 +73,17 @@ def test_distributed_checkpoint_of_sharded_run_with_frozen_layer_resumes_exactly
     loaded = torch.load(tmp_path / "checkpoint" / "curriculum.pt", weights_only=True)
     assert loaded["curriculum"]["optimizer"]["state"] == {}
     assert "backbone.0.weight" in loaded["curriculum"]["optimizer_state_keys"]
+
+
+def test_mentee_fit_under_ddp_and_fsdp2_equals_single_process(tmp_path):
+    reference = workers.mentee_phases(None)
+    for worker in (workers.mentee_ddp, workers.mentee_fsdp):
+        first, second = run_world(worker, str(tmp_path))
+        for name, expected in reference["parameters"].items():
+            assert torch.equal(first["parameters"][name], second["parameters"][name]), name
+            torch.testing.assert_close(first["parameters"][name], expected, rtol=1e-5, atol=1e-6)
+        assert first["history_lrs"] == reference["history_lrs"]
+    assert "save_distributed_checkpoint" in first["saved_error"]
+    # Under DDP only rank 0 wrote the per-epoch checkpoint; it resumes as a plain model.
+    resumed = workers.DistNet.resume(tmp_path / "mentee.pt")
+    assert resumed.epoch == 2 and resumed.curriculum_state.is_frozen("backbone")
