@@ -134,3 +134,37 @@ def test_phase_changes_on_a_compiled_model_train_the_right_layers():
         steps(curriculum, compiled, 2)
         for name, value in frozen.items():
             assert torch.equal(bare.get_parameter(name), value), name
+
+
+class CompiledNet(mf.Mentee):
+    def __init__(self) -> None:
+        super().__init__()
+        inner = make_model()
+        self.backbone = inner.backbone
+        self.head = inner.head
+        self.trainer = mf.Regressor()
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(inputs))
+
+
+def test_mentee_compiled_in_place_checkpoint_resumes_uncompiled_and_back(tmp_path):
+    data = [(BATCH, torch.zeros(5, 2))] * 2
+    model = CompiledNet()
+    model.compile(backend="eager")  # in place: names unchanged
+    model.freeze("backbone").create_train_objects(lr=0.1)
+    model.fit(data, epochs=1, progress=False, checkpoint_path=tmp_path / "compiled.pt")
+    saved = torch.load(tmp_path / "compiled.pt", weights_only=True)
+    assert set(saved["model"]) == {name for name, _ in CompiledNet().state_dict().items()}
+
+    plain, _, _ = CompiledNet.resume_training(tmp_path / "compiled.pt")
+    assert plain._compiled_call_impl is None  # really uncompiled
+    model.fit(data, epochs=1, progress=False)
+    plain.fit(data, epochs=1, progress=False, checkpoint_path=tmp_path / "plain.pt")
+    for a, b in zip(model.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+    again, _, _ = CompiledNet.resume_training(tmp_path / "plain.pt")
+    again.compile(backend="eager")
+    again.fit(data, epochs=1, progress=False)
+    assert again.epoch == 3 and again.curriculum_state.is_frozen("backbone")
