@@ -217,6 +217,9 @@ def normalize_patterns(patterns: object) -> tuple[str, ...]:
     return result
 
 
+_DEFAULT_FLAGS = re.compile("").flags
+
+
 def _compile(pattern: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
@@ -251,8 +254,12 @@ def select_layers(layers: Iterable[str], patterns: Patterns) -> tuple[str, ...]:
 
     # One alternation of all patterns is as fast as a single pattern; it is
     # only valid when no pattern has groups or flags that would interfere.
+    # Inline flags are checked here, not left to re.error: Python 3.10 only
+    # warns about "(?i)" inside the alternation and applies it to every pattern.
     combined: re.Pattern[str] | None = None
-    if len(compiled) > 1 and not any(pattern.groups for pattern in compiled):
+    if len(compiled) > 1 and not any(
+        pattern.groups or pattern.flags != _DEFAULT_FLAGS for pattern in compiled
+    ):
         try:
             combined = re.compile("|".join(f"(?:{text})" for text in pattern_texts))
         except re.error:

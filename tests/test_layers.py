@@ -215,6 +215,16 @@ def test_distributed_data_parallel_is_transparent(tmp_path, monkeypatch):
         torch.distributed.destroy_process_group()
 
 
+def test_activation_checkpoint_wrapper_is_transparent():
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    model = nn.Sequential(nn.Linear(2, 2), checkpoint_wrapper(nn.Sequential(nn.Linear(2, 2))))
+    assert any("_checkpoint_wrapped_module" in name for name, _ in model.named_parameters())
+    assert layer_names(model) == ("0", "1", "1.0")
+    state = CurriculumState.from_model(model)
+    assert list(requires_grad_map(state, model)) == ["0.weight", "0.bias", "1.0.weight", "1.0.bias"]
+
+
 def test_wrappers_are_detected_by_type_not_by_attribute_name():
     class Holder(nn.Module):
         def __init__(self) -> None:
@@ -314,6 +324,13 @@ def test_patterns_with_groups_or_inline_flags():
     )
     assert select_layers(LAYERS, ["(?i)HEAD", "backbone"]) == ("backbone", "head")
     assert select_layers(LAYERS, [r"(?P<x>head)", r"(?P<x>backbone)"]) == ("backbone", "head")
+
+
+def test_inline_flags_apply_to_their_own_pattern_only():
+    layers = ("Backbone", "backbone", "HEAD", "head")
+    assert select_layers(layers, ["(?i)head", "backbone"]) == ("backbone", "HEAD", "head")
+    assert select_layers(layers, ["backbone", "(?i:head)"]) == ("backbone", "HEAD", "head")
+    assert select_layers(layers, ["backbone", "(?i)BACKBONE"]) == ("Backbone", "backbone")
 
 
 def test_no_match_names_the_pattern_and_suggests_close_layers():
