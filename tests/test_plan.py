@@ -69,6 +69,16 @@ def test_layout_of_a_live_optimizer(model, initial):
     assert layout_of(coalesced) == layout(state, model, coalesce=True)
 
 
+def test_layout_survives_an_optimizer_state_dict_round_trip(model, initial, tmp_path):
+    state = initial.set_lr_coefficient(0.5, "backbone").freeze("head")
+    optimizer = torch.optim.Adam(param_groups(state, model, LR, coalesce=True))
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    restored = torch.optim.Adam(param_groups(state, model, LR, coalesce=True))
+    restored.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))
+    assert layout_of(restored) == layout_of(optimizer)
+    assert plan(layout_of(restored), state, state) == NoChange()
+
+
 def test_layout_of_an_optimizer_not_built_by_mentor_fn(model, initial):
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     assert layout_of(optimizer) == (GroupLayout(None, None),)
@@ -244,7 +254,8 @@ def check_against_oracle(result, groups, old, new, owners):
     event(type(result).__name__)
     if expected == "rebuild":
         assert isinstance(result, Rebuild)
-        assert result.reasons and all(isinstance(r, str) and r for r in result.reasons)
+        assert isinstance(result.reasons, tuple) and result.reasons
+        assert all(isinstance(reason, str) and reason for reason in result.reasons)
     elif expected == ((), ()):
         assert result == NoChange()
     else:
