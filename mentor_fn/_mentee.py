@@ -44,10 +44,20 @@ _PLACEHOLDER_LR = 1e-3  # lr of the unbuilt curriculum; create_train_objects set
 def _recording(init: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(init)
     def __init__(self: Mentee, *args: Any, **kwargs: Any) -> None:
-        # The outermost subclass constructor runs first: it records.
+        # The outermost subclass constructor runs first: it records. The depth
+        # of nested recorded constructors tells Mentee.__init__ whose explicit
+        # arguments it receives (see there).
         if "_mentee_constructor" not in self.__dict__:
             object.__setattr__(self, "_mentee_constructor", (list(args), dict(kwargs)))
-        init(self, *args, **kwargs)
+        depth = self.__dict__.get("_mentee_init_depth", 0)
+        object.__setattr__(self, "_mentee_init_depth", depth + 1)
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            if depth:
+                object.__setattr__(self, "_mentee_init_depth", depth)
+            else:
+                self.__dict__.pop("_mentee_init_depth", None)
 
     return __init__
 
@@ -85,7 +95,12 @@ class Mentee(nn.Module):
         (``super().__init__(num_classes=num_classes)``); they are recorded
         automatically otherwise."""
         super().__init__()
-        if args or kwargs:
+        # Explicit arguments describe the signature of the class that passes
+        # them. Only when that is type(self)'s own constructor (one recorded
+        # constructor deep, or none) may they replace the recorded ones: a
+        # subclass of a class that passes its arguments explicitly has another
+        # signature, and its recorded arguments are the ones that rebuild it.
+        if (args or kwargs) and self.__dict__.get("_mentee_init_depth", 0) <= 1:
             object.__setattr__(self, "_mentee_constructor", (list(args), dict(kwargs)))
         object.__setattr__(self, "_mentee_curriculum", None)
         object.__setattr__(self, "_mentee_scheduler_recipe", None)
@@ -443,7 +458,7 @@ class Mentee(nn.Module):
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write a checkpoint: weights, curriculum, optimizer, scheduler, history, best weights."""
         args, kwargs = self.__dict__.get("_mentee_constructor", ([], {}))
-        constructor = {"args": list(args), "kwargs": dict(kwargs)}
+        constructor: dict[str, Any] | None = {"args": list(args), "kwargs": dict(kwargs)}
         if not _is_plain(constructor):
             constructor = None  # resume() then explains that the model must be built by hand
         save_checkpoint(
