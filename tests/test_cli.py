@@ -1,0 +1,225 @@
+"""python -m mentor_fn inspect / plot on a checkpoint the demo wrote, and one-line errors."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import mentor_fn as mf
+from mentor_fn._cli import default_plot_path, inspect_checkpoint, main
+from mentor_fn._demo import PHASES, DigitsCNN, run_demo
+from mentor_fn._plot import plot_timeline
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+LAYERS = [f"backbone.block{b}.conv{c}" for b in (1, 2, 3) for c in (1, 2)] + ["head"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("demo")
+    return run_demo(epochs=1, output=output, quiet=True, stream=io.StringIO()).checkpoint
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mentor_fn", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+# inspect ------------------------------------------------------------------------
+
+
+def test_inspect_prints_the_layer_table_and_the_history(checkpoint, capsys):
+    assert main(["inspect", str(checkpoint)]) == 0
+    out = capsys.readouterr().out
+    for column in ("layer", "frozen", "coefficient", "effective lr", "parameters"):
+        assert column in out
+    table = out.split("history:")[0]
+    for layer in LAYERS:
+        assert f"\n{layer} " in table
+    assert "mentor_fn._demo.DigitsCNN" in out
+    total = sum(parameter.numel() for parameter in DigitsCNN().parameters())
+    assert f"{total:,}" in table
+    history = out.split("history:")[1].strip().splitlines()
+    assert len(history) == 2 + len(PHASES)  # header, rule, one line per epoch
+    for phase in PHASES:
+        assert phase.name in out
+    assert "val accuracy" in history[0]
+
+
+def test_inspect_shows_the_saved_lr_and_coefficients(checkpoint, capsys):
+    main(["inspect", str(checkpoint)])
+    out = capsys.readouterr().out
+    contents = mf.load_checkpoint(checkpoint)
+    groups = contents["curriculum"]["optimizer"]["param_groups"]
+    head_lr = next(group["lr"] for group in groups if tuple(group["layers"]) == ("head",))
+    head_row = next(line for line in out.splitlines() if line.startswith("head "))
+    assert f"{head_lr:.2e}" in head_row
+    block1 = next(line for line in out.splitlines() if line.startswith("backbone.block1.conv1"))
+    assert "0.512" in block1  # 0.8 ** 3: the layer-wise lr decay of the blocks
+
+
+def test_inspect_in_a_fresh_process(checkpoint):
+    completed = _cli("inspect", str(checkpoint))
+    assert completed.returncode == 0, completed.stderr
+    assert "effective lr" in completed.stdout
+
+
+def test_inspect_a_checkpoint_saved_before_training(tmp_path):
+    model = DigitsCNN().freeze("backbone")
+    path = tmp_path / "fresh.ckpt"
+    model.save(path)
+    text = inspect_checkpoint(path)
+    assert "no optimizer built" in text
+    assert "no epochs trained yet" in text
+    assert "\nhead " in text
+
+
+def test_inspect_counts_the_parameters_of_layers_frozen_before_the_build(tmp_path):
+    model = DigitsCNN().freeze(r"backbone\.block[12]")
+    model.create_train_objects(lr=1e-3)
+    path = tmp_path / "frozen.ckpt"
+    model.save(path)
+    text = inspect_checkpoint(path)
+    total = sum(parameter.numel() for parameter in model.parameters())
+    assert f"{total:,}" in text
+    assert "counted from the saved weights" in text
+
+
+# plot ---------------------------------------------------------------------------
+
+
+def test_plot_writes_a_png(checkpoint, tmp_path, capsys):
+    output = tmp_path / "timeline.png"
+    assert main(["plot", str(checkpoint), "-o", str(output)]) == 0
+    assert str(output) in capsys.readouterr().out
+    width, height = _png_size(output)
+    assert width >= 800 and height >= 600
+
+
+def test_plot_png_decodes(checkpoint, tmp_path):
+    image = pytest.importorskip("matplotlib.image")
+    output = tmp_path / "timeline.png"
+    main(["plot", str(checkpoint), "-o", str(output)])
+    pixels = image.imread(output)
+    assert pixels.ndim == 3 and pixels.shape[2] in (3, 4)
+    assert pixels.std() > 0.05  # not a blank canvas
+
+
+def test_plot_default_output_is_beside_the_checkpoint(checkpoint, capsys):
+    expected = default_plot_path(checkpoint)
+    assert expected == checkpoint.with_name("demo_timeline.png")
+    completed = _cli("plot", str(checkpoint))
+    assert completed.returncode == 0, completed.stderr
+    _png_size(expected)
+
+
+def test_plot_timeline_of_a_regressor_without_phases(tmp_path):
+    class Tiny(mf.Mentee):
+        trainer = mf.Regressor()
+
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(3, 4)
+            self.out = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.out(self.body(x).relu())
+
+    data = [(torch.rand(8, 3), torch.rand(8, 1)) for _ in range(2)]
+    model = Tiny().freeze("body")
+    model.create_train_objects(lr=1e-2)
+    model.fit(data, data, epochs=2, progress=False)
+    model.unfreeze("body", reset_optimizer_if_needed=True)
+    model.fit(data, data, epochs=2, progress=False)
+    output = plot_timeline(model.history, tmp_path / "regressor.png")
+    _png_size(output)
+
+
+# errors: one line on stderr, exit status 2, no traceback --------------------------
+
+
+@pytest.fixture
+def bad_files(tmp_path) -> dict[str, Path]:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    untrained = tmp_path / "untrained.ckpt"
+    DigitsCNN().save(untrained)
+    return {
+        "text": text,
+        "foreign": foreign,
+        "untrained": untrained,
+        "missing": tmp_path / "nope.ckpt",
+    }
+
+
+ERRORS = {
+    "missing file": (["inspect", "{missing}"], "not found"),
+    "text file": (["inspect", "{text}"], "{text}"),
+    "foreign torch file": (["inspect", "{foreign}"], "not a mentor_fn checkpoint"),
+    "plot missing file": (["plot", "{missing}"], "not found"),
+    "plot foreign file": (["plot", "{foreign}", "-o", "{tmp}/x.png"], "not a mentor_fn checkpoint"),
+    "plot no history": (["plot", "{untrained}", "-o", "{tmp}/x.png"], "no epochs"),
+    "no command": ([], "choose a command"),
+    "unknown command": (["train"], "invalid choice"),
+    "unknown option": (["demo", "--fast"], "unrecognized arguments: --fast"),
+    "epochs zero": (["demo", "--epochs", "0"], "positive integer"),
+    "epochs not a number": (["demo", "--epochs", "many"], "positive integer"),
+    "seed not a number": (["demo", "--seed", "x"], "integer"),
+    "inspect without a file": (["inspect"], "required: CHECKPOINT"),
+}
+
+
+@pytest.mark.parametrize("name", list(ERRORS))
+def test_errors_print_one_line_and_exit_2(name, bad_files, tmp_path, capsys):
+    argv, expected = ERRORS[name]
+    names = {key: str(value) for key, value in bad_files.items()} | {"tmp": str(tmp_path)}
+    argv = [argument.format(**names) for argument in argv]
+    with pytest.raises(SystemExit) as raised:
+        main(argv)
+    assert raised.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert "error" in lines[0]
+    assert expected.format(**names) in lines[0]
+    assert "Traceback" not in captured.err
+
+
+def test_plot_into_a_missing_folder_is_one_line(checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["plot", str(checkpoint), "-o", str(tmp_path / "no" / "such" / "x.png")])
+    assert raised.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "No such file or directory" in lines[0]
+
+
+@pytest.mark.parametrize("argv", [["inspect", "/no/such/file.ckpt"], ["demo", "--bogus"]])
+def test_errors_in_a_fresh_process(argv):
+    completed = _cli(*argv)
+    assert completed.returncode == 2
+    assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_help_and_version_exit_0(capsys):
+    for argv in (["--help"], ["demo", "--help"], ["--version"]):
+        with pytest.raises(SystemExit) as raised:
+            main(argv)
+        assert raised.value.code == 0
+    assert "mentor_fn" in capsys.readouterr().out
