@@ -40,7 +40,10 @@ def validate_coefficient(coefficient: object, *, what: str = "coefficient") -> f
         raise TypeError(
             f"{what} must be a real number, got {type(coefficient).__name__}: {coefficient!r}"
         )
-    value = float(coefficient)
+    try:
+        value = float(coefficient)
+    except OverflowError:  # an int or Fraction beyond float range
+        value = math.inf
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{what} must be finite and >= 0, got {coefficient!r}")
     return value + 0.0  # -0.0 -> 0.0
