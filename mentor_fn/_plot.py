@@ -247,7 +247,15 @@ def plot_timeline(
                 linewidth=0.8,
                 zorder=2,
             )
-            for start, width in frozen_spans:
+            # One label per phase, so that no phase boundary runs through it.
+            labels = [
+                (max(start, first), min(start + width, stop))
+                for start, width in frozen_spans
+                for first, stop, _ in segments
+                if max(start, first) < min(start + width, stop)
+            ]
+            for first, stop in labels:
+                start, width = first, stop - first
                 if width >= 1.5 or count <= 12:
                     lane_axis.text(
                         start + width / 2,
