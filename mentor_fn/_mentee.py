@@ -486,7 +486,10 @@ class Mentee(nn.Module):
         Raises:
             CheckpointError: the file is unusable or does not fit the model class.
         """
-        contents = load_checkpoint(path)
+        return cls._model_from(load_checkpoint(path), path)
+
+    @classmethod
+    def _model_from(cls, contents: Mapping[str, Any], path: str | os.PathLike[str]) -> Mentee:
         try:
             return cls._from_contents(contents, path)
         except CheckpointError:
@@ -546,8 +549,8 @@ class Mentee(nn.Module):
         Returns:
             ``(model, optimizer, lr_scheduler)``
         """
-        contents = load_checkpoint(path)
-        model = cls.resume(path)
+        contents = load_checkpoint(path)  # read once: the model comes from the same contents
+        model = cls._model_from(contents, path)
         if device is not None:
             model.to(device)
         saved = contents["curriculum"]

@@ -613,3 +613,21 @@ def test_sigkill_during_a_large_save_leaves_previous_checkpoint_loadable(tmp_pat
     assert partial.stat().st_size < 64 * (2 << 20)
     with pytest.raises(CheckpointError):
         load_checkpoint(partial)
+
+
+def test_resume_training_reads_the_file_once(tmp_path, monkeypatch):
+    import mentor_fn._mentee as mentee_module
+
+    path = tmp_path / "once.ckpt"
+    trained(epochs=1).save(path)
+    reads: list[Path] = []
+    real = mentee_module.load_checkpoint
+
+    def counting(target):
+        reads.append(Path(target))
+        return real(target)
+
+    monkeypatch.setattr(mentee_module, "load_checkpoint", counting)
+    model, optimizer, _ = Mentee.resume_training(path)
+    assert reads == [path]
+    assert optimizer is model.optimizer and model.epoch == 1
