@@ -39,7 +39,9 @@ def save_checkpoint(path: str | os.PathLike[str], contents: Mapping[str, Any]) -
         The path written.
 
     Raises:
-        ValueError: ``contents`` holds another ``format`` or ``version`` (nothing is written).
+        ValueError: ``contents`` holds another ``format`` or ``version``, or a
+            value ``torch.load(weights_only=True)`` would refuse (nothing is
+            written, so a good checkpoint is never replaced by an unloadable one).
     """
     target = Path(path)
     header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
@@ -50,6 +52,7 @@ def save_checkpoint(path: str | os.PathLike[str], contents: Mapping[str, Any]) -
                 f"({value!r}), contents hold {contents[key]!r}"
             )
     payload = {**header, **contents}
+    _check_plain(payload, "contents")
     folder = target.parent if str(target.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
     # Not a `with` block: the file must outlive it to be renamed, or be removed.
@@ -67,6 +70,29 @@ def save_checkpoint(path: str | os.PathLike[str], contents: Mapping[str, Any]) -
         raise
     _fsync_folder(folder)
     return target
+
+
+_PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Raise ValueError at the first value weights-only loading would refuse."""
+    if isinstance(value, (torch.Tensor, torch.Size, *_PLAIN_SCALARS)):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int, float, bool, type(None), tuple)):
+                raise ValueError(f"save_checkpoint: {where} has a key of type {type(key).__name__}")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]")
+        return
+    raise ValueError(
+        f"save_checkpoint: {where} is a {type(value).__name__}, which "
+        "torch.load(weights_only=True) refuses; store plain data and tensors only"
+    )
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
+import random
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
@@ -135,6 +137,27 @@ class Mentee(nn.Module):
     def curriculum_state(self) -> CurriculumState:
         """The :class:`CurriculumState`: the source of truth of frozen flags and coefficients."""
         return self._curriculum().state
+
+    @property
+    def forward_module(self) -> nn.Module:
+        """What training and validation steps call: the DDP wrapper after
+        :meth:`wrap_ddp`, else the model itself. An overridden
+        ``training_step`` should call ``self.forward_module(inputs)``."""
+        wrapped = self.__dict__.get("_mentee_ddp")
+        return self if wrapped is None else wrapped
+
+    def wrap_ddp(self, **ddp_kwargs: Any) -> nn.Module:
+        """Wrap this model in DistributedDataParallel, phase-safely (see
+        :func:`mentor_fn.wrap_ddp`); :meth:`fit` then trains through it.
+
+        Returns:
+            The DDP wrapper (also :attr:`forward_module`).
+        """
+        from ._ddp import wrap_ddp
+
+        wrapped = wrap_ddp(self, **ddp_kwargs)
+        object.__setattr__(self, "_mentee_ddp", wrapped)
+        return wrapped
 
     @property
     def curriculum(self) -> Curriculum:
@@ -298,11 +321,11 @@ class Mentee(nn.Module):
 
     def training_step(self, batch: Any) -> dict[str, Any] | torch.Tensor:
         """Loss (and metrics) of one training batch; the trainer's by default."""
-        return self._require_trainer().training_step(self, batch)
+        return self._require_trainer().training_step(self.forward_module, batch)
 
     def validation_step(self, batch: Any) -> dict[str, Any] | torch.Tensor:
         """Metrics of one validation batch; the trainer's by default."""
-        return self._require_trainer().validation_step(self, batch)
+        return self._require_trainer().validation_step(self.forward_module, batch)
 
     # fit --------------------------------------------------------------------------
 
@@ -370,7 +393,7 @@ class Mentee(nn.Module):
             self.history.append(record)
             records.append(record)
             self._track_best(trainer, val_metrics or train_metrics)
-            if checkpoint_path is not None:
+            if checkpoint_path is not None and _is_main_process():
                 self.save(checkpoint_path)
         return records
 
@@ -456,7 +479,17 @@ class Mentee(nn.Module):
     # Checkpoints --------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write a checkpoint: weights, curriculum, optimizer, scheduler, history, best weights."""
+        """Write a checkpoint: weights, curriculum, optimizer, scheduler, history, best weights.
+
+        Raises:
+            ValueError: the model is sharded (FSDP2 DTensor weights): use
+                :func:`mentor_fn.save_distributed_checkpoint` on every rank.
+        """
+        if any(_is_sharded(parameter) for parameter in self.parameters()):
+            raise ValueError(
+                "this model is sharded (FSDP2): one file cannot hold it; call "
+                "mentor_fn.save_distributed_checkpoint(directory, model.curriculum) on every rank"
+            )
         args, kwargs = self.__dict__.get("_mentee_constructor", ([], {}))
         constructor: dict[str, Any] | None = {"args": list(args), "kwargs": dict(kwargs)}
         if not _is_plain(constructor):
@@ -464,7 +497,7 @@ class Mentee(nn.Module):
         save_checkpoint(
             path,
             {
-                "model_class": qualified_name(type(self)),
+                "model_class": qualified_name(_user_class(type(self))),
                 "constructor": constructor,
                 "model": self.state_dict(),
                 "curriculum": self._curriculum().state_dict(),
@@ -474,6 +507,11 @@ class Mentee(nn.Module):
                 "best": self.best,
                 "best_weights": self.__dict__.get("_mentee_best_weights"),
                 "rng_state": torch.get_rng_state(),
+                # Dropout on a GPU and Python-level augmentation draw from these.
+                "cuda_rng_states": torch.cuda.get_rng_state_all()
+                if torch.cuda.is_available()
+                else [],
+                "python_rng_state": random.getstate(),
             },
         )
 
@@ -584,7 +622,38 @@ class Mentee(nn.Module):
         object.__setattr__(model, "_mentee_curriculum", curriculum)
         object.__setattr__(model, "_mentee_scheduler_recipe", scheduler_recipe)
         torch.set_rng_state(contents["rng_state"])
+        cuda_states = contents.get("cuda_rng_states") or []
+        if (
+            cuda_states
+            and torch.cuda.is_available()
+            and len(cuda_states) == torch.cuda.device_count()
+        ):
+            torch.cuda.set_rng_state_all(cuda_states)
+        if contents.get("python_rng_state") is not None:
+            random.setstate(contents["python_rng_state"])
         return model, curriculum.optimizer, curriculum.scheduler
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of an initialized process group, or a single process."""
+    distributed = torch.distributed
+    if distributed.is_available() and distributed.is_initialized():
+        return distributed.get_rank() == 0
+    return True
+
+
+def _is_sharded(parameter: torch.Tensor) -> bool:
+    # No DTensor can exist unless torch.distributed.tensor was imported.
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(parameter, module.DTensor)
+
+
+def _user_class(model_class: type[Mentee]) -> type[Mentee]:
+    """The user's class, not the one ``fully_shard`` derives from it in place."""
+    for candidate in model_class.__mro__:
+        if issubclass(candidate, Mentee) and not candidate.__module__.startswith("torch."):
+            return candidate
+    return model_class
 
 
 def _torch_class(namespace: Any, name: str, path: Any) -> Any:

@@ -523,39 +523,63 @@ def test_malicious_refusal_names_the_forbidden_global(tmp_path):
 # Crashes during a save -------------------------------------------------------------------
 
 
+class FailsMidPickle(torch.Tensor):
+    """A tensor (so it passes the plain-data check) whose pickling fails."""
+
+    error: type[BaseException] = pickle.PicklingError
+
+    def __reduce_ex__(self, protocol):
+        raise self.error("simulated crash in the middle of a save")
+
+
+class InterruptsMidPickle(FailsMidPickle):
+    error = KeyboardInterrupt
+
+
 def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, good_checkpoint):
     before = good_checkpoint.read_bytes()
     listing = folder_listing(tmp_path)
-    unpicklable = {
+    failing = {
         "a": torch.randn(1000),
         "b": torch.randn(1000),
-        "fn": lambda: 0,  # fails to pickle after the tensors
+        "boom": torch.randn(3).as_subclass(FailsMidPickle),  # after the tensors
         "c": torch.randn(10),
     }
-    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
-        save_checkpoint(good_checkpoint, unpicklable)
+    with pytest.raises(pickle.PicklingError, match="simulated crash"):
+        save_checkpoint(good_checkpoint, failing)
     assert good_checkpoint.read_bytes() == before
     assert folder_listing(tmp_path) == listing  # no temp file left behind
 
-    # The same through Mentee.save: a history entry that cannot be pickled.
+    # The same through Mentee.save: a history entry that fails while pickled.
     model = SmallNet.resume(good_checkpoint)
-    model.history.append({"epoch": 2, "callback": lambda: None})
-    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+    model.history.append({"epoch": 2, "boom": torch.ones(2).as_subclass(FailsMidPickle)})
+    with pytest.raises(pickle.PicklingError, match="simulated crash"):
         model.save(good_checkpoint)
     assert good_checkpoint.read_bytes() == before
     assert folder_listing(tmp_path) == listing
     assert SmallNet.resume(good_checkpoint).epoch == 1
 
 
-class Interrupt:
-    def __reduce__(self):
-        raise KeyboardInterrupt
+def test_contents_that_would_not_load_are_refused_before_writing(tmp_path, good_checkpoint):
+    before = good_checkpoint.read_bytes()
+    listing = folder_listing(tmp_path)
+    with pytest.raises(ValueError, match=r"contents\['fn'\] is a function"):
+        save_checkpoint(good_checkpoint, {"a": torch.ones(2), "fn": lambda: 0})
+    model = SmallNet.resume(good_checkpoint)
+    model.history.append({"epoch": 2, "callback": object()})
+    with pytest.raises(ValueError, match=r"contents\['history'\]\[1\]\['callback'\] is a object"):
+        model.save(good_checkpoint)
+    assert good_checkpoint.read_bytes() == before
+    assert folder_listing(tmp_path) == listing
 
 
 def test_interrupted_save_leaves_previous_checkpoint_intact(tmp_path, good_checkpoint):
     before = good_checkpoint.read_bytes()
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(good_checkpoint, {"t": torch.ones(100), "stop": Interrupt()})
+        save_checkpoint(
+            good_checkpoint,
+            {"t": torch.ones(100), "stop": torch.ones(1).as_subclass(InterruptsMidPickle)},
+        )
     assert good_checkpoint.read_bytes() == before
     assert folder_listing(tmp_path) == ["good.ckpt"]
 
