@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     names = discover()
+    if not names:
+        print(f"no {PREFIX}*.py module found in benchmarks/", file=sys.stderr)
+        return 1
     if args.only:
         names = [name for name in names if any(word in name for word in args.only)]
         if not names:
