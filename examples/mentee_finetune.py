@@ -1,8 +1,6 @@
 """`Mentee`: torch_mentor's object API. Fine-tune in phases, checkpoint, resume.
 
-A subclass writes `__init__` and `forward`; freezing, coefficients, the
-optimizer, `fit`, checkpoints and resume come with it. Run:
-python examples/mentee_finetune.py
+Run: python examples/mentee_finetune.py
 """
 
 import os
@@ -33,31 +31,23 @@ train, val = TensorDataset(inputs[:480], targets[:480]), TensorDataset(inputs[48
 
 model = Net(num_classes=3)
 print(model.layer_names)  # ['backbone', 'backbone.0', 'backbone.2', 'head']
-
 with tempfile.TemporaryDirectory() as folder:
-    phase1, phase2 = os.path.join(folder, "phase1.ckpt"), os.path.join(folder, "phase2.ckpt")
-
-    # Phase 1: train the head only.
+    checkpoint = os.path.join(folder, "net.ckpt")
+    # Phase 1: the head only.
     model.freeze("backbone")
     model.create_train_objects(lr=1e-2)
-    model.fit(train, val, epochs=4, checkpoint_path=phase1, progress=False)
-
-    # Phase 2: everything, the backbone at 0.3x, at a lower global lr.
+    model.fit(train, val, epochs=4, checkpoint_path=checkpoint)
+    # Phase 2: everything, the backbone at 0.3x, a fresh optimizer at a lower lr.
     model.unfreeze("backbone", reset_optimizer_if_needed=True)
     model.set_lr_coefficient(0.3, "backbone")
     model.create_train_objects(lr=5e-3)
-    model.fit(train, val, epochs=6, checkpoint_path=phase2, progress=False)
+    model.fit(train, val, epochs=6, checkpoint_path=checkpoint)
+
+    # Resume: the class and its constructor arguments, the curriculum, the
+    # optimizer's state and the scheduler's progress all come from the file.
+    model, optimizer, scheduler = Net.resume_training(checkpoint)
+    print(f"epoch {model.epoch}: coefficients {dict(model._lr_coefficients)}")
+    model.fit(train, val, epochs=1)
     for record in model.history:
         lrs = ", ".join(f"{layer} {lr:.0e}" for layer, lr in record["lr"].items())
         print(f"epoch {record['epoch']}: val accuracy {record['val']['accuracy']:.0%}; lr {lrs}")
-
-    # Resume: the class and constructor arguments are in the checkpoint; the
-    # optimizer comes back with its per-parameter state and the scheduler's progress.
-    resumed, optimizer, scheduler = Net.resume_training(phase2)
-    assert resumed.curriculum_state == model.curriculum_state
-    assert dict(resumed._lr_coefficients) == {"backbone": 0.3}
-    resumed.fit(train, val, epochs=1, progress=False)
-    accuracy = resumed.history[-1]["val"]["accuracy"]
-    print(
-        f"resumed after epoch {resumed.epoch - 1}; epoch {resumed.epoch}: val accuracy {accuracy:.0%}"
-    )

@@ -223,3 +223,24 @@ def test_help_and_version_exit_0(capsys):
             main(argv)
         assert raised.value.code == 0
     assert "mentor_fn" in capsys.readouterr().out
+
+
+BLOCK_DEMO_DEPENDENCIES = (
+    "import sys\n"
+    "sys.modules['sklearn'] = sys.modules['matplotlib'] = None  # importing them now fails\n"
+    "import mentor_fn\n"
+    "from mentor_fn._cli import main\n"
+    "raise SystemExit(main(sys.argv[1:]))\n"
+)
+
+
+def test_the_library_and_inspect_need_neither_scikit_learn_nor_matplotlib(checkpoint, tmp_path):
+    run = [sys.executable, "-c", BLOCK_DEMO_DEPENDENCIES]
+    completed = subprocess.run([*run, "inspect", str(checkpoint)], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert "effective lr" in completed.stdout
+    plot = [*run, "plot", str(checkpoint), "-o", str(tmp_path / "x.png")]
+    completed = subprocess.run(plot, capture_output=True, text=True)
+    assert completed.returncode == 2
+    assert len(completed.stderr.strip().splitlines()) == 1
+    assert "pip install matplotlib" in completed.stderr

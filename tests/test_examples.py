@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,3 +25,32 @@ def test_example_runs(script: Path, tmp_path: Path):
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip()
     assert list(tmp_path.iterdir()) == []  # leaves nothing behind
+
+
+README = EXAMPLES[0].parent.parent / "README.md"
+QUICK_STARTS = ["quickstart.py", "curriculum_loop.py", "mentee_finetune.py"]
+
+
+def _code(script: Path) -> str:
+    """The script without its module docstring."""
+    text = script.read_text()
+    assert text.startswith('"""')
+    return text[text.index('"""', 3) + 3 :].strip("\n")
+
+
+@pytest.mark.parametrize("name", QUICK_STARTS)
+def test_the_readme_shows_each_quick_start_as_it_runs(name: str):
+    blocks = re.findall(r"```python\n(.*?)\n```", README.read_text(), flags=re.DOTALL)
+    script = EXAMPLES[0].parent / name
+    assert _code(script) in blocks, f"README's code for {name} differs from the script"
+
+
+def test_the_readme_test_command_is_what_ci_runs():
+    readme = README.read_text()
+    commands = re.findall(r"```bash\n(python -m venv .*?)\n```", readme)
+    assert len(commands) >= 2
+    install_demo, run_tests = commands[0], commands[1]
+    assert install_demo.endswith("pip install -e '.[demo]' && python -m mentor_fn demo")
+    ci = (README.parent / ".ci" / "run").read_text()
+    for step in run_tests.split(" && ")[2:]:  # after creating and activating the venv
+        assert f"\n{step}\n" in ci, step
