@@ -151,8 +151,11 @@ def _load_problem(error: Exception) -> str:
             "is corrupt or holds objects other than plain data and tensors "
             f"(refused, nothing in it was run): {_diagnosis(text) or type(error).__name__}"
         )
-    reason = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    return f"is truncated, corrupt or not a torch file: {reason}"
+    reason = text.strip().splitlines()[0] if text.strip() else ""
+    if isinstance(error, KeyError) or not reason:
+        # torch's KeyError for a foreign file says only a record number.
+        reason = f"{type(error).__name__} {reason}".strip()
+    return f"is truncated, corrupt or not a torch file ({reason})"
 
 
 def _diagnosis(text: str) -> str:

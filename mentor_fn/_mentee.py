@@ -14,7 +14,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import optree
 import torch
@@ -83,7 +83,8 @@ class Mentee(nn.Module):
         (['body', 'head'], ['body'])
     """
 
-    trainer: ClassVar[Trainer | None] = None
+    # Set in a subclass's __init__ (self.trainer = Classifier()) or as a class attribute.
+    trainer: Trainer | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
