@@ -51,17 +51,26 @@ def _scaled(value: Any, ratio: float) -> Any:
 
 
 def scale_group(optimizer: torch.optim.Optimizer, scheduler: Any, index: int, ratio: float) -> None:
-    """Scale every lr-like value of group ``index`` in the optimizer and scheduler."""
+    """Scale every lr-like value of group ``index`` in the optimizer and scheduler.
+
+    Each list is scaled once, however many schedulers hold it: SequentialLR's
+    ``_last_lr`` *is* its current child's list (``get_last_lr()`` returns the
+    list itself), so scaling per scheduler would scale it twice.
+    """
     group = optimizer.param_groups[index]
     for key in GROUP_LR_KEYS:
         if key in group and group[key] is not None:
             group[key] = _scaled(group[key], ratio)
     if scheduler is None:
         return
+    seen: set[int] = set()
     for node in iter_schedulers(scheduler):
         for name in SCHEDULER_LR_LISTS:
             values = getattr(node, name, None)
-            if isinstance(values, list) and index < len(values) and values[index] is not None:
+            if not isinstance(values, list) or id(values) in seen:
+                continue
+            seen.add(id(values))
+            if index < len(values) and values[index] is not None:
                 values[index] = _scaled(values[index], ratio)
 
 
