@@ -129,6 +129,10 @@ def walk_model(model: nn.Module) -> ModelLayers:
     # generators cost a frame per level per module). Every visited module gets
     # a slot; slots of modules with no parameter in their subtree are dropped
     # afterwards, which needs each slot's parent.
+    # Whether a module is a wrapper is decided once per type: isinstance
+    # against the wrapper types (DDP's metaclass is ABCMeta) costs far more
+    # than a dict lookup, and this loop runs once per module.
+    is_wrapper_type: dict[type, bool] = {}
     paths: list[str] = []
     parents: list[int] = []
     registers_parameter: list[bool] = []
@@ -139,7 +143,13 @@ def walk_model(model: nn.Module) -> ModelLayers:
     ]
     while stack:
         path, module, parent = stack.pop()
-        module = _unwrap(module, wrappers)
+        module_type = type(module)
+        is_wrapper = is_wrapper_type.get(module_type)
+        if is_wrapper is None:
+            is_wrapper = any(isinstance(module, wrapper_type) for wrapper_type, _ in wrappers)
+            is_wrapper_type[module_type] = is_wrapper
+        if is_wrapper:
+            module = _unwrap(module, wrappers)
         if id(module) in seen_modules:
             continue
         seen_modules.add(id(module))
@@ -160,9 +170,11 @@ def walk_model(model: nn.Module) -> ModelLayers:
         children = module._modules
         if children:
             stack.extend(
-                (f"{path}.{name}", child, slot)
-                for name, child in reversed(children.items())
-                if child is not None
+                [
+                    (f"{path}.{name}", child, slot)
+                    for name, child in reversed(children.items())
+                    if child is not None
+                ]
             )
 
     keep = registers_parameter
