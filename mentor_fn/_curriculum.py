@@ -15,12 +15,20 @@ import torch
 from torch import nn
 
 from ._ddp import check_ddp_wrappers
-from ._groups import apply_requires_grad, param_groups, validate_lr, walk_for_state
+from ._groups import (
+    apply_requires_grad,
+    apply_requires_grad_of_walk,
+    groups_of_walk,
+    validate_lr,
+    walk_for_state,
+)
 from ._layers import ModelLayers, Patterns, check_same_layers, unwrap_model, walk_model
 from ._optimizer import (
     build_optimizer,
+    collector_paused,
     fresh_state,
     load_optimizer_state,
+    optimizer_on_one_group,
     optimizer_state_by_name,
     qualified_name,
 )
@@ -120,7 +128,7 @@ class Curriculum:
         self._state = initial
         self._optimizer: torch.optim.Optimizer | None = None
         self._scheduler: Any = None
-        apply_requires_grad(initial, model)
+        apply_requires_grad_of_walk(initial, walked)
 
     # Read-only views ------------------------------------------------------------
 
@@ -153,6 +161,7 @@ class Curriculum:
 
     # Building ---------------------------------------------------------------------
 
+    @collector_paused
     def build(self) -> torch.optim.Optimizer:
         """Build a fresh optimizer (and scheduler) from the current state: a new phase.
 
@@ -161,18 +170,36 @@ class Curriculum:
         that writes absolute values into every group (OneCycleLR with a scalar
         ``max_lr``, CyclicLR) cannot erase the coefficients.
         """
-        apply_requires_grad(self._state, self._model)
-        groups = param_groups(self._state, self._model, self._lr, coalesce=self._coalesce)
-        at_unit = [{**group, "lr": self._lr, "coefficient": 1.0} for group in groups]
-        at_unit.append(_reference_group(self._lr))
-        optimizer = build_optimizer(
-            self._optimizer_class, at_unit, lr=self._lr, optimizer_kwargs=self._optimizer_kwargs
+        # build_optimizer(groups) in one pass over the model: one walk for the
+        # flags and the groups; torch's constructor on the trainable parameters
+        # (unique: each is owned by one layer); the groups made as copies of
+        # its group, so each group dict is made once.
+        walked = walk_for_state(self._state, self._model)
+        trainable = apply_requires_grad_of_walk(self._state, walked)
+        optimizer = optimizer_on_one_group(
+            self._optimizer_class,
+            trainable,
+            group_count=2 if trainable else 1,  # with the reference group
+            lr=self._lr,
+            optimizer_kwargs=self._optimizer_kwargs,
         )
+        template = optimizer.param_groups[0]
+        groups = groups_of_walk(
+            self._state, walked, self._lr, coalesce=self._coalesce, template=template
+        )
+        coefficients = [group["coefficient"] for group in groups]
+        for group in groups:  # built at coefficient 1
+            group["lr"] = self._lr
+            group["coefficient"] = 1.0
+        reference = template.copy()
+        reference.update(_reference_group(self._lr))
+        groups.append(reference)
+        optimizer.param_groups = groups
         scheduler = self._make_scheduler(optimizer)
-        for index, group in enumerate(groups):
-            if group["coefficient"] != 1.0:
-                scale_group(optimizer, scheduler, index, group["coefficient"])
-                optimizer.param_groups[index]["coefficient"] = group["coefficient"]
+        for index, coefficient in enumerate(coefficients):
+            if coefficient != 1.0:
+                scale_group(optimizer, scheduler, index, coefficient)
+                optimizer.param_groups[index]["coefficient"] = coefficient
         self._guard_against_stale_parameters(optimizer)
         self._optimizer, self._scheduler = optimizer, scheduler
         return optimizer
@@ -233,6 +260,7 @@ class Curriculum:
 
     # Transitions --------------------------------------------------------------------
 
+    @collector_paused
     def update(
         self, target: Target, *, reset_optimizer_if_needed: bool = False
     ) -> NoChange | Patch | Rebuild:
@@ -262,10 +290,12 @@ class Curriculum:
                     "layers that stay trainable and the scheduler's progress are kept), or call "
                     "build() to start a fresh phase. Nothing was changed."
                 )
-            self._rebuild(new)
-        elif isinstance(decision, Patch):
-            self._patch(decision, new)
-        apply_requires_grad(new, self._model)
+            # The rebuild walked the model for the new state: the flags reuse it.
+            apply_requires_grad_of_walk(new, self._rebuild(new))
+        else:
+            if isinstance(decision, Patch):
+                self._patch(decision, new)
+            apply_requires_grad(new, self._model)
         self._state = new
         return decision
 
@@ -333,21 +363,22 @@ class Curriculum:
             if parameter in fresh:
                 optimizer.state[parameter] = fresh[parameter]
 
-    def _rebuild(self, new: CurriculumState) -> None:
+    def _rebuild(self, new: CurriculumState) -> ModelLayers:
+        """Rebuild the optimizer for ``new``; returns the walk of the model it used."""
         old_optimizer = self._optimizer
         assert old_optimizer is not None
         reference_index = _reference_index(old_optimizer)
         reference = old_optimizer.param_groups[reference_index]
         walked = walk_for_state(new, self._model)
-        groups = param_groups(new, self._model, self._lr, coalesce=self._coalesce)
+        groups = groups_of_walk(new, walked, self._lr, coalesce=self._coalesce)
         template = {key: value for key, value in reference.items() if key != "params"}
+        lr_keys = [key for key in GROUP_LR_KEYS if reference.get(key) is not None]
         derived = []
         for group in groups:
             coefficient = group["coefficient"]
             entry = {**template, **group}
-            for key in GROUP_LR_KEYS:
-                if reference.get(key) is not None:
-                    entry[key] = _times(reference[key], coefficient)
+            for key in lr_keys:
+                entry[key] = _times(reference[key], coefficient)
             derived.append(entry)
         derived.append({**template, "params": []})
         optimizer = build_optimizer(
@@ -362,6 +393,7 @@ class Curriculum:
             retarget_scheduler(self._scheduler, optimizer)
         self._guard_against_stale_parameters(optimizer)
         self._optimizer = optimizer
+        return walked
 
     # Saving and loading -------------------------------------------------------------
 
@@ -394,6 +426,7 @@ class Curriculum:
             "scheduler": None if self._scheduler is None else self._scheduler.state_dict(),
         }
 
+    @collector_paused
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`: state first, then the optimizer in its
         saved layout (groups, per-parameter state by name), then the scheduler.
@@ -448,7 +481,7 @@ class Curriculum:
                     group.update({k: v for k, v in saved_group.items() if k != "params"})
         if optimizer is not None:
             self._guard_against_stale_parameters(optimizer)
-        apply_requires_grad(new, self._model)
+        apply_requires_grad_of_walk(new, walked)
         self._state = new
         self._lr, self._optimizer_kwargs, self._coalesce = lr, kwargs, coalesce
         self._optimizer, self._scheduler = optimizer, scheduler

@@ -15,7 +15,14 @@ from torch import nn
 from ._layers import ModelLayers, check_same_layers, walk_model
 from ._state import CurriculumState
 
-__all__ = ["apply_requires_grad", "param_groups", "requires_grad_map", "walk_for_state"]
+__all__ = [
+    "apply_requires_grad",
+    "apply_requires_grad_of_walk",
+    "groups_of_walk",
+    "param_groups",
+    "requires_grad_map",
+    "walk_for_state",
+]
 
 
 def walk_for_state(state: CurriculumState, model: nn.Module) -> ModelLayers:
@@ -59,9 +66,26 @@ def param_groups(
         [(('0',), 0.05), (('1',), 0.1)]
     """
     global_lr = validate_lr(lr)
-    walked = walk_for_state(state, model)
+    return groups_of_walk(state, walk_for_state(state, model), global_lr, coalesce=coalesce)
+
+
+def groups_of_walk(
+    state: CurriculumState,
+    walked: ModelLayers,
+    global_lr: float,
+    *,
+    coalesce: bool = False,
+    template: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`param_groups` on a model already walked (``walk_for_state``), lr validated.
+
+    With ``template``, every group starts as a copy of it (then ``params``,
+    ``lr``, ``layers`` and ``coefficient`` are set): ``{**template, **group}``
+    without building ``group`` first.
+    """
     frozen = state.resolved_frozen()
     coefficients = state.resolved_coefficients()
+    new_group = dict if template is None else template.copy
     groups: list[dict[str, Any]] = []
     if coalesce:
         by_coefficient: dict[float, dict[str, Any]] = {}
@@ -71,12 +95,11 @@ def param_groups(
             coefficient = coefficients[position]
             group = by_coefficient.get(coefficient)
             if group is None:
-                group = {
-                    "params": [],
-                    "lr": global_lr * coefficient,
-                    "layers": [],
-                    "coefficient": coefficient,
-                }
+                group = new_group()
+                group["params"] = []
+                group["lr"] = global_lr * coefficient
+                group["layers"] = []
+                group["coefficient"] = coefficient
                 by_coefficient[coefficient] = group
                 groups.append(group)
             group["params"].extend(parameter for _, parameter in owned)
@@ -88,14 +111,12 @@ def param_groups(
     for position, owned in enumerate(walked.owned):
         if owned and not frozen[position]:
             coefficient = coefficients[position]
-            groups.append(
-                {
-                    "params": [parameter for _, parameter in owned],
-                    "lr": global_lr * coefficient,
-                    "layers": (layers[position],),
-                    "coefficient": coefficient,
-                }
-            )
+            group = new_group()
+            group["params"] = [parameter for _, parameter in owned]
+            group["lr"] = global_lr * coefficient
+            group["layers"] = (layers[position],)
+            group["coefficient"] = coefficient
+            groups.append(group)
     return groups
 
 
@@ -116,12 +137,23 @@ def apply_requires_grad(state: CurriculumState, model: nn.Module) -> None:
     Parameters of frozen layers also lose their ``.grad``, so optimizers skip
     them (an inert group stays inert) and no stale gradient is applied later.
     """
-    walked = walk_for_state(state, model)
+    apply_requires_grad_of_walk(state, walk_for_state(state, model))
+
+
+def apply_requires_grad_of_walk(state: CurriculumState, walked: ModelLayers) -> list[nn.Parameter]:
+    """:func:`apply_requires_grad` on a model already walked (``walk_for_state``).
+
+    Returns the trainable parameters, in traversal order (each once).
+    """
     frozen = state.resolved_frozen()
+    trainable_parameters: list[nn.Parameter] = []
     for position, owned in enumerate(walked.owned):
         trainable = not frozen[position]
         for _, parameter in owned:
             if parameter.requires_grad != trainable:
                 parameter.requires_grad_(trainable)
-            if not trainable:
+            if trainable:
+                trainable_parameters.append(parameter)
+            else:
                 parameter.grad = None
+    return trainable_parameters

@@ -10,18 +10,52 @@ duplicate check.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import functools
+import gc
+from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 
 __all__ = [
     "build_optimizer",
+    "collector_paused",
     "fresh_state",
     "load_optimizer_state",
+    "optimizer_on_one_group",
     "optimizer_state_by_name",
     "qualified_name",
 ]
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def collector_paused(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``function`` with Python's cyclic garbage collector paused.
+
+    Deriving one group per layer allocates tens of thousands of containers in
+    one go (the model walk's tuples, the group dicts and lists). With the
+    collector running, its young collections promote the short-lived ones, and
+    in a program that has imported torch, every other build of a 10k-layer
+    model set off a full collection of the whole heap (over half a second).
+    Paused, the temporaries are freed by reference counting first. Nothing is
+    lost: the collector runs as usual afterwards.
+    """
+
+    @functools.wraps(function)
+    def paused(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if not gc.isenabled():
+            return function(*args, **kwargs)
+        gc.disable()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return paused
 
 
 def qualified_name(optimizer_class: type) -> str:
@@ -43,8 +77,8 @@ def build_optimizer(
     Raises:
         ValueError: a parameter appears in more than one group.
     """
-    all_parameters = [parameter for group in groups for parameter in group["params"]]
-    if len({id(parameter) for parameter in all_parameters}) != len(all_parameters):
+    all_parameters = list(chain.from_iterable([group["params"] for group in groups]))
+    if len(set(map(id, all_parameters))) != len(all_parameters):
         seen: set[int] = set()
         for number, group in enumerate(groups):
             for parameter in group["params"]:
@@ -54,14 +88,46 @@ def build_optimizer(
                         f"one parameter group (again in group {number})"
                     )
                 seen.add(id(parameter))
-    if len(groups) > 1 and optimizer_class is torch.optim.LBFGS:
-        raise ValueError("torch.optim.LBFGS supports a single parameter group only")
-    optimizer = optimizer_class([{"params": all_parameters}], lr=lr, **optimizer_kwargs)
+    optimizer = optimizer_on_one_group(
+        optimizer_class,
+        all_parameters,
+        group_count=len(groups),
+        lr=lr,
+        optimizer_kwargs=optimizer_kwargs,
+    )
+    # {**template, **group, "params": ...}, faster: this runs once per group.
     template = optimizer.param_groups[0]
-    optimizer.param_groups = [
-        {**template, **group, "params": list(group["params"])} for group in groups
-    ]
+    split = []
+    for group in groups:
+        merged = template.copy()
+        merged.update(group)
+        merged["params"] = list(group["params"])
+        split.append(merged)
+    optimizer.param_groups = split
     return optimizer
+
+
+def optimizer_on_one_group(
+    optimizer_class: type[torch.optim.Optimizer],
+    parameters: list[torch.Tensor],
+    *,
+    group_count: int,
+    lr: float,
+    optimizer_kwargs: Mapping[str, Any],
+) -> torch.optim.Optimizer:
+    """``optimizer_class`` on one flat group of ``parameters`` (each once).
+
+    torch validates every parameter once (and Adagrad initialises its state);
+    the caller then replaces ``param_groups`` with ``group_count`` groups, each
+    a copy of this group's dict (the optimizer's defaults) updated with its own
+    keys, as ``add_param_group`` would make them.
+
+    Raises:
+        ValueError: several groups for LBFGS, which supports only one.
+    """
+    if group_count > 1 and optimizer_class is torch.optim.LBFGS:
+        raise ValueError("torch.optim.LBFGS supports a single parameter group only")
+    return optimizer_class([{"params": parameters}], lr=lr, **optimizer_kwargs)
 
 
 def fresh_state(
