@@ -81,8 +81,6 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
-import os
-import platform
 import statistics
 import sys
 import time
@@ -94,6 +92,7 @@ import torch
 from torch import nn
 
 import mentor_fn as mf
+from benchmarks._common import machine
 from mentor_fn._optimizer import build_optimizer
 
 BUILD_LIMIT = 1.5
@@ -749,13 +748,6 @@ def summary(rows: Sequence[SizeRow], step_rows: Sequence[StepRow]) -> tuple[bool
         f"({listing(steps)}).",
     ]
     return all(checks.values()), "\n".join(lines)
-
-
-def machine() -> str:
-    return (
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs"
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

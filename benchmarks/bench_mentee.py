@@ -68,7 +68,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -85,6 +84,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 import mentor_fn as mf
+from benchmarks._common import machine as common_machine
 from mentor_fn._checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _fsync_folder
 
 FIT_LIMIT = 1.05
@@ -559,11 +559,7 @@ def format_steps(steps: dict[str, float]) -> str:
 
 
 def machine() -> str:
-    return (
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, "
-        f"{torch.get_num_threads()} torch threads"
-    )
+    return f"{common_machine()}, {torch.get_num_threads()} torch threads"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import statistics
 import sys
 import time
@@ -49,10 +47,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 import mentor_fn as mf
+from benchmarks._common import machine
 
 LIMIT = 2.0
 """The largest allowed ratio param_groups / named_parameters (issue 2)."""
@@ -290,13 +288,6 @@ def summary(rows: Sequence[Row]) -> tuple[bool, str]:
         + f" (max/min {base_spread:.2f}): {verdict}.",
     ]
     return within, "\n".join(lines)
-
-
-def machine() -> str:
-    return (
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs"
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

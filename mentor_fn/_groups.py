@@ -6,14 +6,12 @@ position: linear in the number of layers.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 from torch import nn
 
 from ._layers import ModelLayers, check_same_layers, walk_model
-from ._state import CurriculumState
+from ._state import CurriculumState, validate_coefficient
 
 __all__ = [
     "apply_requires_grad",
@@ -35,13 +33,8 @@ def walk_for_state(state: CurriculumState, model: nn.Module) -> ModelLayers:
 
 
 def validate_lr(lr: object) -> float:
-    """Return ``lr`` as a float; it must be real, finite and >= 0."""
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
-        raise TypeError(f"lr must be a real number, got {type(lr).__name__}: {lr!r}")
-    value = float(lr)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"lr must be finite and >= 0, got {lr!r}")
-    return value
+    """Return ``lr`` as a float; it must be real, finite and >= 0 (like a coefficient)."""
+    return validate_coefficient(lr, what="lr")
 
 
 def param_groups(
