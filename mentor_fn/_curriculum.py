@@ -171,29 +171,32 @@ class Curriculum:
         ``max_lr``, CyclicLR) cannot erase the coefficients.
         """
         # build_optimizer(groups) in one pass over the model: one walk for the
-        # flags and the groups; torch's constructor on the trainable parameters
-        # (unique: each is owned by one layer); the groups made as copies of
-        # its group, so each group dict is made once.
+        # flags and the groups; torch's constructor once, on the trainable
+        # parameters (unique: each is owned by one layer); then each group gets
+        # the constructor's defaults for the keys it lacks, as add_param_group
+        # would give them (same keys, same order), without torch re-checking
+        # every earlier group for each new one.
         walked = walk_for_state(self._state, self._model)
         trainable = apply_requires_grad_of_walk(self._state, walked)
+        groups = groups_of_walk(self._state, walked, self._lr, coalesce=self._coalesce)
+        coefficients = []
+        for group in groups:  # built at coefficient 1
+            coefficients.append(group["coefficient"])
+            group["lr"] = self._lr
+            group["coefficient"] = 1.0
+        groups.append(_reference_group(self._lr))
         optimizer = optimizer_on_one_group(
             self._optimizer_class,
             trainable,
-            group_count=2 if trainable else 1,  # with the reference group
+            group_count=len(groups),
             lr=self._lr,
             optimizer_kwargs=self._optimizer_kwargs,
         )
-        template = optimizer.param_groups[0]
-        groups = groups_of_walk(
-            self._state, walked, self._lr, coalesce=self._coalesce, template=template
-        )
-        coefficients = [group["coefficient"] for group in groups]
-        for group in groups:  # built at coefficient 1
-            group["lr"] = self._lr
-            group["coefficient"] = 1.0
-        reference = template.copy()
-        reference.update(_reference_group(self._lr))
-        groups.append(reference)
+        defaults = {
+            key: value for key, value in optimizer.param_groups[0].items() if key not in groups[-1]
+        }
+        for group in groups:
+            group.update(defaults)
         optimizer.param_groups = groups
         scheduler = self._make_scheduler(optimizer)
         for index, coefficient in enumerate(coefficients):
@@ -559,10 +562,10 @@ def _carry_state(
 ) -> None:
     """Keep the per-parameter state of parameters trainable before and after."""
     old_frozen, new_frozen = old_state.resolved_frozen(), new_state.resolved_frozen()
-    for position, owned in enumerate(walked.owned):
+    for position, parameters in enumerate(walked.parameters):
         if old_frozen[position] or new_frozen[position]:
             continue
-        for _, parameter in owned:
+        for parameter in parameters:
             values = old.state.get(parameter)
             if values:
                 new.state[parameter] = values

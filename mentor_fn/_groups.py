@@ -68,60 +68,52 @@ def groups_of_walk(
     global_lr: float,
     *,
     coalesce: bool = False,
-    template: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """:func:`param_groups` on a model already walked (``walk_for_state``), lr validated.
-
-    With ``template``, every group starts as a copy of it (then ``params``,
-    ``lr``, ``layers`` and ``coefficient`` are set): ``{**template, **group}``
-    without building ``group`` first.
-    """
+    """:func:`param_groups` on a model already walked (``walk_for_state``), lr validated."""
     frozen = state.resolved_frozen()
     coefficients = state.resolved_coefficients()
-    new_group = dict if template is None else template.copy
     groups: list[dict[str, Any]] = []
     if coalesce:
         by_coefficient: dict[float, dict[str, Any]] = {}
-        for position, owned in enumerate(walked.owned):
-            if not owned or frozen[position]:
+        for position, parameters in enumerate(walked.parameters):
+            if not parameters or frozen[position]:
                 continue
             coefficient = coefficients[position]
             group = by_coefficient.get(coefficient)
             if group is None:
-                group = new_group()
-                group["params"] = []
-                group["lr"] = global_lr * coefficient
-                group["layers"] = []
-                group["coefficient"] = coefficient
+                group = {
+                    "params": [],
+                    "lr": global_lr * coefficient,
+                    "layers": [],
+                    "coefficient": coefficient,
+                }
                 by_coefficient[coefficient] = group
                 groups.append(group)
-            group["params"].extend(parameter for _, parameter in owned)
+            group["params"].extend(parameters)
             group["layers"].append(walked.layers[position])
         for group in groups:
             group["layers"] = tuple(group["layers"])
         return groups
     layers = walked.layers
-    for position, owned in enumerate(walked.owned):
-        if owned and not frozen[position]:
+    for position, parameters in enumerate(walked.parameters):
+        if parameters and not frozen[position]:
             coefficient = coefficients[position]
-            group = new_group()
-            group["params"] = [parameter for _, parameter in owned]
-            group["lr"] = global_lr * coefficient
-            group["layers"] = (layers[position],)
-            group["coefficient"] = coefficient
-            groups.append(group)
+            groups.append(
+                {
+                    "params": list(parameters),
+                    "lr": global_lr * coefficient,
+                    "layers": (layers[position],),
+                    "coefficient": coefficient,
+                }
+            )
     return groups
 
 
 def requires_grad_map(state: CurriculumState, model: nn.Module) -> dict[str, bool]:
     """Parameter name -> whether it should require grad (its owner is not frozen)."""
     walked = walk_for_state(state, model)
-    frozen = state.resolved_frozen()
-    return {
-        name: not frozen[position]
-        for position, owned in enumerate(walked.owned)
-        for name, _ in owned
-    }
+    frozen = dict(zip(walked.layers, state.resolved_frozen()))
+    return {name: not frozen[layer] for layer, name, _ in walked.named_parameters()}
 
 
 def apply_requires_grad(state: CurriculumState, model: nn.Module) -> None:
@@ -140,13 +132,15 @@ def apply_requires_grad_of_walk(state: CurriculumState, walked: ModelLayers) -> 
     """
     frozen = state.resolved_frozen()
     trainable_parameters: list[nn.Parameter] = []
-    for position, owned in enumerate(walked.owned):
-        trainable = not frozen[position]
-        for _, parameter in owned:
-            if parameter.requires_grad != trainable:
-                parameter.requires_grad_(trainable)
-            if trainable:
-                trainable_parameters.append(parameter)
-            else:
+    for position, parameters in enumerate(walked.parameters):
+        if frozen[position]:
+            for parameter in parameters:
+                if parameter.requires_grad:
+                    parameter.requires_grad_(False)
                 parameter.grad = None
+        else:
+            for parameter in parameters:
+                if not parameter.requires_grad:
+                    parameter.requires_grad_(True)
+            trainable_parameters.extend(parameters)
     return trainable_parameters

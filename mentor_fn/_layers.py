@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 from torch import nn
 
@@ -83,23 +84,51 @@ class ModelLayers:
 
     Attributes:
         layers: layer names in traversal order (root parameters first).
-        owned: for each layer, the ``(parameter name, parameter)`` pairs it owns,
-            in registration order; parameter names are the bare model's.
+        parameters: for each layer, the parameters it owns, in registration order.
+        local_names: for each layer, the names its parameters are registered
+            under on their module (``"weight"``); :meth:`named_parameters` gives
+            the full names. Kept apart because the full names are only needed
+            to save and load, and making them costs a string per parameter.
+        root_parameter_count: how many leading layers are parameters
+            registered directly on the root (their layer name is their name).
     """
 
     layers: tuple[str, ...]
-    owned: tuple[tuple[tuple[str, nn.Parameter], ...], ...]
+    parameters: tuple[tuple[nn.Parameter, ...], ...]
+    local_names: tuple[tuple[str, ...], ...]
+    root_parameter_count: int
 
     @property
     def parameter_owners(self) -> frozenset[str]:
         """Layers that own at least one parameter."""
-        return frozenset(name for name, params in zip(self.layers, self.owned) if params)
+        return frozenset(
+            name for name, parameters in zip(self.layers, self.parameters) if parameters
+        )
+
+    @property
+    def owned(self) -> tuple[tuple[tuple[str, nn.Parameter], ...], ...]:
+        """For each layer, its ``(full parameter name, parameter)`` pairs."""
+        named = self.named_parameters()
+        return tuple(
+            tuple((name, parameter) for _, name, parameter in islice(named, len(parameters)))
+            for parameters in self.parameters
+        )
 
     def named_parameters(self) -> Iterator[tuple[str, str, nn.Parameter]]:
-        """Yield ``(layer, parameter name, parameter)`` for every owned parameter."""
-        for layer, params in zip(self.layers, self.owned):
-            for name, parameter in params:
-                yield layer, name, parameter
+        """Yield ``(layer, full parameter name, parameter)`` for every owned parameter.
+
+        Full names are the bare model's (``"encoder.0.weight"``), as in
+        ``model.named_parameters()``.
+        """
+        for position, (layer, parameters, names) in enumerate(
+            zip(self.layers, self.parameters, self.local_names)
+        ):
+            if position < self.root_parameter_count:
+                for parameter in parameters:
+                    yield layer, layer, parameter
+            else:
+                for name, parameter in zip(names, parameters):
+                    yield layer, f"{layer}.{name}", parameter
 
 
 def walk_model(model: nn.Module) -> ModelLayers:
@@ -116,33 +145,32 @@ def walk_model(model: nn.Module) -> ModelLayers:
 
     seen_parameters: set[int] = set()
     layers: list[str] = []
-    owned: list[tuple[tuple[str, nn.Parameter], ...]] = []
+    parameters_of: list[tuple[nn.Parameter, ...]] = []
+    names_of: list[tuple[str, ...]] = []
 
     for name, parameter in root._parameters.items():
         if parameter is None or id(parameter) in seen_parameters:
             continue
         seen_parameters.add(id(parameter))
         layers.append(name)
-        owned.append(((name, parameter),))
+        parameters_of.append((parameter,))
+        names_of.append((name,))
+    root_parameter_count = len(layers)
 
-    # Pre-order traversal with an explicit stack (named_modules' recursive
-    # generators cost a frame per level per module). Every visited module gets
-    # a slot; slots of modules with no parameter in their subtree are dropped
-    # afterwards, which needs each slot's parent.
+    # Pre-order traversal. A module is appended when first visited and taken
+    # out again (with its subtree) once its subtree turned out to register no
+    # parameter. Recursion allocates less than an explicit stack of (path,
+    # module) entries, and nests no deeper than named_modules' own generators:
+    # a model too deep for this (about 1,000 levels) is too deep for torch.
     # Whether a module is a wrapper is decided once per type: isinstance
     # against the wrapper types (DDP's metaclass is ABCMeta) costs far more
-    # than a dict lookup, and this loop runs once per module.
+    # than a dict lookup, and this runs once per module.
     is_wrapper_type: dict[type, bool] = {}
-    paths: list[str] = []
-    parents: list[int] = []
-    registers_parameter: list[bool] = []
-    slot_owned: list[tuple[tuple[str, nn.Parameter], ...]] = []
     seen_modules: set[int] = {id(root)}
-    stack: list[tuple[str, nn.Module, int]] = [
-        (name, child, -1) for name, child in reversed(root._modules.items()) if child is not None
-    ]
-    while stack:
-        path, module, parent = stack.pop()
+    no_parameters: tuple[()] = ()
+
+    def visit(path: str, module: nn.Module) -> bool:
+        """Add ``module``'s subtree; return whether it registers a parameter."""
         module_type = type(module)
         is_wrapper = is_wrapper_type.get(module_type)
         if is_wrapper is None:
@@ -150,44 +178,50 @@ def walk_model(model: nn.Module) -> ModelLayers:
             is_wrapper_type[module_type] = is_wrapper
         if is_wrapper:
             module = _unwrap(module, wrappers)
-        if id(module) in seen_modules:
-            continue
-        seen_modules.add(id(module))
-        slot = len(paths)
-        paths.append(path)
-        parents.append(parent)
-        mine: list[tuple[str, nn.Parameter]] = []
-        direct = False
-        for parameter_name, parameter in module._parameters.items():
-            if parameter is None:
-                continue
-            direct = True
-            if id(parameter) not in seen_parameters:
-                seen_parameters.add(id(parameter))
-                mine.append((f"{path}.{parameter_name}", parameter))
-        registers_parameter.append(direct)
-        slot_owned.append(tuple(mine))
+        key = id(module)
+        if key in seen_modules:
+            return False
+        seen_modules.add(key)
+        slot = len(layers)
+        layers.append(path)
+        registered = module._parameters
+        registers = False
+        if registered:
+            mine: list[nn.Parameter] = []
+            names: list[str] = []
+            for parameter_name, parameter in registered.items():
+                if parameter is None:
+                    continue
+                registers = True
+                key = id(parameter)
+                if key not in seen_parameters:
+                    seen_parameters.add(key)
+                    mine.append(parameter)
+                    names.append(parameter_name)
+            parameters_of.append(tuple(mine))
+            names_of.append(tuple(names))
+        else:
+            parameters_of.append(no_parameters)
+            names_of.append(no_parameters)
         children = module._modules
         if children:
-            stack.extend(
-                [
-                    (f"{path}.{name}", child, slot)
-                    for name, child in reversed(children.items())
-                    if child is not None
-                ]
-            )
+            prefix = path + "."
+            for name, child in children.items():
+                if child is not None and visit(prefix + name, child):
+                    registers = True
+        if not registers:
+            del layers[slot:], parameters_of[slot:], names_of[slot:]
+        return registers
 
-    keep = registers_parameter
-    for slot in range(len(paths) - 1, -1, -1):
-        if keep[slot]:
-            parent = parents[slot]
-            if parent >= 0:
-                keep[parent] = True
-    for slot, kept in enumerate(keep):
-        if kept:
-            layers.append(paths[slot])
-            owned.append(slot_owned[slot])
-    return ModelLayers(layers=tuple(layers), owned=tuple(owned))
+    for name, child in root._modules.items():
+        if child is not None:
+            visit(name, child)
+    return ModelLayers(
+        layers=tuple(layers),
+        parameters=tuple(parameters_of),
+        local_names=tuple(names_of),
+        root_parameter_count=root_parameter_count,
+    )
 
 
 def layer_names(model: nn.Module) -> tuple[str, ...]:

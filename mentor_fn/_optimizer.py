@@ -119,8 +119,8 @@ def optimizer_on_one_group(
 
     torch validates every parameter once (and Adagrad initialises its state);
     the caller then replaces ``param_groups`` with ``group_count`` groups, each
-    a copy of this group's dict (the optimizer's defaults) updated with its own
-    keys, as ``add_param_group`` would make them.
+    with its own keys and this group's values (the optimizer's defaults) for
+    the others, as ``add_param_group`` would make them.
 
     Raises:
         ValueError: several groups for LBFGS, which supports only one.

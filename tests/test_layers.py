@@ -144,6 +144,20 @@ def test_no_parameters_no_layers():
     assert layer_names(nn.Sequential(nn.ReLU(), nn.Identity())) == ()
 
 
+def test_deep_nesting_walked_as_deep_as_torch_goes():
+    # 500 levels: far deeper than real models, well within the recursion
+    # limit that torch's own named_modules is bound by too.
+    model: nn.Module = nn.Linear(2, 2)
+    for _ in range(500):
+        model = nn.Sequential(model)
+    walked = walk_model(model)
+    assert len(walked.layers) == 500
+    assert walked.layers[-1] == ".".join(["0"] * 500)
+    assert [name for _, name, _ in walked.named_parameters()] == [
+        name for name, _ in model.named_parameters()
+    ]
+
+
 @given(module_trees())
 def test_layer_names_match_torch_traversal(model):
     assert layer_names(model) == expected_layer_names(model)
