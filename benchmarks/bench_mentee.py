@@ -85,7 +85,8 @@ from tqdm.auto import tqdm
 
 import mentor_fn as mf
 from benchmarks._common import machine as common_machine
-from mentor_fn._checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _fsync_folder
+from mentor_fn import _atomic_write as atomic_write
+from mentor_fn._checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 
 FIT_LIMIT = 1.05
 """Largest allowed fit / hand-written per-epoch ratio (issue 4)."""
@@ -482,26 +483,69 @@ def measure_checkpoints(rounds: int, folder: Path) -> CheckpointResult:
     )
 
 
-STEPS = ("temp file + torch.save", "fsync (file)", "rename", "fsync (folder)")
+STEPS = (
+    "temp file + torch.save, writeback alongside",
+    "fsync (file): what writeback left",
+    "second name for the previous file",
+    "rename",
+    "fsync (folder)",
+)
+BACKGROUND_STEP = "removing the previous file (background)"
+UNAIDED_STEPS = (
+    "temp file + torch.save alone",
+    "fsync (file) alone",
+    "rename, freeing the previous",
+)
 
 
 def measure_save_steps(rounds: int, folder: Path) -> dict[str, float]:
     """Medians of the steps of ``save_checkpoint``, timed one by one.
 
-    The same calls as :func:`mentor_fn.save_checkpoint`, in its order; with
-    ``torch.save`` to a path in the same rounds, for reference.
+    The same calls as ``mentor_fn._atomic_write.replace_file``, in its order;
+    then the same save without its two aids (no writeback while writing, the
+    rename frees the previous file), and ``torch.save`` to a path, in the same
+    rounds, for reference.
     """
     variants = CheckpointVariants(folder)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **variants.contents()}
+    expected_bytes = (
+        sum(tensor.nbytes for tensor in variants.model.state_dict().values()) * 3
+    )  # weights and Adam's two moments
     target = folder / "steps.ckpt"
-    samples: dict[str, list[float]] = {step: [] for step in ("torch.save", *STEPS)}
+    keys = ("torch.save", *STEPS, BACKGROUND_STEP, *UNAIDED_STEPS)
+    samples: dict[str, list[float]] = {step: [] for step in keys}
+
+    def temporary_file() -> Any:
+        return tempfile.NamedTemporaryFile(
+            dir=folder, prefix=f".{target.name}.", suffix=".tmp", delete=False
+        )
+
     for _ in range(rounds):
         samples["torch.save"].append(_timed_ms(variants.torch_save)[0])
         gc.collect()
         times = [time.perf_counter()]
-        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115
-            dir=folder, prefix=f".{target.name}.", suffix=".tmp", delete=False
-        )
+        handle = temporary_file()
+        with handle:
+            with atomic_write._writeback_while_writing(handle.fileno(), expected_bytes):
+                torch.save(payload, handle)
+                handle.flush()
+            times.append(time.perf_counter())
+            os.fsync(handle.fileno())
+            times.append(time.perf_counter())
+        previous = atomic_write._second_name(target)
+        times.append(time.perf_counter())
+        os.replace(handle.name, target)
+        times.append(time.perf_counter())
+        atomic_write._fsync_folder(folder)
+        times.append(time.perf_counter())
+        if previous is not None:
+            samples[BACKGROUND_STEP].append(_timed_ms(previous.unlink)[0])
+        for step, start, end in zip(STEPS, times, times[1:]):
+            samples[step].append((end - start) * 1e3)
+
+        gc.collect()
+        times = [time.perf_counter()]
+        handle = temporary_file()
         with handle:
             torch.save(payload, handle)
             handle.flush()
@@ -510,11 +554,12 @@ def measure_save_steps(rounds: int, folder: Path) -> dict[str, float]:
             times.append(time.perf_counter())
         os.replace(handle.name, target)
         times.append(time.perf_counter())
-        _fsync_folder(folder)
-        times.append(time.perf_counter())
-        for step, start, end in zip(STEPS, times, times[1:]):
+        for step, start, end in zip(UNAIDED_STEPS, times, times[1:]):
             samples[step].append((end - start) * 1e3)
-    return {step: statistics.median(values) for step, values in samples.items()}
+    return {
+        step: statistics.median(values) if values else float("nan")
+        for step, values in samples.items()
+    }
 
 
 # Report ----------------------------------------------------------------------------------
@@ -554,6 +599,13 @@ def format_checkpoints(result: CheckpointResult) -> str:
 def format_steps(steps: dict[str, float]) -> str:
     lines = ["| step | median ms |", "|---|---:|"]
     lines += [f"| {step} | {steps[step]:.1f} |" for step in STEPS]
+    lines.append(f"| **on the caller's path** | **{sum(steps[step] for step in STEPS):.1f}** |")
+    lines.append(f"| {BACKGROUND_STEP} | {steps[BACKGROUND_STEP]:.1f} |")
+    lines += [f"| without the aids: {step} | {steps[step]:.1f} |" for step in UNAIDED_STEPS]
+    lines.append(
+        f"| without the aids: **on the caller's path** "
+        f"| **{sum(steps[step] for step in UNAIDED_STEPS):.1f}** |"
+    )
     lines.append(f"| (`torch.save` to a path, same rounds) | {steps['torch.save']:.1f} |")
     return "\n".join(lines)
 

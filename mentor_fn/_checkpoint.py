@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ._atomic_write import replace_file
 
 __all__ = ["CHECKPOINT_VERSION", "CheckpointError", "load_checkpoint", "save_checkpoint"]
 
@@ -30,10 +31,16 @@ def save_checkpoint(path: str | os.PathLike[str], contents: Mapping[str, Any]) -
     """Write ``contents`` (plain data and tensors) to ``path`` atomically.
 
     The file is written to a temporary file in the same folder, flushed to
-    disk (fsync) and renamed over ``path``: a crash during the save leaves the
-    previous file at ``path`` intact. ``format`` and ``version`` keys are added
-    (``contents`` may hold them only with these same values, as the contents
-    returned by :func:`load_checkpoint` do).
+    disk (fsync) and renamed over ``path``, and the rename is flushed too: a
+    crash during the save, even a power loss, leaves the previous file at
+    ``path`` intact. When this returns, ``path`` holds the new checkpoint, on
+    disk. ``format`` and ``version`` keys are added (``contents`` may hold them
+    only with these same values, as the contents returned by
+    :func:`load_checkpoint` do).
+
+    Large files cost about what ``torch.save`` over the same path costs: the
+    disk writes overlap the serialization, and the previous file is freed in
+    the background (see ``mentor_fn._atomic_write``).
 
     Returns:
         The path written.
@@ -52,61 +59,73 @@ def save_checkpoint(path: str | os.PathLike[str], contents: Mapping[str, Any]) -
                 f"({value!r}), contents hold {contents[key]!r}"
             )
     payload = {**header, **contents}
-    _check_plain(payload, "contents")
-    folder = target.parent if str(target.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    # Not a `with` block: the file must outlive it to be renamed, or be removed.
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115
-        dir=folder, prefix=f".{target.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, target)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    _fsync_folder(folder)
+    tensor_bytes = _check_plain(payload, "contents")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    replace_file(target, lambda file: torch.save(payload, file), expected_bytes=tensor_bytes)
     return target
 
 
 _PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)
 
 
-def _check_plain(value: Any, where: str) -> None:
-    """Raise ValueError at the first value weights-only loading would refuse."""
-    if isinstance(value, (torch.Tensor, torch.Size, *_PLAIN_SCALARS)):
-        return
+def _check_plain(value: Any, where: str) -> int:
+    """Raise ValueError at the first value weights-only loading would refuse.
+
+    Returns:
+        The bytes of the tensors in ``value``: about the size of the file.
+    """
+    try:
+        return _plain_bytes(value)
+    except _NotPlain as problem:
+        location = where + "".join(f"[{key!r}]" for key in reversed(problem.keys))
+        if problem.bad_key is not None:
+            raise ValueError(
+                f"save_checkpoint: {location} has a key of type {type(problem.bad_key).__name__}"
+            ) from None
+        raise ValueError(
+            f"save_checkpoint: {location} is a {type(problem.value).__name__}, which "
+            "torch.load(weights_only=True) refuses; store plain data and tensors only"
+        ) from None
+
+
+class _NotPlain(Exception):
+    """Where (keys, innermost first) a value or key that is not plain data is."""
+
+    def __init__(self, value: Any, bad_key: Any = None) -> None:
+        self.value, self.bad_key = value, bad_key
+        self.keys: list[Any] = []
+
+
+_PLAIN_KEYS = (str, int, float, bool, type(None), tuple)
+
+
+def _plain_bytes(value: Any) -> int:
+    # The location is built only on failure: this visits every entry of an
+    # optimizer state, and formatting a path for each would cost more.
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, (torch.Size, *_PLAIN_SCALARS)):
+        return 0
+    total = 0
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, (str, int, float, bool, type(None), tuple)):
-                raise ValueError(f"save_checkpoint: {where} has a key of type {type(key).__name__}")
-            _check_plain(item, f"{where}[{key!r}]")
-        return
+            if not isinstance(key, _PLAIN_KEYS):
+                raise _NotPlain(value, bad_key=key)
+            try:
+                total += _plain_bytes(item)
+            except _NotPlain as problem:
+                problem.keys.append(key)
+                raise
+        return total
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _check_plain(item, f"{where}[{index}]")
-        return
-    raise ValueError(
-        f"save_checkpoint: {where} is a {type(value).__name__}, which "
-        "torch.load(weights_only=True) refuses; store plain data and tensors only"
-    )
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform.
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+            try:
+                total += _plain_bytes(item)
+            except _NotPlain as problem:
+                problem.keys.append(index)
+                raise
+        return total
+    raise _NotPlain(value)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -513,6 +513,7 @@ class Mentee(nn.Module):
                 if torch.cuda.is_available()
                 else [],
                 "python_rng_state": random.getstate(),
+                "numpy_rng_state": _numpy_rng_state(),
             },
         )
 
@@ -580,8 +581,10 @@ class Mentee(nn.Module):
 
         The optimizer comes back in exactly the saved layout (inert groups of
         layers frozen after the build included) with its per-parameter state,
-        the scheduler with its progress, and torch's RNG state as saved, so
-        the continued run is bit-for-bit the uninterrupted one. An optimizer
+        the scheduler with its progress, and the random number generators as
+        saved (torch's CPU and CUDA ones, Python's ``random``, and numpy's
+        global one when the saving program had imported numpy), so the
+        continued run is bit-for-bit the uninterrupted one. An optimizer
         class outside ``torch.optim`` or a scheduler factory that was not a
         ``torch.optim.lr_scheduler`` class must be passed again.
 
@@ -632,7 +635,42 @@ class Mentee(nn.Module):
             torch.cuda.set_rng_state_all(cuda_states)
         if contents.get("python_rng_state") is not None:
             random.setstate(contents["python_rng_state"])
+        _set_numpy_rng_state(contents.get("numpy_rng_state"))
         return model, curriculum.optimizer, curriculum.scheduler
+
+
+def _numpy_rng_state() -> dict[str, Any] | None:
+    """numpy's global RNG state as plain data, if numpy is in use (imported)."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return None  # nothing can have drawn from it
+    algorithm, keys, position, has_gauss, cached_gaussian = numpy.random.get_state()
+    return {
+        "algorithm": str(algorithm),
+        # Its (624,) uint32 array, as a tensor: weights-only loading takes no numpy.
+        "keys": torch.from_numpy(keys.astype(numpy.int64)),
+        "position": int(position),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
+
+
+def _set_numpy_rng_state(saved: Mapping[str, Any] | None) -> None:
+    if saved is None:
+        return
+    try:
+        import numpy
+    except ImportError:
+        return  # this program cannot draw from it either
+    numpy.random.set_state(
+        (
+            saved["algorithm"],
+            saved["keys"].numpy().astype(numpy.uint32),
+            saved["position"],
+            saved["has_gauss"],
+            saved["cached_gaussian"],
+        )
+    )
 
 
 def _is_main_process() -> bool:

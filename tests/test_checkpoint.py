@@ -24,6 +24,7 @@ from torch.utils.data import TensorDataset
 
 import mentor_fn
 from mentor_fn import CheckpointError, Classifier, Mentee, load_checkpoint, save_checkpoint
+from mentor_fn._atomic_write import wait_for_background_removals
 from mentor_fn._checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 
 # Models (module level, so Mentee's registry finds them by qualified name) -------
@@ -99,6 +100,8 @@ def weights_equal(a: nn.Module, b: nn.Module) -> bool:
 
 
 def folder_listing(folder: Path) -> list[str]:
+    """The folder's files, once replaced checkpoints are removed (in the background)."""
+    wait_for_background_removals()
     return sorted(entry.name for entry in folder.iterdir())
 
 

@@ -831,6 +831,37 @@ def test_resume_training_continues_bit_for_bit(tmp_path):
     assert [r["lr"] for r in resumed.history] == [r["lr"] for r in model.history]
 
 
+def test_resume_training_restores_every_random_number_generator(tmp_path):
+    # Augmentation drawing from numpy or Python's random, dropout from torch's:
+    # all continue as in the uninterrupted run.
+    import random
+
+    import numpy
+
+    model = Positional(2, 3)
+    model.create_train_objects(lr=1e-3)
+    numpy.random.seed(5)
+    numpy.random.standard_normal()  # leaves a cached Gaussian in numpy's state
+    random.seed(6)
+    torch.manual_seed(7)
+    model.save(tmp_path / "rng.pt")
+
+    def draws() -> tuple[list[float], float, float, list[float]]:
+        return (
+            numpy.random.random(3).tolist(),
+            float(numpy.random.standard_normal()),
+            random.random(),
+            torch.rand(3).tolist(),
+        )
+
+    expected = draws()
+    numpy.random.seed(99)
+    random.seed(99)
+    torch.manual_seed(99)
+    Positional.resume_training(tmp_path / "rng.pt")
+    assert draws() == expected
+
+
 def test_resume_training_on_the_subclass_and_without_optimizer(tmp_path):
     model = Positional(2, 3)
     model.save(tmp_path / "plain.pt")

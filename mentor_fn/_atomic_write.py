@@ -1,0 +1,227 @@
+"""Replacing a file atomically and durably, keeping the caller waiting no longer than needed.
+
+The new contents go to a temporary file in the target's folder, are flushed
+to disk (fsync) and renamed over the target, and the rename is made durable
+(fsync of the folder). A crash at any point, even a power loss, leaves either
+the previous file or the new one at the target, whole.
+
+Two costs of that are taken off the caller's path, without weakening it:
+
+- **Writeback while writing.** Left alone, the kernel starts writing the
+  temporary file to disk only when the final fsync asks for it, so the caller
+  waits for all of it there. A helper thread asks for the writeback of each
+  few MiB as they are written (``fdatasync``), so most of the disk work
+  overlaps the serialization and the final fsync finds little left to do.
+- **Freeing the previous file later.** Renaming over the target drops the
+  previous file, and freeing its blocks is slow on some filesystems (ext4
+  mounted with ``discard``: 3 ms for 12 MB). A second name (hard link) keeps
+  the previous file alive through the rename; it is removed by a background
+  thread. ``torch.save`` over an existing file pays that cost itself, when it
+  truncates the file.
+
+Files a killed process left behind (its temporary file, a second name not
+yet removed) are removed at this process's first write to the same target:
+their names carry the host and process id of their writer, and only those of
+a process that no longer exists on this host are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["replace_file", "wait_for_background_removals"]
+
+WRITEBACK_THRESHOLD_BYTES = 4 << 20
+"""Expected sizes below this are written without the writeback thread (it costs
+a thread start, and small files are flushed quickly anyway)."""
+
+WRITEBACK_CHUNK_BYTES = 2 << 20
+"""The writeback thread asks for a flush each time this much more was written."""
+
+_WRITEBACK_POLL_SECONDS = 0.001
+
+_TEMPORARY_SUFFIX = ".tmp"
+_PREVIOUS_SUFFIX = ".old"
+
+_datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+
+_background_removals: set[threading.Thread] = set()
+_background_lock = threading.Lock()
+_cleaned_targets: set[Path] = set()
+
+
+def replace_file(
+    target: Path, write: Callable[[BinaryIO], None], *, expected_bytes: int = 0
+) -> None:
+    """Replace ``target`` with what ``write(file)`` writes, atomically and durably.
+
+    When this returns, ``target`` holds the new contents and they are on disk.
+    If ``write`` (or anything else) raises, ``target`` is left as it was and
+    the temporary file is removed.
+
+    Args:
+        target: the file to replace (or create); its folder must exist.
+        write: writes the whole contents to the binary file it is given.
+        expected_bytes: about how much ``write`` writes; from
+            :data:`WRITEBACK_THRESHOLD_BYTES` on, the disk writes overlap it.
+    """
+    folder = target.parent
+    _remove_leftovers_once(target)
+    # Not a `with` block: the file must outlive it to be renamed, or be removed.
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115
+        dir=folder, prefix=_scratch_prefix(target), suffix=_TEMPORARY_SUFFIX, delete=False
+    )
+    previous: Path | None = None
+    try:
+        with handle:
+            with _writeback_while_writing(handle.fileno(), expected_bytes):
+                write(handle)
+                handle.flush()
+            os.fsync(handle.fileno())
+        previous = _second_name(target)
+        os.replace(handle.name, target)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        if previous is not None:
+            previous.unlink(missing_ok=True)
+        raise
+    _fsync_folder(folder)
+    if previous is not None:
+        _remove_in_background(previous)
+
+
+def wait_for_background_removals() -> None:
+    """Wait until the previous files that writes replaced are removed.
+
+    Never needed for correctness (Python waits for them at exit too); useful
+    before measuring disk usage or listing a folder.
+    """
+    with _background_lock:
+        pending = list(_background_removals)
+    for thread in pending:
+        thread.join()
+
+
+@contextlib.contextmanager
+def _writeback_while_writing(descriptor: int, expected_bytes: int) -> Iterator[None]:
+    if expected_bytes < WRITEBACK_THRESHOLD_BYTES:
+        yield
+        return
+    stop = threading.Event()
+
+    def flush_as_written() -> None:
+        flushed = 0
+        try:
+            while not stop.wait(_WRITEBACK_POLL_SECONDS):
+                size = os.fstat(descriptor).st_size
+                if size - flushed >= WRITEBACK_CHUNK_BYTES:
+                    _datasync(descriptor)
+                    flushed = size
+        except OSError:
+            # Only an early start of the disk writes is lost: the final fsync,
+            # in the caller's thread, reports any error that matters.
+            return
+
+    thread = threading.Thread(target=flush_as_written, name="mentor_fn-writeback", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _scratch_prefix(target: Path) -> str:
+    # ".<name>.<host>.<pid>." : whose file it is, for _remove_leftovers_once.
+    return f".{target.name}.{socket.gethostname()}.{os.getpid()}."
+
+
+def _second_name(target: Path) -> Path | None:
+    """A hard link to the current ``target`` (None when there is none, or no links here)."""
+    link = target.parent / f"{_scratch_prefix(target)}{os.urandom(4).hex()}{_PREVIOUS_SUFFIX}"
+    try:
+        os.link(target, link)
+    except OSError:
+        # No previous file, or a filesystem without hard links: the rename
+        # frees the previous file itself, as a plain rename would.
+        return None
+    return link
+
+
+def _remove_in_background(path: Path) -> None:
+    def remove() -> None:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            warnings.warn(
+                f"mentor_fn could not remove the replaced checkpoint {str(path)!r}: {error}",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+        finally:
+            with _background_lock:
+                _background_removals.discard(threading.current_thread())
+
+    # Not a daemon: Python waits for it at exit, so no second name is left behind.
+    thread = threading.Thread(target=remove, name="mentor_fn-remove-replaced")
+    with _background_lock:
+        _background_removals.add(thread)
+    thread.start()
+
+
+def _remove_leftovers_once(target: Path) -> None:
+    key = target.absolute()
+    if key in _cleaned_targets or os.name != "posix":
+        return
+    _cleaned_targets.add(key)
+    start = f".{target.name}."
+    host = socket.gethostname()
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(start) or not name.endswith((_TEMPORARY_SUFFIX, _PREVIOUS_SUFFIX)):
+            continue
+        # ".<name>.<host>.<pid>.<random><suffix>"; the host may hold dots.
+        parts = name[len(start) : -len(_TEMPORARY_SUFFIX)].rsplit(".", 2)
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        if not _process_exists(int(parts[1])):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def _process_exists(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only checks (POSIX; never called elsewhere)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform.
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
