@@ -16,7 +16,6 @@ from torch import nn
 
 from ._ddp import check_ddp_wrappers
 from ._groups import (
-    apply_requires_grad,
     apply_requires_grad_of_walk,
     groups_of_walk,
     validate_lr,
@@ -234,7 +233,12 @@ class Curriculum:
         """
         if self._optimizer is None:
             return
-        current = {id(parameter) for parameter in self._model.parameters()}
+        self._check_parameters_among({id(parameter) for parameter in self._model.parameters()})
+
+    def _check_parameters_among(self, current: set[int]) -> None:
+        """:meth:`check_parameters`, the model's parameters given as their ids."""
+        if self._optimizer is None:
+            return
         for group in self._optimizer.param_groups:
             for parameter in group["params"]:
                 if id(parameter) not in current:
@@ -278,9 +282,14 @@ class Curriculum:
             ValueError / TypeError: bad target; nothing has changed.
         """
         new = self._resolve(target)
-        self.check_parameters()
+        # One walk of the model serves the parameter check, the plan's
+        # execution and the flags.
+        walked = walk_for_state(new, self._model)
+        self._check_parameters_among(
+            {id(parameter) for parameters in walked.parameters for parameter in parameters}
+        )
         if self._optimizer is None:
-            apply_requires_grad(new, self._model)
+            apply_requires_grad_of_walk(new, walked)
             self._state = new
             return NoChange()
         decision = plan(layout_of(self._optimizer), self._state, new)
@@ -293,12 +302,10 @@ class Curriculum:
                     "layers that stay trainable and the scheduler's progress are kept), or call "
                     "build() to start a fresh phase. Nothing was changed."
                 )
-            # The rebuild walked the model for the new state: the flags reuse it.
-            apply_requires_grad_of_walk(new, self._rebuild(new))
-        else:
-            if isinstance(decision, Patch):
-                self._patch(decision, new)
-            apply_requires_grad(new, self._model)
+            self._rebuild(new, walked)
+        elif isinstance(decision, Patch):
+            self._patch(decision, new, walked)
+        apply_requires_grad_of_walk(new, walked)
         self._state = new
         return decision
 
@@ -340,12 +347,11 @@ class Curriculum:
         check_same_layers(self._state.layers, new.layers, "the new state")
         return _with_owners(new, self._state.parameter_owners)
 
-    def _patch(self, decision: Patch, new: CurriculumState) -> None:
+    def _patch(self, decision: Patch, new: CurriculumState, walked: ModelLayers) -> None:
         optimizer = self._optimizer
         assert optimizer is not None
         reactivated_parameters: list[torch.Tensor] = []
         if decision.reactivated:
-            walked = walk_for_state(new, self._model)
             reactivated = set(decision.reactivated)
             reactivated_parameters = [
                 parameter
@@ -366,13 +372,12 @@ class Curriculum:
             if parameter in fresh:
                 optimizer.state[parameter] = fresh[parameter]
 
-    def _rebuild(self, new: CurriculumState) -> ModelLayers:
-        """Rebuild the optimizer for ``new``; returns the walk of the model it used."""
+    def _rebuild(self, new: CurriculumState, walked: ModelLayers) -> None:
+        """Rebuild the optimizer for ``new`` (``walked``: the model, walked for it)."""
         old_optimizer = self._optimizer
         assert old_optimizer is not None
         reference_index = _reference_index(old_optimizer)
         reference = old_optimizer.param_groups[reference_index]
-        walked = walk_for_state(new, self._model)
         groups = groups_of_walk(new, walked, self._lr, coalesce=self._coalesce)
         template = {key: value for key, value in reference.items() if key != "params"}
         lr_keys = [key for key in GROUP_LR_KEYS if reference.get(key) is not None]
@@ -396,7 +401,6 @@ class Curriculum:
             retarget_scheduler(self._scheduler, optimizer)
         self._guard_against_stale_parameters(optimizer)
         self._optimizer = optimizer
-        return walked
 
     # Saving and loading -------------------------------------------------------------
 
