@@ -18,6 +18,7 @@ from ._ddp import check_ddp_wrappers
 from ._groups import (
     apply_requires_grad_of_walk,
     groups_of_walk,
+    unit_groups_of_walk,
     validate_lr,
     walk_for_state,
 )
@@ -171,31 +172,24 @@ class Curriculum:
         """
         # build_optimizer(groups) in one pass over the model: one walk for the
         # flags and the groups; torch's constructor once, on the trainable
-        # parameters (unique: each is owned by one layer); then each group gets
-        # the constructor's defaults for the keys it lacks, as add_param_group
-        # would give them (same keys, same order), without torch re-checking
-        # every earlier group for each new one.
+        # parameters (unique: each is owned by one layer); then every group a
+        # copy of its group, with the optimizer's defaults as add_param_group
+        # would add them, without torch re-checking every earlier group for
+        # each new one. The reference group is the template.
         walked = walk_for_state(self._state, self._model)
         trainable = apply_requires_grad_of_walk(self._state, walked)
-        groups = groups_of_walk(self._state, walked, self._lr, coalesce=self._coalesce)
-        coefficients = []
-        for group in groups:  # built at coefficient 1
-            coefficients.append(group["coefficient"])
-            group["lr"] = self._lr
-            group["coefficient"] = 1.0
-        groups.append(_reference_group(self._lr))
         optimizer = optimizer_on_one_group(
             self._optimizer_class,
             trainable,
-            group_count=len(groups),
+            group_count=2 if trainable else 1,  # with the reference group
             lr=self._lr,
             optimizer_kwargs=self._optimizer_kwargs,
         )
-        defaults = {
-            key: value for key, value in optimizer.param_groups[0].items() if key not in groups[-1]
-        }
-        for group in groups:
-            group.update(defaults)
+        reference = {**optimizer.param_groups[0], **_reference_group(self._lr)}
+        groups, coefficients = unit_groups_of_walk(
+            self._state, walked, coalesce=self._coalesce, template=reference
+        )
+        groups.append(reference)
         optimizer.param_groups = groups
         scheduler = self._make_scheduler(optimizer)
         for index, coefficient in enumerate(coefficients):

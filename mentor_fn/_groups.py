@@ -19,6 +19,7 @@ __all__ = [
     "groups_of_walk",
     "param_groups",
     "requires_grad_map",
+    "unit_groups_of_walk",
     "walk_for_state",
 ]
 
@@ -70,8 +71,34 @@ def groups_of_walk(
     coalesce: bool = False,
 ) -> list[dict[str, Any]]:
     """:func:`param_groups` on a model already walked (``walk_for_state``), lr validated."""
+    template = {"params": [], "lr": global_lr, "layers": (), "coefficient": 1.0}
+    groups, coefficients = unit_groups_of_walk(state, walked, coalesce=coalesce, template=template)
+    for group, coefficient in zip(groups, coefficients):
+        group["lr"] = global_lr * coefficient
+        group["coefficient"] = coefficient
+    return groups
+
+
+def unit_groups_of_walk(
+    state: CurriculumState,
+    walked: ModelLayers,
+    *,
+    coalesce: bool,
+    template: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """The groups of :func:`groups_of_walk` as copies of ``template``, and their coefficients.
+
+    Each group is ``template.copy()`` with its own ``params`` and ``layers``;
+    every other key (``lr``, ``coefficient``, an optimizer's defaults) is the
+    template's. So an optimizer's full group is one allocation of the right
+    size, never resized when the template has both keys already: this runs
+    once per layer. The second list holds each group's coefficient in
+    ``state``, for the caller to apply.
+    """
     frozen = state.resolved_frozen()
     coefficients = state.resolved_coefficients()
+    layers = walked.layers
+    new_group = template.copy
     groups: list[dict[str, Any]] = []
     if coalesce:
         by_coefficient: dict[float, dict[str, Any]] = {}
@@ -81,32 +108,25 @@ def groups_of_walk(
             coefficient = coefficients[position]
             group = by_coefficient.get(coefficient)
             if group is None:
-                group = {
-                    "params": [],
-                    "lr": global_lr * coefficient,
-                    "layers": [],
-                    "coefficient": coefficient,
-                }
+                group = new_group()
+                group["params"] = []
+                group["layers"] = []
                 by_coefficient[coefficient] = group
                 groups.append(group)
             group["params"].extend(parameters)
-            group["layers"].append(walked.layers[position])
+            group["layers"].append(layers[position])
         for group in groups:
             group["layers"] = tuple(group["layers"])
-        return groups
-    layers = walked.layers
+        return groups, list(by_coefficient)
+    group_coefficients: list[float] = []
     for position, parameters in enumerate(walked.parameters):
         if parameters and not frozen[position]:
-            coefficient = coefficients[position]
-            groups.append(
-                {
-                    "params": list(parameters),
-                    "lr": global_lr * coefficient,
-                    "layers": (layers[position],),
-                    "coefficient": coefficient,
-                }
-            )
-    return groups
+            group = new_group()
+            group["params"] = list(parameters)
+            group["layers"] = (layers[position],)
+            groups.append(group)
+            group_coefficients.append(coefficients[position])
+    return groups, group_coefficients
 
 
 def requires_grad_map(state: CurriculumState, model: nn.Module) -> dict[str, bool]:
