@@ -22,7 +22,14 @@ from ._groups import (
     validate_lr,
     walk_for_state,
 )
-from ._layers import ModelLayers, Patterns, check_same_layers, unwrap_model, walk_model
+from ._layers import (
+    ModelLayers,
+    Patterns,
+    check_same_layers,
+    lookups_hold,
+    registration_lookups,
+    walk_model,
+)
 from ._optimizer import (
     build_optimizer,
     collector_paused,
@@ -243,18 +250,20 @@ class Curriculum:
                     )
 
     def _guard_against_stale_parameters(self, optimizer: torch.optim.Optimizer) -> None:
-        # A step pre-hook with an O(depth) check of one parameter: sharding or
-        # replacing parameters after build() swaps all of them, so one suffices.
+        # A step pre-hook that checks one parameter: sharding or replacing
+        # parameters after build() swaps all of them, so one suffices. The
+        # check is the few registry lookups that lead to it (about 1 us); only
+        # when one of them changed is the whole optimizer checked.
         for group in optimizer.param_groups:
             if group["params"] and group.get("layers"):
                 sentinel, layer = group["params"][0], group["layers"][0]
                 break
         else:
             return
-        model = self._model
+        lookups = registration_lookups(self._model, layer, sentinel)
 
         def check_before_step(optimizer: Any, args: Any, kwargs: Any) -> None:
-            if not _registers(model, layer, sentinel):
+            if lookups is None or not lookups_hold(lookups):
                 self.check_parameters()
 
         optimizer.register_step_pre_hook(check_before_step)
@@ -493,18 +502,6 @@ class Curriculum:
             f"Curriculum({type(self._model).__name__}, lr={self._lr:g}, "
             f"optimizer={self._optimizer_class.__name__}, {built}, state={self._state!r})"
         )
-
-
-def _registers(model: nn.Module, layer: str, parameter: torch.Tensor) -> bool:
-    """Whether ``layer`` of the bare model still registers ``parameter`` directly."""
-    bare = unwrap_model(model)
-    if layer in bare._parameters:
-        return bare._parameters[layer] is parameter
-    try:
-        module = unwrap_model(bare.get_submodule(layer))
-    except AttributeError:
-        return False
-    return any(value is parameter for value in module._parameters.values())
 
 
 def _checked_kwargs(optimizer_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:

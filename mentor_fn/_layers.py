@@ -236,6 +236,67 @@ def walk_model(model: nn.Module) -> ModelLayers:
     )
 
 
+Lookup = tuple[nn.Module, str, str, object]
+"""``(module, "_modules" or "_parameters", key, expected)``: one registry lookup."""
+
+
+def registration_lookups(
+    model: nn.Module, layer: str, parameter: nn.Parameter
+) -> tuple[Lookup, ...] | None:
+    """The registry lookups that lead from ``model`` to ``parameter`` of ``layer``.
+
+    Every hop from ``model`` (wrappers included) down to the module that
+    registers ``parameter``, then the parameter itself. While
+    :func:`lookups_hold` says they all still hold, ``layer`` still registers
+    ``parameter`` at the same place: checking costs a few dict lookups, not a
+    traversal. None if ``layer`` does not register ``parameter``.
+    """
+    wrappers = _wrapper_types()
+    lookups: list[Lookup] = []
+    current = model
+
+    def through_wrappers() -> bool:
+        nonlocal current
+        while True:
+            attribute = next((name for kind, name in wrappers if isinstance(current, kind)), None)
+            if attribute is None:
+                return True
+            inner = current._modules.get(attribute)
+            if inner is None:
+                return False
+            lookups.append((current, "_modules", attribute, inner))
+            current = inner
+
+    if not through_wrappers():
+        return None
+    if layer in current._parameters:  # a parameter of the root is a layer of its own
+        key: str | None = layer if current._parameters[layer] is parameter else None
+    else:
+        for part in layer.split("."):
+            child = current._modules.get(part)
+            if child is None:
+                return None
+            lookups.append((current, "_modules", part, child))
+            current = child
+            if not through_wrappers():
+                return None
+        key = next(
+            (name for name, value in current._parameters.items() if value is parameter), None
+        )
+    if key is None:
+        return None
+    lookups.append((current, "_parameters", key, parameter))
+    return tuple(lookups)
+
+
+def lookups_hold(lookups: tuple[Lookup, ...]) -> bool:
+    """Whether every registry lookup still finds what it found."""
+    for module, registry, key, expected in lookups:
+        if getattr(module, registry).get(key) is not expected:
+            return False
+    return True
+
+
 def layer_names(model: nn.Module) -> tuple[str, ...]:
     """Names of the layers of ``model``, in traversal order.
 

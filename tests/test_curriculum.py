@@ -145,6 +145,38 @@ def test_build_rejects_parameter_in_two_groups():
         )
 
 
+@pytest.mark.parametrize(
+    "replace",
+    [
+        # what fully_shard does to every parameter, here to the guarded one
+        lambda model: setattr(
+            model.backbone[0], "weight", nn.Parameter(model.backbone[0].weight.detach().clone())
+        ),
+        lambda model: setattr(model, "backbone", make_model(seed=1).backbone),
+    ],
+    ids=["parameter replaced", "module replaced"],
+)
+def test_step_refuses_an_optimizer_whose_parameters_left_the_model(replace):
+    curriculum = mf.Curriculum(make_model(), 0.1)
+    curriculum.build()
+    train_step(curriculum)  # the guard lets a step on the model's own parameters through
+    replace(curriculum.model)
+    with pytest.raises(RuntimeError, match="no longer one of the model's"):
+        train_step(curriculum)
+    curriculum.build()  # the fix the message gives
+    train_step(curriculum)
+
+
+def test_step_guard_sees_through_wrappers():
+    model = make_model()
+    curriculum = mf.Curriculum(nn.DataParallel(model), 0.1)
+    curriculum.build()
+    train_step(curriculum)
+    model.backbone[0].weight = nn.Parameter(model.backbone[0].weight.detach().clone())
+    with pytest.raises(RuntimeError, match="no longer one of the model's"):
+        train_step(curriculum)
+
+
 def test_scheduler_factory_result_is_checked():
     curriculum = mf.Curriculum(make_model(), 0.1, scheduler=lambda optimizer: "not a scheduler")
     with pytest.raises(TypeError, match="LRScheduler"):

@@ -407,3 +407,38 @@ def test_selection_matches_brute_force_fullmatch(layers, data):
     else:
         with pytest.raises(ValueError, match="matches no layer"):
             select_layers(layers, patterns)
+
+
+# Registration lookups (the optimizer's step guard) -------------------------------
+
+
+def test_registration_lookups_follow_wrappers_and_notice_replacements():
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    from mentor_fn._layers import lookups_hold, registration_lookups
+
+    inner = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model = nn.DataParallel(nn.Sequential(checkpoint_wrapper(inner), nn.Linear(2, 1)))
+    assert "0.1" in layer_names(model)
+    weight = inner[1].weight
+    lookups = registration_lookups(model, "0.1", weight)
+    assert lookups is not None and lookups_hold(lookups)
+    assert registration_lookups(model, "0.1", inner[0].weight) is None  # not its parameter
+    assert registration_lookups(model, "9", weight) is None  # no such layer
+
+    inner[1].weight = nn.Parameter(weight.detach().clone())
+    assert not lookups_hold(lookups)
+    inner[1].weight = weight
+    assert lookups_hold(lookups)
+    inner[1] = nn.Linear(2, 2)
+    assert not lookups_hold(lookups)
+
+
+def test_registration_lookups_of_a_root_parameter():
+    from mentor_fn._layers import lookups_hold, registration_lookups
+
+    model = nn.Linear(2, 2)
+    lookups = registration_lookups(model, "bias", model.bias)
+    assert lookups is not None and lookups_hold(lookups)
+    model.bias = nn.Parameter(torch.zeros(2))
+    assert not lookups_hold(lookups)
