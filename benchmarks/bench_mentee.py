@@ -40,7 +40,8 @@ runs once, order rotating; medians of several rounds:
   then ``torch.load(path, weights_only=True)``: the baseline;
 - **save_checkpoint**: ``save_checkpoint(path, same dict)`` then
   ``load_checkpoint(path)``. It writes a temporary file, fsyncs it, renames it
-  over ``path`` and fsyncs the folder: the durability torch.save does not give;
+  over ``path`` and fsyncs the folder: the durability torch.save does not give
+  (see ``mentor_fn._atomic_write`` for how that stays about as fast);
 - **Mentee**: ``model.save(path)`` then ``Mentee.resume_training(path)``
   (model rebuilt, optimizer and scheduler restored), against a
   **hand-written resume**: ``torch.save`` of model, optimizer and scheduler
@@ -49,8 +50,10 @@ runs once, order rotating; medians of several rounds:
 
 Before timing, every loaded file is checked against what was saved. A last
 table times the steps of ``save_checkpoint`` one by one (temporary file and
-``torch.save``, fsync of the file, rename, fsync of the folder), to show where
-its time goes.
+``torch.save`` with the writeback thread alongside, what the fsync of the file
+has left, the second name for the previous file, rename, fsync of the folder,
+and the removal of the previous file that a background thread does), then
+the same durable save without those two aids, to show where its time goes.
 
 Run from the repository root::
 
