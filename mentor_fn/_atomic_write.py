@@ -28,6 +28,7 @@ a process that no longer exists on this host are removed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import tempfile
@@ -141,7 +142,21 @@ def _writeback_while_writing(descriptor: int, expected_bytes: int) -> Iterator[N
 
 def _scratch_prefix(target: Path) -> str:
     # ".<name>.<host>.<pid>." : whose file it is, for _remove_leftovers_once.
-    return f".{target.name}.{socket.gethostname()}.{os.getpid()}."
+    return f".{_short_name(target)}.{_host()}.{os.getpid()}."
+
+
+def _short_name(target: Path) -> str:
+    # Scratch names must fit the 255-byte limit of most filesystems whatever
+    # the target's name: a long one is cut and made unique by its digest.
+    name = target.name
+    if len(name.encode()) <= 120:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{name.encode()[:100].decode(errors='ignore')}~{digest}"
+
+
+def _host() -> str:
+    return socket.gethostname()[:40]
 
 
 def _second_name(target: Path) -> Path | None:
@@ -182,8 +197,8 @@ def _remove_leftovers_once(target: Path) -> None:
     if key in _cleaned_targets or os.name != "posix":
         return
     _cleaned_targets.add(key)
-    start = f".{target.name}."
-    host = socket.gethostname()
+    start = f".{_short_name(target)}."
+    host = _host()
     try:
         entries = list(os.scandir(target.parent))
     except OSError:

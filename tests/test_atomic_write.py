@@ -156,3 +156,11 @@ def test_host_names_with_dots_are_parsed(tmp_path, monkeypatch):
     leftover.write_bytes(b"partial")
     replace_file(tmp_path / "run.ckpt", writer(b"new"))
     assert listing(tmp_path) == ["run.ckpt"]
+
+
+def test_a_long_target_name_still_gets_scratch_files_that_fit(tmp_path):
+    target = tmp_path / ("checkpoint-" + "x" * 230 + ".pt")  # 244 bytes: fits, barely
+    replace_file(target, writer(b"first"))
+    replace_file(target, writer(b"second"))
+    assert target.read_bytes() == b"second"
+    assert listing(tmp_path) == [target.name]
