@@ -31,7 +31,7 @@ import contextlib
 import hashlib
 import os
 import socket
-import tempfile
+import stat
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -76,21 +76,18 @@ def replace_file(
     """
     folder = target.parent
     _remove_leftovers_once(target)
-    # Not a `with` block: the file must outlive it to be renamed, or be removed.
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115
-        dir=folder, prefix=_scratch_prefix(target), suffix=_TEMPORARY_SUFFIX, delete=False
-    )
+    temporary, descriptor = _create_temporary(target)
     previous: Path | None = None
     try:
-        with handle:
-            with _writeback_while_writing(handle.fileno(), expected_bytes):
+        with open(descriptor, "wb") as handle:
+            with _writeback_while_writing(descriptor, expected_bytes):
                 write(handle)
                 handle.flush()
-            os.fsync(handle.fileno())
+            os.fsync(descriptor)
         previous = _second_name(target)
-        os.replace(handle.name, target)
+        os.replace(temporary, target)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         if previous is not None:
             previous.unlink(missing_ok=True)
         raise
@@ -132,12 +129,45 @@ def _writeback_while_writing(descriptor: int, expected_bytes: int) -> Iterator[N
             return
 
     thread = threading.Thread(target=flush_as_written, name="mentor_fn-writeback", daemon=True)
-    thread.start()
+    try:
+        thread.start()
+    except RuntimeError:  # no new threads (interpreter shutting down): fsync does it all
+        yield
+        return
     try:
         yield
     finally:
         stop.set()
         thread.join()
+
+
+def _create_temporary(target: Path) -> tuple[Path, int]:
+    """A new, empty temporary file next to ``target``, opened for writing.
+
+    Its permissions are those ``torch.save`` would give the file: the
+    target's own if it exists (a rewrite keeps them), else the usual ones
+    for a new file (0o666 less the umask; ``tempfile`` would make it 0o600).
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        mode = None
+    prefix = _scratch_prefix(target)
+    for _ in range(100):
+        path = target.parent / f"{prefix}{os.urandom(4).hex()}{_TEMPORARY_SUFFIX}"
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666)
+        except FileExistsError:
+            continue
+        if mode is not None:
+            # If this fails, the file keeps the umask's permissions, as a new one.
+            with contextlib.suppress(OSError, NotImplementedError):
+                os.chmod(descriptor, mode)
+        return path, descriptor
+    raise FileExistsError(f"no free temporary name next to {str(target)!r}")
+
+
+_O_BINARY = getattr(os, "O_BINARY", 0)
 
 
 def _scratch_prefix(target: Path) -> str:
@@ -189,7 +219,10 @@ def _remove_in_background(path: Path) -> None:
     thread = threading.Thread(target=remove, name="mentor_fn-remove-replaced")
     with _background_lock:
         _background_removals.add(thread)
-    thread.start()
+    try:
+        thread.start()
+    except RuntimeError:  # no new threads (interpreter shutting down): remove it now
+        remove()
 
 
 def _remove_leftovers_once(target: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -164,3 +165,17 @@ def test_a_long_target_name_still_gets_scratch_files_that_fit(tmp_path):
     replace_file(target, writer(b"second"))
     assert target.read_bytes() == b"second"
     assert listing(tmp_path) == [target.name]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_permissions_are_those_torch_save_gives(tmp_path):
+    umask = os.umask(0o022)  # read it (and set a known one for this test)
+    try:
+        target = tmp_path / "a.ckpt"
+        replace_file(target, writer(b"first"))
+        assert stat.S_IMODE(target.stat().st_mode) == 0o644  # a new file: 0o666 less the umask
+        os.chmod(target, 0o640)
+        replace_file(target, writer(b"second"))
+        assert stat.S_IMODE(target.stat().st_mode) == 0o640  # a rewrite keeps them
+    finally:
+        os.umask(umask)
