@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,26 +106,24 @@ def _plain_bytes(value: Any) -> int:
         return value.nbytes
     if isinstance(value, (torch.Size, *_PLAIN_SCALARS)):
         return 0
-    total = 0
+    entries: Iterable[tuple[Any, Any]]
     if isinstance(value, dict):
-        for key, item in value.items():
+        for key in value:
             if not isinstance(key, _PLAIN_KEYS):
                 raise _NotPlain(value, bad_key=key)
-            try:
-                total += _plain_bytes(item)
-            except _NotPlain as problem:
-                problem.keys.append(key)
-                raise
-        return total
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            try:
-                total += _plain_bytes(item)
-            except _NotPlain as problem:
-                problem.keys.append(index)
-                raise
-        return total
-    raise _NotPlain(value)
+        entries = value.items()
+    elif isinstance(value, (list, tuple)):
+        entries = enumerate(value)
+    else:
+        raise _NotPlain(value)
+    total = 0
+    for key, item in entries:
+        try:
+            total += _plain_bytes(item)
+        except _NotPlain as problem:
+            problem.keys.append(key)
+            raise
+    return total
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
