@@ -240,9 +240,9 @@ def _remove_leftovers_once(target: Path) -> None:
         name = entry.name
         if not name.startswith(start) or not name.endswith((_TEMPORARY_SUFFIX, _PREVIOUS_SUFFIX)):
             continue
-        # ".<name>.<host>.<pid>.<random><suffix>"; the host may hold dots.
-        parts = name[len(start) : -len(_TEMPORARY_SUFFIX)].rsplit(".", 2)
-        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+        # ".<name>.<host>.<pid>.<hex>.tmp" or ".old"; the host may hold dots.
+        parts = name[len(start) :].rsplit(".", 3)
+        if len(parts) != 4 or parts[0] != host or not parts[1].isdigit():
             continue
         if not _process_exists(int(parts[1])):
             with contextlib.suppress(OSError):

@@ -237,9 +237,8 @@ class Curriculum:
         self._check_parameters_among({id(parameter) for parameter in self._model.parameters()})
 
     def _check_parameters_among(self, current: set[int]) -> None:
-        """:meth:`check_parameters`, the model's parameters given as their ids."""
-        if self._optimizer is None:
-            return
+        """:meth:`check_parameters` once built, the model's parameters given as their ids."""
+        assert self._optimizer is not None
         for group in self._optimizer.param_groups:
             for parameter in group["params"]:
                 if id(parameter) not in current:
@@ -288,13 +287,13 @@ class Curriculum:
         # One walk of the model serves the parameter check, the plan's
         # execution and the flags.
         walked = walk_for_state(new, self._model)
-        self._check_parameters_among(
-            {id(parameter) for parameters in walked.parameters for parameter in parameters}
-        )
         if self._optimizer is None:
             apply_requires_grad_of_walk(new, walked)
             self._state = new
             return NoChange()
+        self._check_parameters_among(
+            {id(parameter) for parameters in walked.parameters for parameter in parameters}
+        )
         decision = plan(layout_of(self._optimizer), self._state, new)
         if isinstance(decision, Rebuild):
             if not reset_optimizer_if_needed:

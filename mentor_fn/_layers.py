@@ -255,17 +255,22 @@ def registration_lookups(
     lookups: list[Lookup] = []
     current = model
 
-    def through_wrappers() -> bool:
+    def descend(key: str) -> bool:
         nonlocal current
+        child = current._modules.get(key)
+        if child is None:
+            return False
+        lookups.append((current, "_modules", key, child))
+        current = child
+        return True
+
+    def through_wrappers() -> bool:
         while True:
             attribute = next((name for kind, name in wrappers if isinstance(current, kind)), None)
             if attribute is None:
                 return True
-            inner = current._modules.get(attribute)
-            if inner is None:
+            if not descend(attribute):
                 return False
-            lookups.append((current, "_modules", attribute, inner))
-            current = inner
 
     if not through_wrappers():
         return None
@@ -273,12 +278,7 @@ def registration_lookups(
         key: str | None = layer if current._parameters[layer] is parameter else None
     else:
         for part in layer.split("."):
-            child = current._modules.get(part)
-            if child is None:
-                return None
-            lookups.append((current, "_modules", part, child))
-            current = child
-            if not through_wrappers():
+            if not (descend(part) and through_wrappers()):
                 return None
         key = next(
             (name for name, value in current._parameters.items() if value is parameter), None
