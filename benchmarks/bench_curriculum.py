@@ -80,7 +80,6 @@ status.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import itertools
 import statistics
@@ -94,7 +93,7 @@ import torch
 from torch import nn
 
 import mentor_fn as mf
-from benchmarks._common import machine
+from benchmarks._common import machine, quick_and_repeats_arguments
 from mentor_fn._optimizer import build_optimizer
 
 BUILD_LIMIT = 1.5
@@ -773,22 +772,14 @@ def summary(rows: Sequence[SizeRow], step_rows: Sequence[StepRow]) -> tuple[bool
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the tables; 0 if every target is met, else 1."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_curriculum", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="200 and 1,000 layers, 3 rounds (smoke test)"
-    )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help="rounds per size and per step model (default: 3 with --quick, else 9, "
+    args = quick_and_repeats_arguments(
+        "benchmarks.bench_curriculum",
+        __doc__ or "",
+        argv,
+        quick_help="200 and 1,000 layers, 3 rounds (smoke test)",
+        repeats_help="rounds per size and per step model (default: 3 with --quick, else 9, "
         "and 5 at 10k layers)",
     )
-    args = parser.parse_args(argv)
-    if args.repeats is not None and args.repeats < 1:
-        parser.error("--repeats must be >= 1")
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
 
     print(f"Curriculum optimizer costs -- {machine()}")

@@ -38,7 +38,6 @@ raises AssertionError.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import sys
@@ -50,7 +49,7 @@ from typing import Any
 from torch import nn
 
 import mentor_fn as mf
-from benchmarks._common import machine
+from benchmarks._common import machine, quick_and_repeats_arguments
 
 LIMIT = 2.0
 """The largest allowed ratio param_groups / named_parameters (issue 2)."""
@@ -292,21 +291,14 @@ def summary(rows: Sequence[Row]) -> tuple[bool, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the table; 1 if a ratio exceeds the limit (not with --quick)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_param_groups", description=__doc__.split("\n\n")[0]
+    args = quick_and_repeats_arguments(
+        "benchmarks.bench_param_groups",
+        __doc__ or "",
+        argv,
+        quick_help="sizes 200 and 1,000 only, 3 repeats (smoke test)",
+        repeats_help="repetitions per size (default: 3 with --quick, else 41 / 25 / 11 for "
+        "1k / 10k / 50k)",
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="sizes 200 and 1,000 only, 3 repeats (smoke test)"
-    )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help="repetitions per size (default: 3 with --quick, else 41 / 25 / 11 for 1k / 10k / 50k)",
-    )
-    args = parser.parse_args(argv)
-    if args.repeats is not None and args.repeats < 1:
-        parser.error("--repeats must be >= 1")
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
 
     print(f"param_groups vs list(model.named_parameters()) -- {machine()}")

@@ -9,10 +9,11 @@ from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ._curriculum import Curriculum
 from ._ddp import wrap_ddp
 from ._distributed_checkpoint import load_distributed_checkpoint, save_distributed_checkpoint
-from ._groups import apply_requires_grad, param_groups, requires_grad_map
+from ._groups import param_groups, requires_grad_map
 from ._layers import layer_names, select_layers, unwrap_model
 from ._mentee import Mentee
-from ._plan import GroupLayout, GroupScale, NoChange, Patch, Rebuild, layout_of, plan
+from ._plan import GroupLayout, GroupScale, NoChange, Patch, Plan, Rebuild, layout_of, plan
+from ._requires_grad import apply_requires_grad
 from ._state import CurriculumState
 from ._trainers import Classifier, Regressor, Trainer
 from ._transitions import (
@@ -36,6 +37,7 @@ __all__ = [
     "Mentee",
     "NoChange",
     "Patch",
+    "Plan",
     "Rebuild",
     "Regressor",
     "Trainer",

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ._ddp import check_ddp_wrappers
+from ._garbage_collector import collector_paused
 from ._groups import (
-    apply_requires_grad_of_walk,
     groups_of_walk,
     unit_groups_of_walk,
     validate_lr,
@@ -32,25 +32,26 @@ from ._layers import (
 )
 from ._optimizer import (
     build_optimizer,
-    collector_paused,
     fresh_state,
     load_optimizer_state,
     optimizer_on_one_group,
     optimizer_state_by_name,
-    qualified_name,
 )
-from ._plan import NoChange, Patch, Rebuild, layout_of, plan
+from ._plan import NoChange, Patch, Plan, Rebuild, layout_of, plan
+from ._qualified_names import qualified_name
+from ._requires_grad import apply_requires_grad_of_walk
 from ._schedulers import (
     GROUP_LR_KEYS,
     Scheduler,
     remap_scheduler_groups,
     retarget_scheduler,
     scale_group,
+    scaled_copy,
 )
 from ._state import CurriculumState
 from ._transitions import freeze, set_lr_coefficient, unfreeze
 
-__all__ = ["Curriculum"]
+__all__ = ["Curriculum", "is_reference_group"]
 
 _FORMAT_NAME = "mentor_fn.Curriculum"
 _FORMAT_VERSION = 1
@@ -270,9 +271,7 @@ class Curriculum:
     # Transitions --------------------------------------------------------------------
 
     @collector_paused
-    def update(
-        self, target: Target, *, reset_optimizer_if_needed: bool = False
-    ) -> NoChange | Patch | Rebuild:
+    def update(self, target: Target, *, reset_optimizer_if_needed: bool = False) -> Plan:
         """Move to a new state (or apply a transition) and bring the optimizer along.
 
         Returns the executed plan. Before :meth:`build`, only the state and the
@@ -311,21 +310,17 @@ class Curriculum:
         self._state = new
         return decision
 
-    def freeze(
-        self, patterns: Patterns, *, reset_optimizer_if_needed: bool = False
-    ) -> NoChange | Patch | Rebuild:
+    def freeze(self, patterns: Patterns, *, reset_optimizer_if_needed: bool = False) -> Plan:
         """``update(freeze(patterns))``."""
         return self.update(freeze(patterns), reset_optimizer_if_needed=reset_optimizer_if_needed)
 
-    def unfreeze(
-        self, patterns: Patterns, *, reset_optimizer_if_needed: bool = False
-    ) -> NoChange | Patch | Rebuild:
+    def unfreeze(self, patterns: Patterns, *, reset_optimizer_if_needed: bool = False) -> Plan:
         """``update(unfreeze(patterns))``."""
         return self.update(unfreeze(patterns), reset_optimizer_if_needed=reset_optimizer_if_needed)
 
     def set_lr_coefficient(
         self, coefficient: float, patterns: Patterns, *, reset_optimizer_if_needed: bool = False
-    ) -> NoChange | Patch | Rebuild:
+    ) -> Plan:
         """``update(set_lr_coefficient(coefficient, patterns))``."""
         return self.update(
             set_lr_coefficient(coefficient, patterns),
@@ -388,7 +383,7 @@ class Curriculum:
             coefficient = group["coefficient"]
             entry = {**template, **group}
             for key in lr_keys:
-                entry[key] = _times(reference[key], coefficient)
+                entry[key] = scaled_copy(reference[key], coefficient)
             derived.append(entry)
         derived.append({**template, "params": []})
         optimizer = build_optimizer(
@@ -530,21 +525,24 @@ def _reference_group(lr: float) -> dict[str, Any]:
     return {"params": [], "lr": lr, "layers": (), "coefficient": 1.0}
 
 
+def is_reference_group(group: Mapping[str, Any]) -> bool:
+    """Whether an optimizer group (live, or saved with parameter names) is the reference group.
+
+    The reference group covers no layer and holds no parameter; it follows the
+    scheduler like one flat group at the global lr would.
+    """
+    layers = group.get("layers")
+    return layers is not None and len(layers) == 0 and not group.get("params")
+
+
 def _reference_index(optimizer: torch.optim.Optimizer) -> int:
     for index in range(len(optimizer.param_groups) - 1, -1, -1):
-        group = optimizer.param_groups[index]
-        if group.get("layers") == () and not group["params"]:
+        if is_reference_group(optimizer.param_groups[index]):
             return index
     raise RuntimeError(
         "the optimizer has no mentor_fn reference group (was it replaced or rebuilt by hand?); "
         "call build() to derive a new one"
     )
-
-
-def _times(value: Any, factor: float) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.clone().mul_(factor)
-    return value * factor
 
 
 def _carry_state(

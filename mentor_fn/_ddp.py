@@ -11,13 +11,19 @@ restores the curriculum's flags, so phases can freeze and unfreeze freely;
 from __future__ import annotations
 
 from typing import Any
+from weakref import WeakSet
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["check_ddp_wrappers", "wrap_ddp"]
 
-_REGISTERS_ALL = "_mentor_fn_registers_all_parameters"
+# Wrappers known to register every parameter with their reducer: made by
+# wrap_ddp, or seen with every parameter trainable and unused-parameter
+# detection on. Remembered here, by weak reference, not written onto the
+# user's object: a later check, when phases have frozen some parameters,
+# must still accept them.
+_REGISTERS_EVERY_PARAMETER: WeakSet[DistributedDataParallel] = WeakSet()
 
 
 def wrap_ddp(module: nn.Module, **ddp_kwargs: Any) -> DistributedDataParallel:
@@ -46,7 +52,7 @@ def wrap_ddp(module: nn.Module, **ddp_kwargs: Any) -> DistributedDataParallel:
     finally:
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
-    setattr(wrapped, _REGISTERS_ALL, True)
+    _REGISTERS_EVERY_PARAMETER.add(wrapped)
     return wrapped
 
 
@@ -54,19 +60,20 @@ def check_ddp_wrappers(model: nn.Module) -> None:
     """Refuse a DDP wrapper that a phase change would silently break.
 
     Accepted: wrappers made by :func:`wrap_ddp`, or constructed with
-    ``find_unused_parameters=True`` while every parameter requires grad.
+    ``find_unused_parameters=True`` while every parameter requires grad (seen
+    as every parameter requiring grad now: a check at construction time, before
+    any phase freezes anything; the answer is remembered by weak reference).
+    Only checks: nothing is written onto the user's wrapper.
 
     Raises:
         ValueError: naming the trap and the fix.
     """
     for module in model.modules():
-        if not isinstance(module, DistributedDataParallel) or getattr(
-            module, _REGISTERS_ALL, False
-        ):
+        if not isinstance(module, DistributedDataParallel) or module in _REGISTERS_EVERY_PARAMETER:
             continue
         all_trainable = all(parameter.requires_grad for parameter in module.module.parameters())
         if module.find_unused_parameters and all_trainable:
-            setattr(module, _REGISTERS_ALL, True)
+            _REGISTERS_EVERY_PARAMETER.add(module)
             continue
         problem = (
             "it was constructed while some parameters were frozen, and DDP only "

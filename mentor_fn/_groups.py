@@ -1,5 +1,8 @@
 """Deriving optimizer param groups and requires_grad flags from a state (pure).
 
+Setting the flags on a model is not pure: that lives in ``_requires_grad``,
+beside the wrapper.
+
 One traversal of the model, with the state's resolved values looked up by
 position: linear in the number of layers.
 """
@@ -14,8 +17,6 @@ from ._layers import ModelLayers, check_same_layers, walk_model
 from ._state import CurriculumState, validate_coefficient
 
 __all__ = [
-    "apply_requires_grad",
-    "apply_requires_grad_of_walk",
     "groups_of_walk",
     "param_groups",
     "requires_grad_map",
@@ -134,33 +135,3 @@ def requires_grad_map(state: CurriculumState, model: nn.Module) -> dict[str, boo
     walked = walk_for_state(state, model)
     frozen = dict(zip(walked.layers, state.resolved_frozen()))
     return {name: not frozen[layer] for layer, name, _ in walked.named_parameters()}
-
-
-def apply_requires_grad(state: CurriculumState, model: nn.Module) -> None:
-    """Set ``requires_grad`` on every parameter of ``model`` as ``state`` says.
-
-    Parameters of frozen layers also lose their ``.grad``, so optimizers skip
-    them (an inert group stays inert) and no stale gradient is applied later.
-    """
-    apply_requires_grad_of_walk(state, walk_for_state(state, model))
-
-
-def apply_requires_grad_of_walk(state: CurriculumState, walked: ModelLayers) -> list[nn.Parameter]:
-    """:func:`apply_requires_grad` on a model already walked (``walk_for_state``).
-
-    Returns the trainable parameters, in traversal order (each once).
-    """
-    frozen = state.resolved_frozen()
-    trainable_parameters: list[nn.Parameter] = []
-    for position, parameters in enumerate(walked.parameters):
-        if frozen[position]:
-            for parameter in parameters:
-                if parameter.requires_grad:
-                    parameter.requires_grad_(False)
-                parameter.grad = None
-        else:
-            for parameter in parameters:
-                if not parameter.requires_grad:
-                    parameter.requires_grad_(True)
-            trainable_parameters.extend(parameters)
-    return trainable_parameters

@@ -11,13 +11,20 @@ from __future__ import annotations
 import difflib
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
 from torch import nn
 
-__all__ = ["ModelLayers", "layer_names", "select_layers", "unwrap_model", "walk_model"]
+__all__ = [
+    "ModelLayers",
+    "layer_names",
+    "select_layers",
+    "short_list",
+    "unwrap_model",
+    "walk_model",
+]
 
 Patterns = str | Iterable[str]
 
@@ -411,14 +418,15 @@ def check_same_layers(expected: tuple[str, ...], actual: tuple[str, ...], what: 
     extra = [name for name in actual if name not in expected_set]
     details = []
     if missing:
-        details.append(f"missing from the model: {_short_list(missing)}")
+        details.append(f"missing from the model: {short_list(missing, quote=True)}")
     if extra:
-        details.append(f"not in the state: {_short_list(extra)}")
+        details.append(f"not in the state: {short_list(extra, quote=True)}")
     if not details:
         details.append("same layers in a different order")
     raise ValueError(f"{what} has different layers than the state ({'; '.join(details)})")
 
 
-def _short_list(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(map(repr, names[:limit]))
+def short_list(names: Sequence[str], *, limit: int = 8, quote: bool = False) -> str:
+    """``names`` joined by commas, the first ``limit`` only, then how many more."""
+    shown = ", ".join(map(repr, names[:limit]) if quote else names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")

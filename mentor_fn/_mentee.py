@@ -33,7 +33,7 @@ from ._checkpoint import (
 )
 from ._curriculum import Curriculum
 from ._layers import Patterns
-from ._optimizer import qualified_name
+from ._qualified_names import class_in_namespace, qualified_name
 from ._state import CurriculumState
 from ._trainers import Trainer
 
@@ -187,18 +187,7 @@ class Mentee(nn.Module):
     @property
     def _frozen_modules(self) -> frozenset[str]:
         """Roots of the fully frozen subtrees (torch_mentor's representation)."""
-        state = self.curriculum_state
-        frozen = state.resolved_frozen()
-        parent = state._tree.parent
-        fully = list(frozen)
-        for position in range(len(fully) - 1, -1, -1):
-            if not fully[position] and parent[position] >= 0:
-                fully[parent[position]] = False
-        return frozenset(
-            layer
-            for position, layer in enumerate(state.layers)
-            if fully[position] and (parent[position] < 0 or not fully[parent[position]])
-        )
+        return frozenset(self.curriculum_state.frozen_roots())
 
     @property
     def _lr_coefficients(self) -> Mapping[str, float]:
@@ -697,9 +686,8 @@ def _user_class(model_class: type[Mentee]) -> type[Mentee]:
 
 def _torch_class(namespace: Any, name: str, path: Any) -> Any:
     """A class of torch's own namespace by qualified name: never imports anything."""
-    short = str(name).rsplit(".", 1)[-1]
-    found = getattr(namespace, short, None)
-    if not isinstance(found, type) or qualified_name(found) != name:
+    found = class_in_namespace(namespace, name)
+    if found is None:
         raise CheckpointError(
             f"checkpoint {str(path)!r} names {name!r}, which is not in {namespace.__name__}: "
             "pass the class or factory to resume_training"

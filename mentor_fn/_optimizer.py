@@ -10,56 +10,19 @@ duplicate check.
 
 from __future__ import annotations
 
-import functools
-import gc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from itertools import chain
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import torch
 
 __all__ = [
     "build_optimizer",
-    "collector_paused",
     "fresh_state",
     "load_optimizer_state",
     "optimizer_on_one_group",
     "optimizer_state_by_name",
-    "qualified_name",
 ]
-
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def collector_paused(function: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Run ``function`` with Python's cyclic garbage collector paused.
-
-    Deriving one group per layer allocates tens of thousands of containers in
-    one go (the model walk's tuples, the group dicts and lists). With the
-    collector running, its young collections promote the short-lived ones, and
-    in a program that has imported torch, every other build of a 10k-layer
-    model set off a full collection of the whole heap (over half a second).
-    Paused, the temporaries are freed by reference counting first. Nothing is
-    lost: the collector runs as usual afterwards.
-    """
-
-    @functools.wraps(function)
-    def paused(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        if not gc.isenabled():
-            return function(*args, **kwargs)
-        gc.disable()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            gc.enable()
-
-    return paused
-
-
-def qualified_name(optimizer_class: type) -> str:
-    return f"{optimizer_class.__module__}.{optimizer_class.__qualname__}"
 
 
 def build_optimizer(

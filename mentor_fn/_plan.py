@@ -14,9 +14,19 @@ from typing import Any
 
 import torch
 
+from ._layers import short_list
 from ._state import CurriculumState
 
-__all__ = ["GroupLayout", "GroupScale", "NoChange", "Patch", "Rebuild", "layout_of", "plan"]
+__all__ = [
+    "GroupLayout",
+    "GroupScale",
+    "NoChange",
+    "Patch",
+    "Plan",
+    "Rebuild",
+    "layout_of",
+    "plan",
+]
 
 
 @dataclass(frozen=True)
@@ -98,9 +108,7 @@ def layout_of(
     return tuple(layout)
 
 
-def plan(
-    layout: Iterable[GroupLayout], old: CurriculumState, new: CurriculumState
-) -> NoChange | Patch | Rebuild:
+def plan(layout: Iterable[GroupLayout], old: CurriculumState, new: CurriculumState) -> Plan:
     """How to move an optimizer with ``layout``, derived under ``old``, to ``new``.
 
     * :class:`Patch` when every layer that owns parameters and is trainable in
@@ -117,7 +125,7 @@ def plan(
     if old.layers != new.layers:
         raise ValueError("plan: old and new states have different layers")
     groups = tuple(layout)
-    index = new._tree.index
+    index = new.layer_positions
     new_frozen = new.resolved_frozen()
     new_coefficients = new.resolved_coefficients()
     old_frozen = old.resolved_frozen()
@@ -157,7 +165,7 @@ def plan(
             if target != group.coefficient:
                 if group.coefficient == 0:
                     reasons.append(
-                        f"optimizer group {number} ({_describe(group.layers)}) goes from "
+                        f"optimizer group {number} ({short_list(group.layers, limit=6)}) goes from "
                         f"coefficient 0 to {target:g}: the ratio is undefined"
                     )
                 else:
@@ -170,7 +178,7 @@ def plan(
     ]
     if missing:
         reasons.append(
-            f"trainable layer(s) with no optimizer group: {_describe(tuple(missing))} "
+            f"trainable layer(s) with no optimizer group: {short_list(missing, limit=6)} "
             "(frozen when the optimizer was built, or the optimizer has no per-layer groups)"
         )
     if reasons:
@@ -184,8 +192,3 @@ def plan(
     if not scales and not reactivated:
         return NoChange()
     return Patch(tuple(scales), reactivated)
-
-
-def _describe(layers: tuple[str, ...], limit: int = 6) -> str:
-    shown = ", ".join(layers[:limit])
-    return shown + (f", ... ({len(layers) - limit} more)" if len(layers) > limit else "")

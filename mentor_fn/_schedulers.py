@@ -24,6 +24,7 @@ __all__ = [
     "remap_scheduler_groups",
     "retarget_scheduler",
     "scale_group",
+    "scaled_copy",
 ]
 
 Scheduler = LRScheduler  # ReduceLROnPlateau is an LRScheduler in torch >= 2.2
@@ -84,14 +85,15 @@ def remap_scheduler_groups(scheduler: Any, sources: Sequence[tuple[int, float]])
         for name in SCHEDULER_LR_LISTS:
             values = getattr(node, name, None)
             if isinstance(values, list) and values:
-                setattr(node, name, [_copy_scaled(values[old], factor) for old, factor in sources])
+                setattr(node, name, [scaled_copy(values[old], factor) for old, factor in sources])
         for name in SCHEDULER_OTHER_LISTS:
             values = getattr(node, name, None)
             if isinstance(values, list) and values:
                 setattr(node, name, [values[old] for old, _ in sources])
 
 
-def _copy_scaled(value: Any, factor: float) -> Any:
+def scaled_copy(value: Any, factor: float) -> Any:
+    """``value * factor``; a tensor is copied first (the original stays untouched)."""
     if isinstance(value, torch.Tensor):
         return value.clone().mul_(factor)
     return value * factor

@@ -304,6 +304,41 @@ class CurriculumState:
             self._cache["coefficients"] = cached
         return cached
 
+    @property
+    def layer_positions(self) -> Mapping[str, int]:
+        """Layer name -> its position in ``layers`` (read-only)."""
+        return MappingProxyType(self._tree.index)
+
+    def frozen_roots(self) -> tuple[str, ...]:
+        """The roots of the fully frozen subtrees, in layer order.
+
+        A layer is in a fully frozen subtree when it and every layer below it
+        are frozen; a root is such a layer whose parent layer is not (or that
+        has none). After ``freeze("net")`` and ``unfreeze("net.conv1")`` the
+        roots are ``net``'s other children, not ``net``.
+
+        Example:
+            >>> state = CurriculumState(("net", "net.conv1", "net.conv2", "head"))
+            >>> state.freeze("net").unfreeze("net.conv1").frozen_roots()
+            ('net.conv2',)
+        """
+        cached = self._cache.get("frozen_roots")
+        if cached is None:
+            parent = self._tree.parent
+            fully = list(self.resolved_frozen())
+            # Descendants come after their ancestors: one backward pass
+            # clears every ancestor of a trainable layer.
+            for position in range(len(fully) - 1, -1, -1):
+                if not fully[position] and parent[position] >= 0:
+                    fully[parent[position]] = False
+            cached = tuple(
+                layer
+                for position, layer in enumerate(self.layers)
+                if fully[position] and (parent[position] < 0 or not fully[parent[position]])
+            )
+            self._cache["frozen_roots"] = cached
+        return cached
+
     def select(self, patterns: Patterns) -> tuple[str, ...]:
         """``select_layers(self.layers, patterns)``."""
         return select_layers(self.layers, patterns)

@@ -1,0 +1,46 @@
+"""Setting a model's ``requires_grad`` flags as a state says: the one model mutation.
+
+The pure core only derives (``requires_grad_map``); this module, used by the
+:class:`~mentor_fn.Curriculum` wrapper and public as
+:func:`mentor_fn.apply_requires_grad`, writes the flags.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ._groups import walk_for_state
+from ._layers import ModelLayers
+from ._state import CurriculumState
+
+__all__ = ["apply_requires_grad", "apply_requires_grad_of_walk"]
+
+
+def apply_requires_grad(state: CurriculumState, model: nn.Module) -> None:
+    """Set ``requires_grad`` on every parameter of ``model`` as ``state`` says.
+
+    Parameters of frozen layers also lose their ``.grad``, so optimizers skip
+    them (an inert group stays inert) and no stale gradient is applied later.
+    """
+    apply_requires_grad_of_walk(state, walk_for_state(state, model))
+
+
+def apply_requires_grad_of_walk(state: CurriculumState, walked: ModelLayers) -> list[nn.Parameter]:
+    """:func:`apply_requires_grad` on a model already walked (``walk_for_state``).
+
+    Returns the trainable parameters, in traversal order (each once).
+    """
+    frozen = state.resolved_frozen()
+    trainable_parameters: list[nn.Parameter] = []
+    for position, parameters in enumerate(walked.parameters):
+        if frozen[position]:
+            for parameter in parameters:
+                if parameter.requires_grad:
+                    parameter.requires_grad_(False)
+                parameter.grad = None
+        else:
+            for parameter in parameters:
+                if not parameter.requires_grad:
+                    parameter.requires_grad_(True)
+            trainable_parameters.extend(parameters)
+    return trainable_parameters
