@@ -4,65 +4,138 @@
 dataclasses, so they compare, hash and print, and can be stored in a schedule
 of phases. Patterns and coefficients are validated when the value is made,
 layers when it is applied.
+
+Every transition value is plain data too: ``t.to_dict()`` (a dict with a
+``"kind"`` key) and :func:`transition_from_dict` round-trip it, so schedules
+can be saved. A user's own callable is a valid transition but has no plain
+form: :func:`transition_to_dict` refuses it with a TypeError naming it.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 from ._layers import Patterns, normalize_patterns
 from ._state import CurriculumState, validate_coefficient
 
 __all__ = [
+    "TRANSITION_KINDS",
     "Transition",
     "chain",
     "freeze",
     "layerwise_lr_decay",
+    "layerwise_lr_spread",
+    "register_transition_kind",
     "set_lr_coefficient",
+    "transition_from_dict",
+    "transition_to_dict",
     "unfreeze",
 ]
 
 Transition = Callable[[CurriculumState], CurriculumState]
 
+TRANSITION_KINDS: dict[str, type] = {}
+"""Serializable transition classes by their ``kind``; see :func:`register_transition_kind`."""
 
+_Class = TypeVar("_Class", bound=type)
+
+
+def register_transition_kind(kind: str) -> Callable[[_Class], _Class]:
+    """Class decorator: make a transition class serializable under ``kind``.
+
+    The class needs ``to_dict(self)`` (plain data with ``"kind": kind``) and a
+    classmethod ``from_dict(cls, data)`` that validates ``data`` and raises
+    ValueError naming a malformed field. Adding a transition is one class:
+
+        @register_transition_kind("set_norm_policy")
+        @dataclass(frozen=True)
+        class SetNormPolicy: ...
+    """
+
+    def register(cls: _Class) -> _Class:
+        if kind in TRANSITION_KINDS:
+            raise ValueError(f"transition kind {kind!r} is already registered")
+        cls.kind = kind  # type: ignore[attr-defined]
+        TRANSITION_KINDS[kind] = cls
+        return cls
+
+    return register
+
+
+@register_transition_kind("freeze")
 @dataclass(frozen=True)
 class Freeze:
     """Freeze the subtrees of the layers matching ``patterns``."""
 
+    kind: ClassVar[str]
     patterns: tuple[str, ...]
 
     def __call__(self, state: CurriculumState) -> CurriculumState:
         return state.freeze(self.patterns)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "patterns": list(self.patterns)}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Freeze:
+        _check_keys(data, cls.kind, ("patterns",))
+        return cls(_patterns_field(data, cls.kind))
+
+
+@register_transition_kind("unfreeze")
 @dataclass(frozen=True)
 class Unfreeze:
     """Make the subtrees of the layers matching ``patterns`` trainable."""
 
+    kind: ClassVar[str]
     patterns: tuple[str, ...]
 
     def __call__(self, state: CurriculumState) -> CurriculumState:
         return state.unfreeze(self.patterns)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "patterns": list(self.patterns)}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Unfreeze:
+        _check_keys(data, cls.kind, ("patterns",))
+        return cls(_patterns_field(data, cls.kind))
+
+
+@register_transition_kind("set_lr_coefficient")
 @dataclass(frozen=True)
 class SetLrCoefficient:
     """Set the lr coefficient of the subtrees of the layers matching ``patterns``."""
 
+    kind: ClassVar[str]
     coefficient: float
     patterns: tuple[str, ...]
 
     def __call__(self, state: CurriculumState) -> CurriculumState:
         return state.set_lr_coefficient(self.coefficient, self.patterns)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "coefficient": self.coefficient, "patterns": list(self.patterns)}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SetLrCoefficient:
+        _check_keys(data, cls.kind, ("coefficient", "patterns"))
+        return cls(
+            _field(data, cls.kind, "coefficient", validate_coefficient),
+            _patterns_field(data, cls.kind),
+        )
+
+
+@register_transition_kind("layerwise_lr_decay")
 @dataclass(frozen=True)
 class LayerwiseLrDecay:
     """Coefficient ``decay ** (n - 1 - i)`` for the i-th of n selected layers."""
 
+    kind: ClassVar[str]
     decay: float
     patterns: tuple[str, ...] | None
 
@@ -73,17 +146,78 @@ class LayerwiseLrDecay:
             {layer: self.decay ** (count - 1 - rank) for rank, layer in enumerate(selected)}
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        patterns = None if self.patterns is None else list(self.patterns)
+        return {"kind": self.kind, "decay": self.decay, "patterns": patterns}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerwiseLrDecay:
+        _check_keys(data, cls.kind, ("decay", "patterns"))
+        patterns = None if data["patterns"] is None else _patterns_field(data, cls.kind)
+        return cls(_field(data, cls.kind, "decay", _validate_fraction), patterns)
+
+
+@register_transition_kind("layerwise_lr_spread")
+@dataclass(frozen=True)
+class LayerwiseLrSpread:
+    """Coefficients ``lowest ** (1 - i / (n - 1))`` over the n selected layers owning parameters."""
+
+    kind: ClassVar[str]
+    lowest: float
+    patterns: tuple[str, ...] | None
+
+    def __call__(self, state: CurriculumState) -> CurriculumState:
+        selected = state.layers if self.patterns is None else state.select(self.patterns)
+        owners = [layer for layer in selected if layer in state.parameter_owners]
+        last = len(owners) - 1
+        if last <= 0:
+            return state.set_coefficients(dict.fromkeys(owners, 1.0))
+        # The exponents are exactly 1.0 and 0.0 at the ends, so the first
+        # layer gets exactly ``lowest`` and the last exactly 1.0.
+        return state.set_coefficients(
+            {layer: self.lowest ** ((last - rank) / last) for rank, layer in enumerate(owners)}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        patterns = None if self.patterns is None else list(self.patterns)
+        return {"kind": self.kind, "lowest": self.lowest, "patterns": patterns}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerwiseLrSpread:
+        _check_keys(data, cls.kind, ("lowest", "patterns"))
+        patterns = None if data["patterns"] is None else _patterns_field(data, cls.kind)
+        return cls(_field(data, cls.kind, "lowest", _validate_fraction), patterns)
+
+
+@register_transition_kind("chain")
 @dataclass(frozen=True)
 class Chain:
     """Apply ``transitions`` left to right."""
 
+    kind: ClassVar[str]
     transitions: tuple[Transition, ...]
 
     def __call__(self, state: CurriculumState) -> CurriculumState:
         for transition in self.transitions:
             state = transition(state)
         return state
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data; TypeError naming the first user callable among the transitions."""
+        return {
+            "kind": self.kind,
+            "transitions": [transition_to_dict(transition) for transition in self.transitions],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Chain:
+        _check_keys(data, cls.kind, ("transitions",))
+        items = data["transitions"]
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(
+                f"malformed 'chain' transition dict: 'transitions' must be a list, got {items!r}"
+            )
+        return cls(tuple(transition_from_dict(item) for item in items))
 
 
 def freeze(patterns: Patterns) -> Freeze:
@@ -119,12 +253,34 @@ def layerwise_lr_decay(decay: float, *, patterns: Patterns | None = None) -> Lay
         >>> layerwise_lr_decay(0.5)(state).resolved_coefficients()
         (0.25, 0.5, 1.0)
     """
-    if isinstance(decay, bool) or not isinstance(decay, numbers.Real):
-        raise TypeError(f"decay must be a real number, got {type(decay).__name__}: {decay!r}")
-    if not (math.isfinite(decay) and 0 < decay <= 1):
-        raise ValueError(f"decay must be in (0, 1], got {decay!r}")
     return LayerwiseLrDecay(
-        float(decay), None if patterns is None else normalize_patterns(patterns)
+        _validate_fraction(decay, what="decay"),
+        None if patterns is None else normalize_patterns(patterns),
+    )
+
+
+def layerwise_lr_spread(lowest: float, *, patterns: Patterns | None = None) -> LayerwiseLrSpread:
+    """Coefficients spread geometrically from ``lowest`` up to 1.0 (fastai's ``slice``).
+
+    Over the n layers that own parameters among all layers (or those matching
+    ``patterns``), in layer order, the i-th gets ``lowest ** (1 - i / (n - 1))``:
+    exactly ``lowest`` on the first (input side), exactly 1.0 on the last (the
+    head), evenly spaced on a log scale between. A single such layer gets 1.0.
+    Layers owning no parameter (containers) are not written: they hold no
+    parameter a coefficient could apply to. Frozen flags are unchanged.
+
+    Args:
+        lowest: the first layer's coefficient, in (0, 1].
+        patterns: restrict the spread to these layers (others keep their rules).
+
+    Example:
+        >>> state = CurriculumState(("embed", "block", "head"))
+        >>> layerwise_lr_spread(0.01)(state).resolved_coefficients()
+        (0.01, 0.1, 1.0)
+    """
+    return LayerwiseLrSpread(
+        _validate_fraction(lowest, what="lowest"),
+        None if patterns is None else normalize_patterns(patterns),
     )
 
 
@@ -143,3 +299,84 @@ def chain(*transitions: Transition) -> Chain:
                 f"{type(transition).__name__}: {transition!r}"
             )
     return Chain(tuple(transitions))
+
+
+# Plain data ---------------------------------------------------------------------------------
+
+
+def transition_to_dict(transition: Transition) -> dict[str, Any]:
+    """``transition.to_dict()`` for a mentor_fn transition value.
+
+    Raises:
+        TypeError: ``transition`` is a user's own callable (a function, a
+            lambda, an object with ``__call__``): it works in a schedule but
+            has no plain form, so a schedule holding it cannot be saved.
+    """
+    cls = type(transition)
+    kind = getattr(cls, "kind", None)
+    if not isinstance(kind, str) or TRANSITION_KINDS.get(kind) is not cls:
+        kinds = ", ".join(sorted(TRANSITION_KINDS))
+        raise TypeError(
+            f"transition {transition!r} ({cls.__qualname__}) is not serializable: only "
+            f"mentor_fn's transition values ({kinds}) have a plain-data form. Build the phase "
+            "from them (chain() composes them) to save or fingerprint the schedule."
+        )
+    return transition.to_dict()  # type: ignore[attr-defined,no-any-return]
+
+
+def transition_from_dict(data: Mapping[str, Any]) -> Transition:
+    """The transition value ``data`` describes (output of ``to_dict``), validated.
+
+    Raises:
+        ValueError: ``data`` is not a mapping, has an unknown ``kind``, or a
+            missing, extra or malformed field (named in the message).
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"a transition dict must be a mapping, got {type(data).__name__}: {data!r}"
+        )
+    kind = data.get("kind")
+    cls = TRANSITION_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(
+            f"malformed transition dict: 'kind' is {kind!r}, expected one of "
+            f"{sorted(TRANSITION_KINDS)}"
+        )
+    return cls.from_dict(data)  # type: ignore[attr-defined,no-any-return]
+
+
+def _check_keys(data: Mapping[str, Any], kind: str, fields: tuple[str, ...]) -> None:
+    expected = {"kind", *fields}
+    if set(data) != expected:
+        missing = sorted(expected - set(data))
+        extra = sorted(set(data) - expected, key=repr)
+        raise ValueError(
+            f"malformed {kind!r} transition dict: missing fields {missing}, unknown fields "
+            f"{extra}; expected {sorted(expected)}"
+        )
+
+
+def _patterns_field(data: Mapping[str, Any], kind: str) -> tuple[str, ...]:
+    patterns = data["patterns"]
+    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+        raise ValueError(
+            f"malformed {kind!r} transition dict: 'patterns' must be a list of str, "
+            f"got {patterns!r}"
+        )
+    return tuple(patterns)
+
+
+def _field(data: Mapping[str, Any], kind: str, name: str, validate: Any) -> float:
+    try:
+        return validate(data[name], what=name)  # type: ignore[no-any-return]
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"malformed {kind!r} transition dict: field {name!r}: {error}") from None
+
+
+def _validate_fraction(value: object, *, what: str) -> float:
+    """``value`` as a float in (0, 1]; TypeError for bools and non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a real number, got {type(value).__name__}: {value!r}")
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise ValueError(f"{what} must be in (0, 1], got {value!r}")
+    return float(value)

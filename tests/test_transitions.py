@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import itertools
+import json
 import math
 import re
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import Write, apply_writes, module_trees, scenarios, writes_for
@@ -17,6 +21,14 @@ from mentor_fn import (
     layerwise_lr_decay,
     set_lr_coefficient,
     unfreeze,
+)
+from mentor_fn._transitions import (
+    TRANSITION_KINDS,
+    LayerwiseLrSpread,
+    layerwise_lr_spread,
+    register_transition_kind,
+    transition_from_dict,
+    transition_to_dict,
 )
 
 LAYERS = ("embed", "blocks", "blocks.0", "blocks.1", "norm", "head")
@@ -202,3 +214,183 @@ def test_llrd_decay_out_of_range(decay):
 def test_llrd_decay_not_a_number(decay):
     with pytest.raises(TypeError, match=re.escape(repr(decay))):
         layerwise_lr_decay(decay)
+
+
+# Plain data: to_dict / transition_from_dict ------------------------------------------------
+
+pattern_lists = st.lists(st.text(max_size=6), min_size=0, max_size=3)
+leaf_transitions = st.one_of(
+    st.builds(freeze, pattern_lists),
+    st.builds(unfreeze, st.text(max_size=6)),
+    st.builds(
+        set_lr_coefficient,
+        st.floats(min_value=0, max_value=1e6) | st.sampled_from([0, 1, 2]),
+        pattern_lists,
+    ),
+    st.builds(
+        layerwise_lr_decay,
+        st.floats(min_value=1e-9, max_value=1),
+        patterns=st.none() | pattern_lists,
+    ),
+    st.builds(
+        layerwise_lr_spread,
+        st.floats(min_value=1e-9, max_value=1),
+        patterns=st.none() | pattern_lists,
+    ),
+)
+transition_values = st.recursive(
+    leaf_transitions,
+    lambda inner: st.lists(inner, max_size=3).map(lambda ts: chain(*ts)),
+    max_leaves=8,
+)
+
+
+@given(transition_values)
+def test_transition_round_trips_through_plain_data(transition):
+    data = transition.to_dict()
+    assert transition_to_dict(transition) == data
+    assert transition_from_dict(data) == transition
+    # Plain data: JSON and torch.load(weights_only=True) carry it unchanged.
+    assert transition_from_dict(json.loads(json.dumps(data))) == transition
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    buffer.seek(0)
+    assert transition_from_dict(torch.load(buffer, weights_only=True)) == transition
+
+
+def test_to_dict_examples():
+    assert freeze("head").to_dict() == {"kind": "freeze", "patterns": ["head"]}
+    assert set_lr_coefficient(1, ["a", "b"]).to_dict() == {
+        "kind": "set_lr_coefficient",
+        "coefficient": 1.0,
+        "patterns": ["a", "b"],
+    }
+    assert layerwise_lr_decay(0.5).to_dict() == {
+        "kind": "layerwise_lr_decay",
+        "decay": 0.5,
+        "patterns": None,
+    }
+    assert chain(unfreeze("x")).to_dict() == {
+        "kind": "chain",
+        "transitions": [{"kind": "unfreeze", "patterns": ["x"]}],
+    }
+    assert set(TRANSITION_KINDS) >= {
+        "freeze",
+        "unfreeze",
+        "set_lr_coefficient",
+        "layerwise_lr_decay",
+        "layerwise_lr_spread",
+        "chain",
+    }
+
+
+def test_user_callables_are_not_serializable_and_named():
+    def my_phase(state):
+        return state
+
+    with pytest.raises(TypeError, match=r"my_phase.*not serializable"):
+        transition_to_dict(my_phase)
+    with pytest.raises(TypeError, match="my_phase"):
+        chain(freeze("a"), chain(my_phase)).to_dict()
+
+    class Subclass(type(freeze("a"))):
+        pass
+
+    # A subclass is not the registered kind: its behaviour may differ.
+    with pytest.raises(TypeError, match="Subclass"):
+        transition_to_dict(Subclass(("a",)))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("freeze", "must be a mapping"),
+        ({"patterns": ["a"]}, "'kind' is None"),
+        ({"kind": "melt", "patterns": ["a"]}, "'melt'"),
+        ({"kind": ["freeze"], "patterns": ["a"]}, r"\['freeze'\]"),
+        ({"kind": "freeze"}, r"missing fields \['patterns'\]"),
+        ({"kind": "freeze", "patterns": ["a"], "extra": 1}, r"unknown fields \['extra'\]"),
+        ({"kind": "freeze", "patterns": "a"}, "'patterns' must be a list of str"),
+        ({"kind": "unfreeze", "patterns": [1]}, "'patterns' must be a list of str"),
+        ({"kind": "set_lr_coefficient", "coefficient": -1, "patterns": ["a"]}, "'coefficient'"),
+        ({"kind": "set_lr_coefficient", "coefficient": True, "patterns": ["a"]}, "'coefficient'"),
+        ({"kind": "set_lr_coefficient", "coefficient": "1", "patterns": ["a"]}, "'coefficient'"),
+        ({"kind": "layerwise_lr_decay", "decay": 2.0, "patterns": None}, "'decay'"),
+        ({"kind": "layerwise_lr_spread", "lowest": 0.0, "patterns": None}, "'lowest'"),
+        ({"kind": "chain", "transitions": {"kind": "freeze"}}, "'transitions' must be a list"),
+        ({"kind": "chain", "transitions": [{"kind": "freeze"}]}, "missing fields"),
+    ],
+)
+def test_malformed_transition_dicts_name_the_field(data, message):
+    with pytest.raises(ValueError, match=message):
+        transition_from_dict(data)
+
+
+def test_the_kind_registry_is_extensible():
+    from dataclasses import dataclass as make_dataclass
+
+    with pytest.raises(ValueError, match="'freeze' is already registered"):
+        register_transition_kind("freeze")(type("Other", (), {}))
+
+    @register_transition_kind("set_everything_frozen_test")
+    @make_dataclass(frozen=True)
+    class FreezeAll:
+        def __call__(self, state):
+            return state.freeze(".*")
+
+        def to_dict(self):
+            return {"kind": self.kind}
+
+        @classmethod
+        def from_dict(cls, data):
+            return cls()
+
+    try:
+        assert transition_from_dict(chain(FreezeAll()).to_dict()) == chain(FreezeAll())
+    finally:
+        del TRANSITION_KINDS["set_everything_frozen_test"]
+
+
+# layerwise_lr_spread ---------------------------------------------------------------------
+
+
+def test_spread_example_and_exact_ends():
+    state = CurriculumState(("embed", "block", "head"))
+    assert layerwise_lr_spread(0.01)(state).resolved_coefficients() == (0.01, 0.1, 1.0)
+    coefficients = layerwise_lr_spread(1 / 3)(
+        CurriculumState(tuple("abcdefg"))
+    ).resolved_coefficients()
+    assert coefficients[0] == 1 / 3 and coefficients[-1] == 1.0
+    ratios = [b / a for a, b in itertools.pairwise(coefficients)]
+    assert ratios == pytest.approx([ratios[0]] * len(ratios))
+
+
+def test_spread_covers_the_layers_owning_parameters_only():
+    # "backbone" is a container: it owns no parameter and is not written.
+    state = CurriculumState(
+        ("backbone", "backbone.0", "backbone.1", "head"),
+        parameter_owners=("backbone.0", "backbone.1", "head"),
+    ).set_lr_coefficient(0.5, "backbone")
+    result = layerwise_lr_spread(0.25)(state)
+    assert [result.coefficient(layer) for layer in state.layers] == [0.5, 0.25, 0.5, 1.0]
+    assert isinstance(layerwise_lr_spread(0.25), LayerwiseLrSpread)
+    # A single owner gets 1.0; patterns restrict the spread.
+    assert layerwise_lr_spread(0.1, patterns="head")(state).coefficient("head") == 1.0
+    restricted = layerwise_lr_spread(0.1, patterns=r"backbone\.\d")(state)
+    assert [restricted.coefficient(layer) for layer in state.layers] == [0.5, 0.1, 1.0, 1.0]
+    assert restricted.resolved_frozen() == state.resolved_frozen()
+
+
+@pytest.mark.parametrize(
+    ("lowest", "error"),
+    [
+        (0, ValueError),
+        (1.5, ValueError),
+        (math.nan, ValueError),
+        (True, TypeError),
+        ("0.1", TypeError),
+    ],
+)
+def test_spread_validates_lowest(lowest, error):
+    with pytest.raises(error, match=re.escape(repr(lowest))):
+        layerwise_lr_spread(lowest)
