@@ -22,9 +22,12 @@ from torch import nn
 
 from ._layers import Patterns, select_layers, walk_model
 
-__all__ = ["FORMAT_VERSION", "CurriculumState", "validate_coefficient"]
+__all__ = ["FORMAT_VERSION", "NORM_POLICIES", "CurriculumState", "validate_coefficient"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 added ``norm_layers`` and ``norm_policy``; version 1 dicts still load."""
+NORM_POLICIES = ("stats", "eval", "train")
+"""What happens to normalization layers inside frozen layers (see ``set_norm_policy``)."""
 _FORMAT_NAME = "mentor_fn.CurriculumState"
 PYTREE_NAMESPACE = "mentor_fn"
 
@@ -182,6 +185,11 @@ class CurriculumState:
         coefficients: initial coefficient rules (real, finite, >= 0).
         parameter_owners: layers that own parameters directly; ``None`` means
             all of them. :meth:`from_model` fills it from the model.
+        norm_layers: layers that are normalization modules (by type:
+            BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm, ...).
+            :meth:`from_model` fills it; ``None`` means none.
+        norm_policy: ``"stats"`` (default), ``"eval"`` or ``"train"``: see
+            :meth:`set_norm_policy`.
 
     Example:
         >>> state = CurriculumState(("backbone", "backbone.layer4", "head"))
@@ -194,6 +202,8 @@ class CurriculumState:
 
     layers: tuple[str, ...]
     parameter_owners: frozenset[str]
+    norm_layers: frozenset[str]
+    norm_policy: str
     _frozen_rules: dict[str, bool] = field(repr=False)
     _coefficient_rules: dict[str, float] = field(repr=False)
     _tree: _LayerTree = field(repr=False)
@@ -206,6 +216,8 @@ class CurriculumState:
         frozen: Mapping[str, bool] | None = None,
         coefficients: Mapping[str, float] | None = None,
         parameter_owners: Iterable[str] | None = None,
+        norm_layers: Iterable[str] | None = None,
+        norm_policy: str = "stats",
     ) -> None:
         if isinstance(layers, str) or not isinstance(layers, Iterable):
             raise TypeError(f"layers must be an iterable of str, got {layers!r}")
@@ -216,19 +228,21 @@ class CurriculumState:
         tree = _layer_tree(layer_tuple)
         frozen_rules = _checked_rules(frozen, tree, "frozen", _validate_flag)
         coefficient_rules = _checked_rules(coefficients, tree, "coefficients", validate_coefficient)
-        if parameter_owners is None:
-            owners = frozenset(layer_tuple)
-        else:
-            if isinstance(parameter_owners, str) or not isinstance(parameter_owners, Iterable):
-                raise TypeError(
-                    f"parameter_owners must be an iterable of str, got {parameter_owners!r}"
-                )
-            owners = frozenset(parameter_owners)
-            for name in owners:
-                tree.position(name)
+        owners = (
+            frozenset(layer_tuple)
+            if parameter_owners is None
+            else _checked_layer_set(parameter_owners, tree, "parameter_owners")
+        )
+        norms = (
+            frozenset()
+            if norm_layers is None
+            else _checked_layer_set(norm_layers, tree, "norm_layers")
+        )
         self._set(
             tree,
             owners,
+            norms,
+            _checked_norm_policy(norm_policy),
             tree.canonical(frozen_rules, False),
             tree.canonical(coefficient_rules, 1.0),
         )
@@ -237,11 +251,15 @@ class CurriculumState:
         self,
         tree: _LayerTree,
         owners: frozenset[str],
+        norm_layers: frozenset[str],
+        norm_policy: str,
         frozen_rules: dict[str, bool],
         coefficient_rules: dict[str, float],
     ) -> None:
         object.__setattr__(self, "layers", tree.layers)
         object.__setattr__(self, "parameter_owners", owners)
+        object.__setattr__(self, "norm_layers", norm_layers)
+        object.__setattr__(self, "norm_policy", norm_policy)
         object.__setattr__(self, "_frozen_rules", frozen_rules)
         object.__setattr__(self, "_coefficient_rules", coefficient_rules)
         object.__setattr__(self, "_tree", tree)
@@ -252,11 +270,14 @@ class CurriculumState:
         *,
         frozen_rules: dict[str, bool] | None = None,
         coefficient_rules: dict[str, float] | None = None,
+        norm_policy: str | None = None,
     ) -> CurriculumState:
         new = object.__new__(CurriculumState)
         new._set(
             self._tree,
             self.parameter_owners,
+            self.norm_layers,
+            self.norm_policy if norm_policy is None else norm_policy,
             self._frozen_rules if frozen_rules is None else frozen_rules,
             self._coefficient_rules if coefficient_rules is None else coefficient_rules,
         )
@@ -267,6 +288,31 @@ class CurriculumState:
         """A state with every layer of ``model`` trainable at coefficient 1.0."""
         walked = walk_model(model)
         return cls(walked.layers, parameter_owners=walked.parameter_owners)
+
+    def with_layer_kinds(
+        self, *, parameter_owners: Iterable[str], norm_layers: Iterable[str] = ()
+    ) -> CurriculumState:
+        """The same rules and norm policy on a model whose layer kinds are these.
+
+        ``parameter_owners`` and ``norm_layers`` are facts about a model (which
+        layers own parameters, which are normalization modules), recorded so
+        that planning stays pure; a wrapper that walked the model sets them.
+        Returns ``self`` when nothing differs.
+        """
+        owners = _checked_layer_set(parameter_owners, self._tree, "parameter_owners")
+        norms = _checked_layer_set(norm_layers, self._tree, "norm_layers")
+        if owners == self.parameter_owners and norms == self.norm_layers:
+            return self
+        new = object.__new__(CurriculumState)
+        new._set(
+            self._tree,
+            owners,
+            norms,
+            self.norm_policy,
+            self._frozen_rules,
+            self._coefficient_rules,
+        )
+        return new
 
     # Reading -----------------------------------------------------------------
 
@@ -294,6 +340,26 @@ class CurriculumState:
         if cached is None:
             cached = tuple(self._tree.resolve_all(self._frozen_rules, False))
             self._cache["frozen"] = cached
+        return cached
+
+    def resolved_trainable(self) -> tuple[bool, ...]:
+        """Whether each layer's parameters train, aligned with ``layers``.
+
+        A layer trains when it is not frozen, or, under the ``"train"`` norm
+        policy, when it is a normalization layer (its affine parameters
+        train inside a frozen subtree, with the layer's coefficient).
+        """
+        cached = self._cache.get("trainable")
+        if cached is None:
+            frozen = self.resolved_frozen()
+            if self.norm_policy == "train" and self.norm_layers:
+                norms = self.norm_layers
+                cached = tuple(
+                    not is_frozen or layer in norms for layer, is_frozen in zip(self.layers, frozen)
+                )
+            else:
+                cached = tuple(not is_frozen for is_frozen in frozen)
+            self._cache["trainable"] = cached
         return cached
 
     def resolved_coefficients(self) -> tuple[float, ...]:
@@ -362,6 +428,24 @@ class CurriculumState:
         positions = self._positions(patterns)
         return self.set_coefficients({position: value for position in positions})
 
+    def set_norm_policy(self, policy: str) -> CurriculumState:
+        """What normalization layers inside frozen layers do.
+
+        * ``"stats"`` (the default): their parameters are frozen with their
+          layer; running statistics (BatchNorm, InstanceNorm with
+          ``track_running_stats``) still update in ``train()`` mode.
+        * ``"eval"``: parameters and running statistics are frozen: a
+          :class:`~mentor_fn.Curriculum` makes such modules compute as in eval
+          mode whatever ``model.train()`` says (with hooks; modules,
+          ``track_running_stats`` and ``state_dict`` keys are untouched).
+        * ``"train"``: their affine parameters keep training inside frozen
+          layers, with their layer's coefficient (fastai's ``train_bn``).
+
+        Raises:
+            ValueError: another policy. TypeError: not a str.
+        """
+        return self._replace(norm_policy=_checked_norm_policy(policy))
+
     def set_coefficients(
         self, values: Mapping[int, float] | Mapping[str, float]
     ) -> CurriculumState:
@@ -408,6 +492,8 @@ class CurriculumState:
             "version": FORMAT_VERSION,
             "layers": list(self.layers),
             "parameter_owners": [name for name in self.layers if name in self.parameter_owners],
+            "norm_layers": [name for name in self.layers if name in self.norm_layers],
+            "norm_policy": self.norm_policy,
             "frozen": dict(self._frozen_rules),
             "coefficients": dict(self._coefficient_rules),
         }
@@ -428,12 +514,14 @@ class CurriculumState:
             )
         version = data.get("version")
         # By type too: True and 1.0 compare equal to 1 but are not a version.
-        if type(version) is not int or version != FORMAT_VERSION:
+        if type(version) is not int or version not in (1, FORMAT_VERSION):
             raise ValueError(
                 f"unsupported CurriculumState format version {version!r}; "
-                f"this mentor_fn reads version {FORMAT_VERSION}"
+                f"this mentor_fn reads versions 1 and {FORMAT_VERSION}"
             )
         expected = {"format", "version", "layers", "parameter_owners", "frozen", "coefficients"}
+        if version >= 2:
+            expected |= {"norm_layers", "norm_policy"}
         if set(data) != expected:
             raise ValueError(
                 f"malformed CurriculumState dict: keys {sorted(data)}, expected {sorted(expected)}"
@@ -448,8 +536,18 @@ class CurriculumState:
             raise ValueError(
                 "malformed CurriculumState dict: frozen and coefficients must be dicts"
             )
+        norm_layers = data.get("norm_layers", [])
+        if not isinstance(norm_layers, list):
+            raise ValueError("malformed CurriculumState dict: norm_layers must be a list")
         try:
-            return cls(layers, frozen=frozen, coefficients=coefficients, parameter_owners=owners)
+            return cls(
+                layers,
+                frozen=frozen,
+                coefficients=coefficients,
+                parameter_owners=owners,
+                norm_layers=norm_layers,
+                norm_policy=data.get("norm_policy", "stats"),
+            )
         except TypeError as error:
             raise ValueError(f"malformed CurriculumState dict: {error}") from None
 
@@ -464,6 +562,8 @@ class CurriculumState:
         return (
             (self._tree is other._tree or self.layers == other.layers)
             and self.parameter_owners == other.parameter_owners
+            and self.norm_layers == other.norm_layers
+            and self.norm_policy == other.norm_policy
             and self._frozen_rules == other._frozen_rules
             and self._coefficient_rules == other._coefficient_rules
         )
@@ -475,6 +575,8 @@ class CurriculumState:
                 (
                     self.layers,
                     self.parameter_owners,
+                    self.norm_layers,
+                    self.norm_policy,
                     frozenset(self._frozen_rules.items()),
                     frozenset(self._coefficient_rules.items()),
                 )
@@ -483,9 +585,10 @@ class CurriculumState:
         return cached
 
     def __repr__(self) -> str:
+        policy = "" if self.norm_policy == "stats" else f", norm_policy={self.norm_policy!r}"
         return (
             f"CurriculumState({len(self.layers)} layers, frozen={self._frozen_rules!r}, "
-            f"coefficients={self._coefficient_rules!r})"
+            f"coefficients={self._coefficient_rules!r}{policy})"
         )
 
 
@@ -493,6 +596,27 @@ def _validate_flag(value: object, *, what: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{what} must be a bool, got {type(value).__name__}: {value!r}")
     return value
+
+
+def _checked_norm_policy(policy: object) -> str:
+    if not isinstance(policy, str):
+        raise TypeError(f"norm_policy must be a str, got {type(policy).__name__}: {policy!r}")
+    if policy not in NORM_POLICIES:
+        raise ValueError(
+            f"norm_policy must be one of {', '.join(map(repr, NORM_POLICIES))}, got {policy!r}"
+        )
+    return policy
+
+
+def _checked_layer_set(names: object, tree: _LayerTree, what: str) -> frozenset[str]:
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise TypeError(f"{what} must be an iterable of layer names, got {names!r}")
+    checked = frozenset(names)
+    for name in checked:
+        if not isinstance(name, str):
+            raise TypeError(f"{what} must hold layer names (str), got {name!r}")
+        tree.position(name)
+    return checked
 
 
 def _checked_rules(
@@ -513,17 +637,26 @@ def _checked_rules(
 
 def _flatten(state: CurriculumState) -> tuple[tuple[float, ...], Any, tuple[str, ...]]:
     names = tuple(state._coefficient_rules)
-    metadata = (state.layers, state.parameter_owners, tuple(state._frozen_rules.items()), names)
+    metadata = (
+        state.layers,
+        state.parameter_owners,
+        state.norm_layers,
+        state.norm_policy,
+        tuple(state._frozen_rules.items()),
+        names,
+    )
     return tuple(state._coefficient_rules.values()), metadata, names
 
 
 def _unflatten(metadata: Any, children: Iterable[Any]) -> CurriculumState:
-    layers, owners, frozen_items, names = metadata
+    layers, owners, norm_layers, norm_policy, frozen_items, names = metadata
     return CurriculumState(
         layers,
         frozen=dict(frozen_items),
         coefficients=dict(zip(names, children, strict=True)),
         parameter_owners=owners,
+        norm_layers=norm_layers,
+        norm_policy=norm_policy,
     )
 
 

@@ -447,13 +447,25 @@ def test_to_dict_is_plain_versioned_data():
     data = sample_state().to_dict()
     assert data == {
         "format": "mentor_fn.CurriculumState",
-        "version": 1,
+        "version": 2,
         "layers": list(LAYERS),
         "parameter_owners": ["backbone.layer1.conv", "backbone.layer4", "head"],
+        "norm_layers": [],
+        "norm_policy": "stats",
         "frozen": {"backbone": True, "backbone.layer4": False},
         "coefficients": {"backbone": 0.1, "head": 0.0},
     }
     assert CurriculumState.from_dict(data) == sample_state()
+
+
+def test_version_1_dicts_still_load_with_the_default_norm_policy():
+    data = sample_state().to_dict()
+    del data["norm_layers"], data["norm_policy"]
+    data["version"] = 1
+    assert CurriculumState.from_dict(data) == sample_state()
+    data["norm_policy"] = "eval"  # a version 1 dict has no such key
+    with pytest.raises(ValueError, match="malformed"):
+        CurriculumState.from_dict(data)
 
 
 def test_to_dict_round_trips_through_a_weights_only_torch_file(tmp_path):
@@ -491,7 +503,7 @@ _DROP = object()
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (_malformed(version=2), "version 2"),
+        (_malformed(version=3), "version 3"),
         (_malformed(version=0), "version 0"),
         (_malformed(version="1"), "version '1'"),
         (_malformed(version=True), "version True"),
@@ -521,3 +533,61 @@ _DROP = object()
 def test_from_dict_rejects_malformed_data(data, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         CurriculumState.from_dict(data)
+
+
+# Norm policy and layer kinds ---------------------------------------------------------
+
+
+def test_norm_policy_is_part_of_the_value():
+    state = CurriculumState(LAYERS, norm_layers=["backbone.layer4"])
+    assert state.norm_policy == "stats"
+    evaluated = state.set_norm_policy("eval")
+    assert evaluated.norm_policy == "eval" and state.norm_policy == "stats"
+    assert evaluated != state and hash(evaluated) != hash(state)
+    assert evaluated.set_norm_policy("stats") == state
+    assert CurriculumState.from_dict(evaluated.to_dict()) == evaluated
+    assert optree.tree_map(lambda c: c, evaluated, namespace="mentor_fn") == evaluated
+    assert "norm_policy='eval'" in repr(evaluated)
+
+
+@pytest.mark.parametrize(
+    ("policy", "error", "match"),
+    [("frozen", ValueError, "'stats', 'eval', 'train'"), (None, TypeError, "must be a str")],
+)
+def test_bad_norm_policies_are_refused(policy, error, match):
+    with pytest.raises(error, match=match):
+        CurriculumState(LAYERS).set_norm_policy(policy)  # type: ignore[arg-type]
+    with pytest.raises(error, match=match):
+        CurriculumState(LAYERS, norm_policy=policy)  # type: ignore[arg-type]
+
+
+def test_under_the_train_policy_norm_layers_of_frozen_subtrees_train():
+    state = CurriculumState(LAYERS, norm_layers=["backbone.layer4"]).freeze("backbone")
+    trainable = dict(zip(LAYERS, state.resolved_trainable()))
+    assert not trainable["backbone.layer4"] and trainable["head"]
+    trained = dict(zip(LAYERS, state.set_norm_policy("train").resolved_trainable()))
+    assert trained["backbone.layer4"] and not trained["backbone.layer1.conv"]
+    assert state.set_norm_policy("train").is_frozen("backbone.layer4")  # still frozen
+
+
+def test_with_layer_kinds_keeps_rules_and_policy():
+    state = CurriculumState(LAYERS).freeze("backbone").set_norm_policy("eval")
+    kinds = state.with_layer_kinds(parameter_owners=["head"], norm_layers=["backbone.layer4"])
+    assert kinds.frozen == state.frozen and kinds.norm_policy == "eval"
+    assert kinds.parameter_owners == {"head"} and kinds.norm_layers == {"backbone.layer4"}
+    assert (
+        kinds.with_layer_kinds(parameter_owners=["head"], norm_layers=["backbone.layer4"]) is kinds
+    )
+    with pytest.raises(ValueError, match="unknown layer 'nope'"):
+        state.with_layer_kinds(parameter_owners=["nope"])
+
+
+def test_frozen_roots_are_the_tops_of_fully_frozen_subtrees():
+    state = CurriculumState(LAYERS).freeze("backbone").unfreeze("backbone.layer4")
+    assert state.frozen_roots() == tuple(
+        layer
+        for layer in LAYERS
+        if layer.startswith("backbone.") and layer.count(".") == 1 and layer != "backbone.layer4"
+    )
+    assert CurriculumState(LAYERS).freeze("backbone").frozen_roots() == ("backbone",)
+    assert CurriculumState(LAYERS).frozen_roots() == ()
