@@ -1,166 +1,37 @@
-"""Hypothesis strategies and independent oracles shared by the functional-core tests.
+"""Project-only test helpers: scenarios built on ``mentor_fn.testing``, and naive oracles.
 
-Strategies draw small random ``nn.Module`` trees (nested ``nn.Module`` /
-``nn.Sequential`` / ``nn.ModuleDict`` containers of tiny ``Linear`` and
-``Embedding`` layers, sometimes a parameterless ``ReLU``, a parameter
-registered on the root, tied weights or a shared module) and random sequences
-of writes (freeze / unfreeze / set_lr_coefficient on one layer).
-
-The oracles recompute what mentor_fn promises from torch's own traversal
-(``named_modules`` / ``named_parameters``) and from a naive replay of writes,
-so that the tests do not check the library against itself.
+The strategies themselves (models, writes, states, transitions) are the
+public ones in :mod:`mentor_fn.testing`. What stays here is what only this
+project's tests need: :func:`scenarios` (a model and two states reached by
+writes) and the oracles, which recompute what mentor_fn promises from
+torch's own traversal (``named_modules`` / ``named_parameters``) and from a
+naive replay of writes and transitions, so that the tests do not check the
+library against itself.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import hypothesis.strategies as st
-import torch
 from torch import nn
 
 from mentor_fn import CurriculumState
+from mentor_fn.testing import Write, models, writes
 
 __all__ = [
-    "COEFFICIENTS",
     "Scenario",
-    "Write",
     "apply_writes",
     "expected_layer_names",
     "expected_owners",
-    "module_trees",
     "replay",
+    "replay_transition",
     "resolution",
     "scenarios",
-    "writes_for",
 ]
-
-COEFFICIENTS = (0.0, 0.1, 0.5, 1.0, 2.0)
-OPERATIONS = ("freeze", "unfreeze", "set_lr_coefficient")
-
-MAX_DEPTH = 3
-MAX_CHILDREN = 3
-MAX_MODULES = 12
-
-
-# Models -------------------------------------------------------------------------
-
-
-@st.composite
-def module_trees(draw: st.DrawFn) -> nn.Module:
-    """A random small model; it always holds at least one parameter.
-
-    Every weight is 2x2, so any two weights can be tied.
-    """
-    weighted: list[nn.Module] = []  # leaves with a weight, in creation order
-    created: list[nn.Module] = []  # every leaf, for sharing
-    budget = [MAX_MODULES]
-
-    def leaf() -> nn.Module:
-        kind = draw(st.sampled_from(["linear", "linear", "linear_no_bias", "embedding", "relu"]))
-        if kind == "relu":
-            module: nn.Module = nn.ReLU()
-        elif kind == "embedding":
-            module = nn.Embedding(2, 2)
-        else:
-            module = nn.Linear(2, 2, bias=kind == "linear")
-        if kind != "relu":
-            weighted.append(module)
-        created.append(module)
-        return module
-
-    def node(depth: int) -> nn.Module:
-        budget[0] -= 1
-        if created and draw(st.integers(0, 9)) == 0:
-            return draw(st.sampled_from(created))  # a shared module (a leaf: no cycles)
-        if depth >= MAX_DEPTH or budget[0] <= 0 or draw(st.booleans()):
-            return leaf()
-        kind = draw(st.sampled_from(["module", "sequential", "moduledict"]))
-        children = [node(depth + 1) for _ in range(draw(st.integers(0, MAX_CHILDREN)))]
-        if kind == "sequential":
-            return nn.Sequential(*children)
-        if kind == "moduledict":
-            return nn.ModuleDict(dict(zip("abc", children)))
-        container = nn.Module()
-        for number, child in enumerate(children):
-            setattr(container, f"m{number}", child)
-        return container
-
-    root = nn.Module()
-    root_parameters = draw(st.integers(0, 2))
-    # Root parameters registered before and after the children: they are
-    # layers listed first either way.
-    before = draw(st.integers(0, root_parameters))
-    for number in range(before):
-        root.register_parameter(f"p{number}", nn.Parameter(torch.zeros(2)))
-    for number in range(draw(st.integers(1, 3))):
-        setattr(root, f"c{number}", node(1))
-    for number in range(before, root_parameters):
-        root.register_parameter(f"p{number}", nn.Parameter(torch.zeros(2)))
-
-    # Tied weights: the later module's weight becomes the earlier one's.
-    for _ in range(draw(st.integers(0, 2))):
-        if len(weighted) < 2:
-            break
-        source = draw(st.integers(0, len(weighted) - 1))
-        target = draw(st.integers(0, len(weighted) - 2))
-        target += target >= source  # two different modules
-        weighted[target].weight = weighted[source].weight
-    if weighted and draw(st.integers(0, 5)) == 0:
-        root.tied = draw(st.sampled_from(weighted)).weight  # a root parameter tied to a layer's
-
-    if not any(True for _ in root.parameters()):
-        root.head = nn.Linear(2, 2)
-    return root
-
-
-# Writes -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Write:
-    """One write on one layer: ``operation`` is freeze, unfreeze or set_lr_coefficient."""
-
-    operation: str
-    layer: str
-    coefficient: float
-
-    @property
-    def pattern(self) -> str:
-        # Layer names are patterns; escaping makes the write hit exactly this layer.
-        return re.escape(self.layer)
-
-    def apply(self, state: CurriculumState) -> CurriculumState:
-        """Apply the write with the state's methods."""
-        if self.operation == "freeze":
-            return state.freeze(self.pattern)
-        if self.operation == "unfreeze":
-            return state.unfreeze(self.pattern)
-        return state.set_lr_coefficient(self.coefficient, self.pattern)
-
-
-def writes_for(
-    layers: Sequence[str],
-    *,
-    min_size: int = 0,
-    max_size: int = 6,
-    coefficients: Sequence[float] = COEFFICIENTS,
-) -> st.SearchStrategy[list[Write]]:
-    """Random write sequences on ``layers``."""
-    if not layers:
-        return st.just([])
-    return st.lists(
-        st.builds(
-            Write,
-            st.sampled_from(OPERATIONS),
-            st.sampled_from(tuple(layers)),
-            st.sampled_from(tuple(coefficients)),
-        ),
-        min_size=min_size,
-        max_size=max_size,
-    )
 
 
 def apply_writes(state: CurriculumState, writes: Sequence[Write]) -> CurriculumState:
@@ -190,10 +61,10 @@ class Scenario:
 @st.composite
 def scenarios(draw: st.DrawFn, *, max_writes: int = 6, min_writes_b: int = 0) -> Scenario:
     """A random model with a state ``a`` (writes from the start) and ``b`` (more writes on ``a``)."""
-    model = draw(module_trees())
+    model = draw(models())
     initial = CurriculumState.from_model(model)
-    writes_a = draw(writes_for(initial.layers, max_size=max_writes))
-    writes_b = draw(writes_for(initial.layers, min_size=min_writes_b, max_size=max_writes))
+    writes_a = draw(writes(initial.layers, max_size=max_writes))
+    writes_b = draw(writes(initial.layers, min_size=min_writes_b, max_size=max_writes))
     a = apply_writes(initial, writes_a)
     b = apply_writes(a, writes_b)
     return Scenario(model, initial, writes_a, writes_b, a, b)
@@ -256,6 +127,52 @@ def replay(
                     frozen[layer] = False
                 else:
                     coefficients[layer] = write.coefficient
+    return frozen, coefficients
+
+
+def replay_transition(
+    layers: Sequence[str],
+    frozen: Mapping[str, bool],
+    coefficients: Mapping[str, float],
+    transition: Any,
+) -> tuple[dict[str, bool], dict[str, float]]:
+    """Naive resolution of a transition value (as ``mentor_fn.testing.transitions`` draws).
+
+    Patterns select layers by ``re.fullmatch``; a write sets the selected
+    layer and every dotted descendant; ``layerwise_lr_decay`` writes
+    ``decay ** (n - 1 - i)`` on the i-th of the n selected layers in layer
+    order (ancestors first, so a descendant's own value wins); ``chain``
+    replays its parts left to right.
+    """
+    frozen, coefficients = dict(frozen), dict(coefficients)
+    kind = type(transition).__name__
+    if kind == "Chain":
+        for part in transition.transitions:
+            frozen, coefficients = replay_transition(layers, frozen, coefficients, part)
+        return frozen, coefficients
+
+    def selected(patterns: Sequence[str] | None) -> list[str]:
+        if patterns is None:
+            return list(layers)
+        return [layer for layer in layers if any(re.fullmatch(p, layer) for p in patterns)]
+
+    def write(target: dict[str, Any], chosen: str, value: Any) -> None:
+        for layer in layers:
+            if layer == chosen or layer.startswith(chosen + "."):
+                target[layer] = value
+
+    if kind in ("Freeze", "Unfreeze"):
+        for chosen in selected(transition.patterns):
+            write(frozen, chosen, kind == "Freeze")
+    elif kind == "SetLrCoefficient":
+        for chosen in selected(transition.patterns):
+            write(coefficients, chosen, transition.coefficient)
+    elif kind == "LayerwiseLrDecay":
+        chosen_layers = selected(transition.patterns)
+        for rank, chosen in enumerate(chosen_layers):
+            write(coefficients, chosen, transition.decay ** (len(chosen_layers) - 1 - rank))
+    else:
+        raise TypeError(f"the oracle cannot replay {transition!r}")
     return frozen, coefficients
 
 

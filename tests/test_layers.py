@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import expected_layer_names, expected_owners, module_trees
+from strategies import expected_layer_names, expected_owners
 from torch import nn
 
 from mentor_fn import (
@@ -19,6 +19,7 @@ from mentor_fn import (
     select_layers,
 )
 from mentor_fn._layers import walk_model
+from mentor_fn.testing import models
 
 # Models ---------------------------------------------------------------------------
 
@@ -158,7 +159,7 @@ def test_deep_nesting_walked_as_deep_as_torch_goes():
     ]
 
 
-@given(module_trees())
+@given(models())
 def test_layer_names_match_torch_traversal(model):
     assert layer_names(model) == expected_layer_names(model)
 
@@ -178,7 +179,7 @@ def test_data_parallel_child_is_transparent():
     assert layer_names(holder) == ("net", *(f"net.{name}" for name in NET_LAYERS), "out")
 
 
-@given(module_trees())
+@given(models())
 def test_data_parallel_names_and_ownership_match_bare_model(model):
     wrapped = nn.DataParallel(model)
     assert layer_names(wrapped) == layer_names(model)
@@ -286,7 +287,7 @@ def test_root_parameter_tied_to_a_child_is_owned_by_the_root_layer():
     ]
 
 
-@given(module_trees())
+@given(models())
 def test_every_parameter_is_owned_by_exactly_one_layer(model):
     walked = walk_model(model)
     owned = [(layer, parameter) for layer, _, parameter in walked.named_parameters()]

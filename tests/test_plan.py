@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import event, given
 from hypothesis import strategies as st
-from strategies import apply_writes, expected_owners, module_trees, scenarios, writes_for
+from strategies import apply_writes, expected_owners, scenarios
 from torch import nn
 
 from mentor_fn import (
@@ -22,6 +22,7 @@ from mentor_fn import (
     param_groups,
     plan,
 )
+from mentor_fn.testing import models, writes
 
 LR = 0.01
 
@@ -304,12 +305,12 @@ def test_patch_ratios_give_the_new_states_lrs(scenario, coalesce):
 
 @st.composite
 def state_sequences(draw):
-    model = draw(module_trees())
+    model = draw(models())
     state = CurriculumState.from_model(model)
-    states = [apply_writes(state, draw(writes_for(state.layers, max_size=3)))]
+    states = [apply_writes(state, draw(writes(state.layers, max_size=3)))]
     for _ in range(draw(st.integers(1, 4))):
-        writes = draw(writes_for(state.layers, min_size=1, max_size=3))
-        states.append(apply_writes(states[-1], writes))
+        drawn = draw(writes(state.layers, min_size=1, max_size=3))
+        states.append(apply_writes(states[-1], drawn))
     return model, states
 
 

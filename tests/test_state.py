@@ -15,18 +15,11 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import (
-    Write,
-    apply_writes,
-    module_trees,
-    replay,
-    resolution,
-    scenarios,
-    writes_for,
-)
+from strategies import apply_writes, replay, resolution, scenarios
 from torch import nn
 
 from mentor_fn import CurriculumState
+from mentor_fn.testing import Write, models, writes
 
 LAYERS = (
     "backbone",
@@ -314,10 +307,10 @@ def test_resolution_matches_naive_replay_and_rules_are_canonical(scenario):
 @st.composite
 def state_pairs(draw):
     """Two states of one model; the second often reached by a different path."""
-    model = draw(module_trees())
+    model = draw(models())
     initial = CurriculumState.from_model(model)
     # Few coefficients so that independent sequences often resolve alike.
-    small = writes_for(initial.layers, max_size=4, coefficients=(0.5, 1.0))
+    small = writes(initial.layers, max_size=4, coefficients=(0.5, 1.0))
     first = apply_writes(initial, draw(small))
     how = draw(st.sampled_from(["independent", "extended", "materialized"]))
     if how == "independent":

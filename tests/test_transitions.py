@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import Write, apply_writes, module_trees, scenarios, writes_for
+from strategies import apply_writes, scenarios
 
 from mentor_fn import (
     CurriculumState,
@@ -30,6 +30,9 @@ from mentor_fn._transitions import (
     transition_from_dict,
     transition_to_dict,
 )
+from mentor_fn.testing import Write
+from mentor_fn.testing import models as module_trees
+from mentor_fn.testing import writes as writes_for
 
 LAYERS = ("embed", "blocks", "blocks.0", "blocks.1", "norm", "head")
 
