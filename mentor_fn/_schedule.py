@@ -437,8 +437,10 @@ class Schedule:
 class WarmupRamp:
     """The coefficients a warmup of ``warmup_steps`` writes, computed once per phase.
 
-    The warming layers are those frozen in ``before`` and trainable in
-    ``target`` that own parameters. A coefficient write applies to a whole
+    The warming layers are those whose parameters do not train in ``before``
+    and train in ``target`` (frozen, then not; a norm layer that trains inside
+    a frozen subtree under the ``"train"`` norm policy is not one), among the
+    layers that own parameters. A coefficient write applies to a whole
     subtree, so every other layer below a warming one is written as well,
     with its own target coefficient: only the warming layers ramp.
     """
@@ -447,13 +449,13 @@ class WarmupRamp:
 
     def __init__(self, before: CurriculumState, target: CurriculumState, warmup_steps: int) -> None:
         owners, layers = target.parameter_owners, target.layers
-        was_frozen, is_frozen = before.resolved_frozen(), target.resolved_frozen()
+        trained, trains = before.resolved_trainable(), target.resolved_trainable()
         coefficients = target.resolved_coefficients()
         self.target, self.warmup_steps = target, warmup_steps
         self.warming = {
             position: coefficients[position]
             for position, layer in enumerate(layers)
-            if was_frozen[position] and not is_frozen[position] and layer in owners
+            if trains[position] and not trained[position] and layer in owners
         }
         names = {layers[position] for position in self.warming}
         self.kept = {

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import Write, apply_writes, expected_owners, module_trees, resolution, writes_for
+from strategies import apply_writes, expected_owners, resolution
 from torch import nn
 
 from mentor_fn import (
@@ -24,6 +24,9 @@ from mentor_fn import (
 )
 from mentor_fn._conditions import after_epochs, after_steps, all_of, any_of, plateau
 from mentor_fn._schedule import Phase, Schedule, ScheduleCursor
+from mentor_fn.testing import Write
+from mentor_fn.testing import models as module_trees
+from mentor_fn.testing import writes as writes_for
 
 
 def transition_of(write: Write):

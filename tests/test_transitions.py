@@ -10,7 +10,7 @@ import re
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import apply_writes, scenarios
 
@@ -248,6 +248,7 @@ transition_values = st.recursive(
 )
 
 
+@settings(max_examples=25)
 @given(transition_values)
 def test_transition_round_trips_through_plain_data(transition):
     data = transition.to_dict()

@@ -1,0 +1,331 @@
+"""ScheduleRunner: executes a schedule's phase changes on a Curriculum.
+
+The schedule says, purely, which phase a run is in and which state that phase
+trains with; the runner advances a cursor after each optimizer step and each
+epoch, and when the state changes (a new phase, a warmup step) it executes the
+change through the Curriculum like any other transition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._curriculum import Curriculum
+from ._layers import check_same_layers
+from ._plan import NoChange, Patch, Rebuild
+from ._schedule import Phase, Schedule, ScheduleCursor, WarmupRamp, apply_phase
+from ._state import CurriculumState
+
+__all__ = ["ScheduleRunner"]
+
+_FORMAT_NAME, _FORMAT_VERSION = "mentor_fn.ScheduleRunner", 1
+_FIELDS = ("cursor", "initial_state", "fingerprint", "schedule")
+Plan = NoChange | Patch | Rebuild
+
+
+class ScheduleRunner:
+    """Runs a :class:`Schedule` on a :class:`Curriculum`, for custom training loops.
+
+    Creating a runner changes nothing. Call :meth:`start` once to enter the
+    first phase (or :meth:`load_state_dict` to resume), then :meth:`step`
+    after each optimizer step and :meth:`epoch_end` after each epoch. Each
+    returns the plan the Curriculum executed, or None when nothing changed.
+
+    A phase change executes as ``curriculum.update(state,
+    reset_optimizer_if_needed=True)``, then ``curriculum.set_lr`` when the phase
+    has ``lr`` (or ``lr_scale``, relative to ``curriculum.lr``), then, for
+    ``optimizer="fresh"`` on a built Curriculum, ``curriculum.build()``. Each
+    step of a warmup updates the Curriculum to the ramped state (a patch).
+
+    Args:
+        curriculum: the Curriculum to drive (built or not yet).
+        schedule: the schedule.
+        initial_state: the state phase 0's transition applies to (default:
+            the Curriculum's state when the runner starts).
+
+    Example:
+        >>> import torch
+        >>> from mentor_fn import Curriculum, freeze, unfreeze
+        >>> from mentor_fn._conditions import after_epochs
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+        >>> curriculum = Curriculum(model, 0.1)
+        >>> runner = ScheduleRunner(curriculum, Schedule([
+        ...     Phase("head", freeze("0"), until=after_epochs(1)), Phase("all", unfreeze("0"))]))
+        >>> runner.start()
+        NoChange()
+        >>> _ = curriculum.build()
+        >>> runner.step() is None, runner.phase.name
+        (True, 'head')
+        >>> type(runner.epoch_end({"loss": 0.5})).__name__, runner.phase.name
+        ('Rebuild', 'all')
+    """
+
+    def __init__(
+        self,
+        curriculum: Curriculum,
+        schedule: Schedule,
+        *,
+        initial_state: CurriculumState | None = None,
+    ) -> None:
+        if not isinstance(curriculum, Curriculum):
+            raise TypeError(f"curriculum must be a Curriculum, got {type(curriculum).__name__}")
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+        if initial_state is not None:
+            if not isinstance(initial_state, CurriculumState):
+                raise TypeError(
+                    f"initial_state must be a CurriculumState, got {type(initial_state).__name__}"
+                )
+            check_same_layers(initial_state.layers, curriculum.state.layers, "the curriculum")
+        self._curriculum = curriculum
+        self._schedule = schedule
+        self._given_initial = initial_state
+        self._initial: CurriculumState | None = None
+        self._cursor: ScheduleCursor | None = None
+        # The current phase's target state, and its warmup (None without one).
+        self._target: CurriculumState | None = None
+        self._ramp: WarmupRamp | None = None
+        self._warmup_steps = 0
+
+    # Reading ----------------------------------------------------------------------------
+
+    @property
+    def curriculum(self) -> Curriculum:
+        return self._curriculum
+
+    @property
+    def schedule(self) -> Schedule:
+        return self._schedule
+
+    @property
+    def cursor(self) -> ScheduleCursor | None:
+        """Where the run stands; None before :meth:`start` or :meth:`load_state_dict`."""
+        return self._cursor
+
+    @property
+    def phase(self) -> Phase | None:
+        """The current phase; None before :meth:`start` or :meth:`load_state_dict`."""
+        return None if self._cursor is None else self._schedule.phases[self._cursor.phase]
+
+    @property
+    def finished(self) -> bool:
+        """Whether the last phase's ``until`` has held."""
+        return self._cursor is not None and self._cursor.finished
+
+    @property
+    def initial_state(self) -> CurriculumState | None:
+        """The state phase 0's transition applied to; None before the run starts."""
+        return self._initial
+
+    # Running ------------------------------------------------------------------------------
+
+    def start(self) -> Plan:
+        """Enter the first phase.
+
+        On a Curriculum not yet built this only sets the state (and the lr,
+        when the phase has one), so that ``build()`` builds phase 0's layout.
+
+        Raises:
+            RuntimeError: the runner has already started (or been loaded).
+        """
+        if self._cursor is not None:
+            raise RuntimeError("the ScheduleRunner has already started")
+        initial = self._owned(self._given_initial or self._curriculum.state)
+        cursor = self._schedule.start()
+        target, ramp = self._prepare(cursor.phase, initial)
+        executed = self._enter(self._schedule.phases[0], _entry_state(target, ramp))
+        self._initial = initial
+        self._commit(cursor, target, ramp)
+        return executed
+
+    def step(self) -> Plan | None:
+        """Advance after one optimizer step; returns the executed plan or None."""
+        cursor = self._cursor
+        if cursor is None:
+            raise RuntimeError("call start() (or load_state_dict()) before step()")
+        new = self._schedule._advance(cursor, 1, False, None)
+        if new.phase != cursor.phase:
+            return self._change_phase(new)
+        if new.steps < self._warmup_steps:
+            assert self._ramp is not None
+            ramped = self._ramp.state((new.steps + 1) / self._warmup_steps)
+            executed = self._curriculum.update(ramped, reset_optimizer_if_needed=True)
+            self._cursor = new
+            return executed
+        self._cursor = new
+        return None
+
+    def epoch_end(self, metrics: Mapping[str, Any] | None = None) -> Plan | None:
+        """Advance after one epoch with its metrics; returns the executed plan or None.
+
+        Raises:
+            ValueError: a ``plateau`` of the current phase reads a metric that
+                is missing from ``metrics`` (the message lists those given) or NaN.
+        """
+        cursor = self._cursor
+        if cursor is None:
+            raise RuntimeError("call start() (or load_state_dict()) before epoch_end()")
+        new = self._schedule.advance(cursor, epoch_end=True, metrics=metrics)
+        if new.phase != cursor.phase:
+            return self._change_phase(new)
+        self._cursor = new
+        return None
+
+    def _change_phase(self, cursor: ScheduleCursor) -> Plan:
+        assert self._target is not None
+        target, ramp = self._prepare(cursor.phase, self._target)
+        executed = self._enter(self._schedule.phases[cursor.phase], _entry_state(target, ramp))
+        self._commit(cursor, target, ramp)
+        return executed
+
+    def _prepare(
+        self, index: int, before: CurriculumState
+    ) -> tuple[CurriculumState, WarmupRamp | None]:
+        """Phase ``index``'s target state from the state before it, and its warmup ramp."""
+        phase = self._schedule.phases[index]
+        target = apply_phase(phase, before)
+        if phase.warmup_steps < 2:  # one warmup step is already at the target
+            return target, None
+        ramp = WarmupRamp(before, target, phase.warmup_steps)
+        return target, ramp if ramp.warming else None
+
+    def _enter(self, phase: Phase, state: CurriculumState) -> Plan:
+        curriculum = self._curriculum
+        built = curriculum.optimizer is not None
+        executed = curriculum.update(state, reset_optimizer_if_needed=True)
+        lr = phase.lr
+        if phase.lr_scale is not None:
+            lr = curriculum.lr * phase.lr_scale
+        if lr is not None:
+            curriculum.set_lr(lr)  # type: ignore[attr-defined]
+        if phase.optimizer == "fresh" and built:
+            curriculum.build()
+            executed = Rebuild(
+                (f"phase {phase.name!r} starts with a fresh optimizer and scheduler",)
+            )
+        return executed
+
+    def _commit(
+        self, cursor: ScheduleCursor, target: CurriculumState, ramp: WarmupRamp | None
+    ) -> None:
+        self._cursor, self._target, self._ramp = cursor, target, ramp
+        phase = self._schedule.phases[cursor.phase]
+        self._warmup_steps = phase.warmup_steps if ramp is not None else 0
+
+    # Saving and resuming --------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data: the cursor, the initial state, the schedule and its fingerprint.
+
+        Loadable with ``torch.load(weights_only=True)``.
+
+        Raises:
+            RuntimeError: the runner has not started.
+            TypeError: the schedule holds a user's own callable (not serializable).
+        """
+        if self._cursor is None or self._initial is None:
+            raise RuntimeError("call start() (or load_state_dict()) before state_dict()")
+        schedule = self._schedule.to_dict()
+        return {
+            "format": _FORMAT_NAME,
+            "version": _FORMAT_VERSION,
+            "cursor": self._cursor.to_dict(),
+            "initial_state": self._initial.to_dict(),
+            "fingerprint": self._schedule.fingerprint(),
+            "schedule": schedule,
+        }
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], *, allow_schedule_change: bool = False
+    ) -> None:
+        """Resume at a saved cursor, instead of :meth:`start`.
+
+        The Curriculum's own state comes from its own ``load_state_dict``
+        (call it first); this checks that it is the state the schedule means
+        at the saved cursor and changes nothing on the Curriculum.
+
+        Raises:
+            ValueError: a malformed dict; a schedule whose fingerprint differs
+                from the saved one (unless ``allow_schedule_change``; the
+                cursor must still fit the new schedule); a Curriculum whose
+                state is not ``schedule.state_at(cursor, initial_state)``.
+                Nothing changes.
+        """
+        if not isinstance(allow_schedule_change, bool):
+            raise TypeError(f"allow_schedule_change must be a bool, got {allow_schedule_change!r}")
+        if not isinstance(state_dict, Mapping) or state_dict.get("format") != _FORMAT_NAME:
+            raise ValueError(
+                "not a mentor_fn ScheduleRunner state dict (format key missing or wrong)"
+            )
+        if state_dict.get("version") != _FORMAT_VERSION or set(state_dict) != {
+            "format",
+            "version",
+            *_FIELDS,
+        }:
+            raise ValueError(
+                f"malformed ScheduleRunner state dict (version {state_dict.get('version')!r}, "
+                f"fields {sorted(state_dict, key=repr)}); this reads version {_FORMAT_VERSION} "
+                f"with the fields {_FIELDS}"
+            )
+        cursor = ScheduleCursor.from_dict(state_dict["cursor"])
+        initial = CurriculumState.from_dict(state_dict["initial_state"])
+        saved, saved_schedule = state_dict["fingerprint"], state_dict["schedule"]
+        if not isinstance(saved, str) or not isinstance(saved_schedule, Mapping):
+            raise ValueError("malformed ScheduleRunner state dict: fingerprint or schedule")
+        mine = self._schedule.fingerprint()
+        if saved != mine and not allow_schedule_change:
+            names = [phase.name for phase in Schedule.from_dict(saved_schedule).phases]
+            raise ValueError(
+                f"the run was saved with another schedule (fingerprint {saved}, phases {names}) "
+                f"than this runner's (fingerprint {mine}, phases "
+                f"{[phase.name for phase in self._schedule.phases]}); pass "
+                "allow_schedule_change=True to continue with this one"
+            )
+        self._schedule.validate_cursor(cursor)
+        check_same_layers(initial.layers, self._curriculum.state.layers, "the curriculum")
+        initial = self._owned(initial)
+        target = initial
+        for index in range(cursor.phase):
+            target = apply_phase(self._schedule.phases[index], target)
+        target, ramp = self._prepare(cursor.phase, target)
+        # The same state as schedule.state_at(cursor, initial), from the parts kept for steps.
+        expected = target if ramp is None else ramp.state((cursor.steps + 1) / ramp.warmup_steps)
+        _check_agreement(expected, self._curriculum.state, self._schedule.phases[cursor.phase])
+        self._initial = initial
+        self._commit(cursor, target, ramp)
+
+    def _owned(self, state: CurriculumState) -> CurriculumState:
+        """``state`` with the Curriculum's parameter owners (a state made from layers lacks them)."""
+        owners = self._curriculum.state.parameter_owners
+        if state.parameter_owners == owners:
+            return state
+        return CurriculumState(
+            state.layers,
+            frozen=state.frozen,
+            coefficients=state.coefficients,
+            parameter_owners=owners,
+        )
+
+
+def _entry_state(target: CurriculumState, ramp: WarmupRamp | None) -> CurriculumState:
+    """The state at a phase's first step: the target, or its first warmup step."""
+    return target if ramp is None else ramp.state(1 / ramp.warmup_steps)
+
+
+def _check_agreement(expected: CurriculumState, actual: CurriculumState, phase: Phase) -> None:
+    expected_values = zip(expected.resolved_frozen(), expected.resolved_coefficients())
+    actual_values = zip(actual.resolved_frozen(), actual.resolved_coefficients())
+    differences = [
+        f"{layer!r}: the schedule has frozen={want[0]} coefficient={want[1]:g}, the curriculum "
+        f"frozen={have[0]} coefficient={have[1]:g}"
+        for layer, want, have in zip(expected.layers, expected_values, actual_values)
+        if want != have
+    ]
+    if differences:
+        shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
+        raise ValueError(
+            f"the curriculum's state is not the schedule's state in phase {phase.name!r} at the "
+            f"saved cursor ({len(differences)} layer(s) differ: {shown}). Load the curriculum's "
+            "own state dict from the same checkpoint first"
+        )
