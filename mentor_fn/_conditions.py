@@ -386,11 +386,11 @@ def condition_from_dict(data: Mapping[str, Any]) -> Condition:
     if not isinstance(data, Mapping):
         raise ValueError(f"a condition dict must be a mapping, got {type(data).__name__}: {data!r}")
     kind = data.get("kind")
-    cls = CONDITION_KINDS.get(kind) if isinstance(kind, str) else None
-    if cls is None:
+    if not isinstance(kind, str) or kind not in CONDITION_KINDS:
         raise ValueError(
             f"malformed condition dict: 'kind' is {kind!r}, expected one of {sorted(CONDITION_KINDS)}"
         )
+    cls: Any = CONDITION_KINDS[kind]
     expected = {"kind", *(field.name for field in dataclasses.fields(cls))}
     if set(data) != expected:
         raise ValueError(

@@ -20,7 +20,16 @@ from collections.abc import Sequence
 from ._conditions import after_epochs
 from ._layers import Patterns, normalize_patterns
 from ._schedule import Phase, Schedule
-from ._transitions import chain, freeze, layerwise_lr_spread, set_lr_coefficient, unfreeze
+from ._transitions import (
+    Transition,
+    _validate_fraction,
+    as_float,
+    chain,
+    freeze,
+    layerwise_lr_spread,
+    set_lr_coefficient,
+    unfreeze,
+)
 
 __all__ = ["fine_tune", "gradual_unfreeze", "lp_ft"]
 
@@ -63,9 +72,9 @@ def gradual_unfreeze(
             raise ValueError(f"groups[{position}] repeats an earlier group: {list(group)}")
     stage_epochs = _count(epochs_per_stage, "epochs_per_stage")
     head = checked[-1]
-    first = [freeze(_EVERY_LAYER), unfreeze(head)]
+    first: list[Transition] = [freeze(_EVERY_LAYER), unfreeze(head)]
     if decay is not None:
-        decay = _in_unit_interval(decay, "decay")
+        decay = _validate_fraction(decay, what="decay")
         depths = len(checked) - 1
         first += [
             set_lr_coefficient(decay ** (depths - position), group)
@@ -102,9 +111,8 @@ def fine_tune(head: Patterns, *, freeze_epochs: int, epochs: int, lr_mult: float
     head_patterns = _patterns(head, "head")
     frozen_epochs = _count(freeze_epochs, "freeze_epochs")
     unfrozen_epochs = _count(epochs, "epochs")
-    if isinstance(lr_mult, bool) or not isinstance(lr_mult, numbers.Real):
-        raise TypeError(f"lr_mult must be a real number, got {type(lr_mult).__name__}: {lr_mult!r}")
-    if not (math.isfinite(lr_mult) and lr_mult >= 1):
+    mult = _real(lr_mult, "lr_mult")
+    if not (math.isfinite(mult) and mult >= 1):
         raise ValueError(f"lr_mult must be finite and >= 1, got {lr_mult!r}")
     return Schedule(
         [
@@ -115,7 +123,7 @@ def fine_tune(head: Patterns, *, freeze_epochs: int, epochs: int, lr_mult: float
             ),
             Phase(
                 "unfrozen",
-                chain(unfreeze(_EVERY_LAYER), layerwise_lr_spread(1 / float(lr_mult))),
+                chain(unfreeze(_EVERY_LAYER), layerwise_lr_spread(1 / mult)),
                 until=after_epochs(unfrozen_epochs),
                 optimizer="fresh",
             ),
@@ -138,11 +146,8 @@ def lp_ft(head: Patterns, *, probe_epochs: int, lr_ratio: float = 0.1) -> Schedu
     """
     head_patterns = _patterns(head, "head")
     epochs = _count(probe_epochs, "probe_epochs")
-    if isinstance(lr_ratio, bool) or not isinstance(lr_ratio, numbers.Real):
-        raise TypeError(
-            f"lr_ratio must be a real number, got {type(lr_ratio).__name__}: {lr_ratio!r}"
-        )
-    if not (math.isfinite(lr_ratio) and lr_ratio > 0):
+    ratio = _real(lr_ratio, "lr_ratio")
+    if not (math.isfinite(ratio) and ratio > 0):
         raise ValueError(f"lr_ratio must be finite and > 0, got {lr_ratio!r}")
     return Schedule(
         [
@@ -155,7 +160,7 @@ def lp_ft(head: Patterns, *, probe_epochs: int, lr_ratio: float = 0.1) -> Schedu
                 "fine_tune",
                 unfreeze(_EVERY_LAYER),
                 optimizer="fresh",
-                lr_scale=float(lr_ratio),
+                lr_scale=ratio,
             ),
         ]
     )
@@ -179,9 +184,7 @@ def _count(value: object, what: str) -> int:
     return int(value)
 
 
-def _in_unit_interval(value: object, what: str) -> float:
+def _real(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{what} must be a real number, got {type(value).__name__}: {value!r}")
-    if not (math.isfinite(value) and 0 < value <= 1):
-        raise ValueError(f"{what} must be in (0, 1], got {value!r}")
-    return float(value)
+    return as_float(value)

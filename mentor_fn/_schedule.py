@@ -26,6 +26,7 @@ from ._transitions import (
     TRANSITION_KINDS,
     Chain,
     Transition,
+    as_float,
     transition_from_dict,
     transition_to_dict,
 )
@@ -534,9 +535,10 @@ def _checked_apply(
 def _positive(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{what} must be a real number, got {type(value).__name__}: {value!r}")
-    if not (math.isfinite(value) and value > 0):
+    number = as_float(value)
+    if not (math.isfinite(number) and number > 0):
         raise ValueError(f"{what} must be finite and > 0, got {value!r}")
-    return float(value)
+    return number
 
 
 def _check_header(data: Any, format_name: str, fields: tuple[str, ...]) -> None:

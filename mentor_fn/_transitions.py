@@ -321,7 +321,7 @@ def transition_to_dict(transition: Transition) -> dict[str, Any]:
             f"mentor_fn's transition values ({kinds}) have a plain-data form. Build the phase "
             "from them (chain() composes them) to save or fingerprint the schedule."
         )
-    return transition.to_dict()  # type: ignore[attr-defined,no-any-return]
+    return transition.to_dict()  # type: ignore[attr-defined]
 
 
 def transition_from_dict(data: Mapping[str, Any]) -> Transition:
@@ -342,7 +342,7 @@ def transition_from_dict(data: Mapping[str, Any]) -> Transition:
             f"malformed transition dict: 'kind' is {kind!r}, expected one of "
             f"{sorted(TRANSITION_KINDS)}"
         )
-    return cls.from_dict(data)  # type: ignore[attr-defined,no-any-return]
+    return cls.from_dict(data)  # type: ignore[attr-defined]
 
 
 def _check_keys(data: Mapping[str, Any], kind: str, fields: tuple[str, ...]) -> None:
@@ -368,7 +368,7 @@ def _patterns_field(data: Mapping[str, Any], kind: str) -> tuple[str, ...]:
 
 def _field(data: Mapping[str, Any], kind: str, name: str, validate: Any) -> float:
     try:
-        return validate(data[name], what=name)  # type: ignore[no-any-return]
+        return validate(data[name], what=name)
     except (TypeError, ValueError) as error:
         raise ValueError(f"malformed {kind!r} transition dict: field {name!r}: {error}") from None
 
@@ -377,6 +377,15 @@ def _validate_fraction(value: object, *, what: str) -> float:
     """``value`` as a float in (0, 1]; TypeError for bools and non-numbers."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{what} must be a real number, got {type(value).__name__}: {value!r}")
-    if not (math.isfinite(value) and 0 < value <= 1):
+    number = as_float(value)
+    if not (math.isfinite(number) and 0 < number <= 1):
         raise ValueError(f"{what} must be in (0, 1], got {value!r}")
-    return float(value)
+    return number
+
+
+def as_float(value: numbers.Real) -> float:
+    """``float(value)``, infinite for an int or Fraction beyond the float range."""
+    try:
+        return float(value)
+    except OverflowError:
+        return -math.inf if value < 0 else math.inf
