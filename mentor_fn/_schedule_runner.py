@@ -36,7 +36,12 @@ class ScheduleRunner:
     reset_optimizer_if_needed=True)``, then ``curriculum.set_lr`` when the phase
     has ``lr`` (or ``lr_scale``, relative to ``curriculum.lr``), then, for
     ``optimizer="fresh"`` on a built Curriculum, ``curriculum.build()``. Each
-    step of a warmup updates the Curriculum to the ramped state (a patch).
+    step of a warmup updates the Curriculum to the ramped state: a patch (with
+    ``coalesce=True``, a rebuild when a coalesced group must split). A step
+    with no phase change and no warmup only advances the cursor.
+
+    The runner keeps, per phase, the state the phase's transition produced
+    (the next phase starts from it), so it never replays earlier phases.
 
     Args:
         curriculum: the Curriculum to drive (built or not yet).
@@ -131,7 +136,8 @@ class ScheduleRunner:
         """
         if self._cursor is not None:
             raise RuntimeError("the ScheduleRunner has already started")
-        initial = self._owned(self._given_initial or self._curriculum.state)
+        given = self._given_initial
+        initial = self._owned(self._curriculum.state if given is None else given)
         cursor = self._schedule.start()
         target, ramp = self._prepare(cursor.phase, initial)
         executed = self._enter(self._schedule.phases[0], _entry_state(target, ramp))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import io
 import json
 import math
@@ -541,3 +542,12 @@ def test_cursor_round_trips_and_validates():
             ScheduleCursor.from_dict({**data, field: value})
     with pytest.raises(TypeError, match="epochs"):
         ScheduleCursor(0, 1.5)
+
+
+@pytest.mark.parametrize(
+    "module", ["_transitions", "_conditions", "_schedule", "_schedule_runner", "_recipes"]
+)
+def test_docstring_examples_run(module):
+    imported = __import__(f"mentor_fn.{module}", fromlist=["_"])
+    failed, attempted = doctest.testmod(imported, optionflags=doctest.ELLIPSIS)
+    assert attempted > 0 and failed == 0
