@@ -34,8 +34,11 @@ class ScheduleRunner:
 
     A phase change executes as ``curriculum.update(state,
     reset_optimizer_if_needed=True)``, then ``curriculum.set_lr`` when the phase
-    has ``lr`` (or ``lr_scale``, relative to ``curriculum.lr``), then, for
-    ``optimizer="fresh"`` on a built Curriculum, ``curriculum.build()``. Each
+    has ``lr`` or ``lr_scale``, then, for ``optimizer="fresh"`` on a built
+    Curriculum, ``curriculum.build()``. ``lr_scale`` is relative to the global
+    lr in effect: with ``"keep"``, the live lr (the scheduler's current
+    value, which goes on from there); with ``"fresh"`` or before ``build()``,
+    ``curriculum.lr`` (the base lr a new optimizer and scheduler start from). Each
     step of a warmup updates the Curriculum to the ramped state: a patch (with
     ``coalesce=True``, a rebuild when a coalesced group must split). A step
     with no phase change and no warmup only advances the cursor.
@@ -198,11 +201,24 @@ class ScheduleRunner:
 
     def _enter(self, phase: Phase, state: CurriculumState) -> Plan:
         curriculum = self._curriculum
-        built = curriculum.optimizer is not None
-        executed = curriculum.update(state, reset_optimizer_if_needed=True)
+        optimizer = curriculum.optimizer
+        built = optimizer is not None
         lr = phase.lr
-        if phase.lr_scale is not None:
-            lr = curriculum.lr * phase.lr_scale
+        if lr is not None or phase.lr_scale is not None:
+            # Checked before anything changes: set_lr rescales the live lr by
+            # new / live, which no ratio can do from 0.
+            live = _live_lr(optimizer) if optimizer is not None else curriculum.lr
+            if built and live == 0:
+                raise RuntimeError(
+                    f"phase {phase.name!r} sets the global lr, but the live lr is 0 (the "
+                    "scheduler drove it there) and cannot be rescaled; nothing was changed"
+                )
+            if phase.lr_scale is not None:
+                # "keep" goes on from the live lr; a fresh optimizer and
+                # scheduler start from the base lr, so that is what scales.
+                base = live if phase.optimizer == "keep" else curriculum.lr
+                lr = base * phase.lr_scale
+        executed = curriculum.update(state, reset_optimizer_if_needed=True)
         if lr is not None:
             curriculum.set_lr(lr)  # type: ignore[attr-defined]
         if phase.optimizer == "fresh" and built:
@@ -312,6 +328,14 @@ class ScheduleRunner:
             coefficients=state.coefficients,
             parameter_owners=owners,
         )
+
+
+def _live_lr(optimizer: Any) -> float:
+    """The lr of the Curriculum's reference group: the global lr under the scheduler now."""
+    for group in reversed(optimizer.param_groups):
+        if group.get("layers") == () and not group["params"]:
+            return float(group["lr"])
+    raise RuntimeError("the Curriculum's optimizer has no reference group (layers == ())")
 
 
 def _entry_state(target: CurriculumState, ramp: WarmupRamp | None) -> CurriculumState:

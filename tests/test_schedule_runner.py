@@ -195,12 +195,19 @@ def test_fresh_first_phase_on_an_unbuilt_curriculum_does_not_build():
 
 
 @needs_set_lr
-def test_phase_lr_with_keep_rescales_the_live_optimizer():
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"lr": 0.002}, 0.002),  # the live lr becomes 0.002
+        ({"lr_scale": 0.5}, 0.01 * 0.9 * 0.5),  # the live lr (one StepLR decay) halves
+    ],
+)
+def test_phase_lr_with_keep_rescales_the_live_optimizer(options, expected):
     curriculum = make_curriculum(make_model())
     schedule = Schedule(
         [
             Phase("head", freeze("backbone"), until=after_steps(3)),
-            Phase("all", unfreeze("backbone"), lr=0.002),
+            Phase("all", unfreeze("backbone"), **options),
         ]
     )
     runner = ScheduleRunner(curriculum, schedule)
@@ -209,10 +216,36 @@ def test_phase_lr_with_keep_rescales_the_live_optimizer():
     for index in range(3):
         train_step(curriculum, index)
         runner.step()
-    assert curriculum.lr == 0.002
-    # StepLR(2, 0.9) after 3 steps: one decay, kept across the lr change.
-    assert reference_lr(curriculum) == pytest.approx(0.002 * 0.9)
+    assert curriculum.lr == pytest.approx(expected)
+    assert reference_lr(curriculum) == pytest.approx(expected, rel=1e-12)
     check_lrs(curriculum)
+    # The scheduler goes on from there: StepLR(2, 0.9) decays again at step 4.
+    train_step(curriculum, 3)
+    runner.step()
+    assert reference_lr(curriculum) == pytest.approx(expected * 0.9, rel=1e-12)
+    check_lrs(curriculum)
+
+
+@needs_set_lr
+def test_a_phase_lr_from_a_live_lr_of_zero_is_refused_before_any_change():
+    curriculum = Curriculum(
+        make_model(),
+        0.01,
+        scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.0),
+    )
+    schedule = Schedule(
+        [
+            Phase("head", freeze("backbone"), until=after_steps(1)),
+            Phase("all", unfreeze("backbone"), optimizer="fresh", lr=0.001),
+        ]
+    )
+    runner = ScheduleRunner(curriculum, schedule)
+    runner.start()
+    curriculum.build()
+    state, cursor = curriculum.state, runner.cursor
+    with pytest.raises(RuntimeError, match=r"phase 'all'.*live lr is 0"):
+        runner.step()
+    assert curriculum.state == state and runner.cursor == cursor
 
 
 @needs_set_lr
@@ -342,9 +375,9 @@ def resumed(data: bytes, schedule=RESUME_SCHEDULE, **load_options):
     return curriculum, runner
 
 
-def started():
+def started(schedule=RESUME_SCHEDULE):
     curriculum = make_curriculum(make_model())
-    runner = ScheduleRunner(curriculum, RESUME_SCHEDULE)
+    runner = ScheduleRunner(curriculum, schedule)
     runner.start()
     curriculum.build()
     return curriculum, runner
@@ -404,6 +437,28 @@ def test_resume_continues_bit_for_bit(save_at, where):
     run(*restarted, 14, start=save_at)
     assert_same_run(uninterrupted, restarted)
     assert uninterrupted[1].phase.name in ("all", "last")
+
+
+LR_SCHEDULE = Schedule(
+    [
+        Phase("head", freeze("backbone"), until=after_steps(4), lr=0.02),
+        Phase("top", unfreeze(r"backbone\.2"), until=after_steps(5), lr_scale=0.5, warmup_steps=3),
+        Phase("all", unfreeze("backbone"), optimizer="fresh", lr_scale=0.1, warmup_steps=2),
+    ]
+)
+
+
+@needs_set_lr
+@pytest.mark.parametrize("save_at", [3, 6, 9])
+def test_resume_with_phase_lrs_continues_bit_for_bit(save_at):
+    uninterrupted = started(LR_SCHEDULE)
+    run(*uninterrupted, save_at)
+    restarted = resumed(saved_bytes(*uninterrupted), LR_SCHEDULE)
+    assert_same_run(uninterrupted, restarted)
+    run(*uninterrupted, 8, start=save_at)
+    run(*restarted, 8, start=save_at)
+    assert_same_run(uninterrupted, restarted)
+    assert uninterrupted[0].lr == restarted[0].lr and uninterrupted[1].phase.name == "all"
 
 
 def test_resume_refuses_another_schedule_unless_allowed():
