@@ -6,6 +6,15 @@ Two controls per layer, frozen and lr coefficient, held in a
 """
 
 from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ._conditions import (
+    Condition,
+    after_epochs,
+    after_steps,
+    all_of,
+    any_of,
+    condition_from_dict,
+    plateau,
+)
 from ._curriculum import Curriculum
 from ._ddp import wrap_ddp
 from ._distributed_checkpoint import load_distributed_checkpoint, save_distributed_checkpoint
@@ -13,7 +22,10 @@ from ._groups import param_groups, requires_grad_map
 from ._layers import layer_names, select_layers, unwrap_model
 from ._mentee import Mentee
 from ._plan import GroupLayout, GroupScale, NoChange, Patch, Plan, Rebuild, layout_of, plan
+from ._recipes import fine_tune, gradual_unfreeze, lp_ft
 from ._requires_grad import apply_requires_grad
+from ._schedule import Phase, Schedule, ScheduleCursor
+from ._schedule_runner import ScheduleRunner
 from ._state import CurriculumState
 from ._trainers import Classifier, Regressor, Trainer
 from ._transitions import (
@@ -21,7 +33,9 @@ from ._transitions import (
     chain,
     freeze,
     layerwise_lr_decay,
+    layerwise_lr_spread,
     set_lr_coefficient,
+    transition_from_dict,
     unfreeze,
 )
 
@@ -30,6 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "Classifier",
+    "Condition",
     "Curriculum",
     "CurriculumState",
     "GroupLayout",
@@ -37,26 +52,41 @@ __all__ = [
     "Mentee",
     "NoChange",
     "Patch",
+    "Phase",
     "Plan",
     "Rebuild",
     "Regressor",
+    "Schedule",
+    "ScheduleCursor",
+    "ScheduleRunner",
     "Trainer",
     "Transition",
+    "after_epochs",
+    "after_steps",
+    "all_of",
+    "any_of",
     "apply_requires_grad",
     "chain",
+    "condition_from_dict",
+    "fine_tune",
     "freeze",
+    "gradual_unfreeze",
     "layer_names",
     "layerwise_lr_decay",
+    "layerwise_lr_spread",
     "layout_of",
     "load_checkpoint",
     "load_distributed_checkpoint",
+    "lp_ft",
     "param_groups",
     "plan",
+    "plateau",
     "requires_grad_map",
     "save_checkpoint",
     "save_distributed_checkpoint",
     "select_layers",
     "set_lr_coefficient",
+    "transition_from_dict",
     "unfreeze",
     "unwrap_model",
     "wrap_ddp",
