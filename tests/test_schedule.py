@@ -551,3 +551,38 @@ def test_docstring_examples_run(module):
     imported = __import__(f"mentor_fn.{module}", fromlist=["_"])
     failed, attempted = doctest.testmod(imported, optionflags=doctest.ELLIPSIS)
     assert attempted > 0 and failed == 0
+
+
+def test_the_design_example_from_the_public_api():
+    import mentor_fn as mf
+
+    model = nn.Module()
+    model.backbone = nn.Module()
+    model.backbone.layer3 = nn.Linear(2, 2)
+    model.backbone.layer4 = nn.Linear(2, 2)
+    model.head = nn.Linear(2, 2)
+    schedule = mf.Schedule(
+        [
+            mf.Phase("head", mf.freeze("backbone"), until=mf.after_epochs(2)),
+            mf.Phase(
+                "top",
+                mf.unfreeze("backbone.layer4"),
+                until=mf.any_of(mf.plateau("val_loss", patience=2), mf.after_epochs(6)),
+            ),
+            mf.Phase(
+                "all",
+                mf.chain(mf.unfreeze("backbone"), mf.layerwise_lr_decay(0.8)),
+                lr=1e-4,
+                optimizer="fresh",
+                warmup_steps=100,
+            ),
+        ]
+    )
+    assert schedule.check(model) is None
+    assert mf.Schedule.from_dict(schedule.to_dict()) == schedule
+    cursor = schedule.start()
+    for _ in range(2):
+        cursor = schedule.advance(cursor, steps=10, epoch_end=True, metrics={"val_loss": 1.0})
+    assert schedule.phase_at(cursor).name == "top"
+    state = schedule.state_at(cursor, mf.CurriculumState.from_model(model))
+    assert [state.is_frozen(layer) for layer in state.layers] == [True, True, False, False]
