@@ -22,6 +22,16 @@ needs_set_lr = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: on a busy machine torch's intra-op threads only spin-wait
+    (a backward here took 30 ms on two threads, 0.3 ms on one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_model() -> nn.Module:
     model = nn.Sequential()
     model.add_module("embed", nn.Embedding(10, 4))
