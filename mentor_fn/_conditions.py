@@ -46,7 +46,9 @@ class Condition:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):  # a private base is no kind of its own
+        # mentor_fn's own kinds only: a private base is no kind of its own, and
+        # a user's subclass has no plain-data form to be read back from.
+        if cls.__module__ == __name__ and not cls.__name__.startswith("_"):
             CONDITION_KINDS[cls.kind] = cls
 
     def start(self) -> Progress:
@@ -74,8 +76,11 @@ class Condition:
         raise NotImplementedError
 
     def validate_progress(self, progress: Progress) -> None:
-        """Raise ValueError unless ``progress`` has the shape this condition's progress has."""
-        raise NotImplementedError
+        """Raise ValueError unless ``progress`` has the shape this condition's progress has.
+
+        mentor_fn's conditions check it (a resumed cursor must fit its
+        schedule); by default any progress passes.
+        """
 
     @property
     def max_epochs(self) -> int | None:
@@ -83,7 +88,11 @@ class Condition:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """Plain data with a ``"kind"`` key; TypeError for a user's own condition."""
+        raise TypeError(
+            f"condition {self!r} ({type(self).__qualname__}) is not serializable: only "
+            f"mentor_fn's conditions ({', '.join(sorted(CONDITION_KINDS))}) have a plain-data form"
+        )
 
 
 @dataclass(frozen=True)

@@ -318,3 +318,20 @@ def test_malformed_condition_dicts_name_the_field(data, message):
 def test_validate_progress_rejects_foreign_progress(condition, progress):
     with pytest.raises(ValueError, match="does not belong"):
         condition.validate_progress(progress)
+
+
+def test_a_users_own_condition_works_but_is_not_serializable():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class EveryOtherEpoch(Condition):
+        def start(self):
+            return None
+
+        def advance(self, progress, *, phase_epochs, phase_steps, epoch_end, metrics):
+            return None, phase_epochs == 2
+
+    assert "EveryOtherEpoch" not in str(sorted(CONDITION_KINDS))
+    assert run(any_of(EveryOtherEpoch(), after_steps(99)), epochs_of([1, 2], "x"))[1] is True
+    with pytest.raises(TypeError, match=r"EveryOtherEpoch.*not serializable"):
+        all_of(EveryOtherEpoch()).to_dict()
