@@ -95,6 +95,7 @@ from torch import nn
 import mentor_fn as mf
 from benchmarks._common import machine, quick_and_repeats_arguments
 from mentor_fn._optimizer import build_optimizer
+from mentor_fn._optimizer_recipe import OptimizerRecipe
 
 BUILD_LIMIT = 1.5
 """Largest allowed build() / flat constructor ratio (issue 3)."""
@@ -335,7 +336,7 @@ def check_build(model: nn.Module) -> None:
     unit = _unit_groups(model, curriculum.state)
     duplicated = [*unit[:-1], {**unit[0], "layers": ("again",)}, unit[-1]]
     try:
-        build_optimizer(torch.optim.Adam, duplicated, lr=LR, optimizer_kwargs={})
+        build_optimizer(OptimizerRecipe(torch.optim.Adam, LR), duplicated)
     except ValueError:
         pass
     else:
@@ -462,9 +463,7 @@ def measure_size(layers: int, repeats: int) -> SizeRow:
                     "build_optimizer",
                     lambda: _best_ms(
                         _same(
-                            lambda: build_optimizer(
-                                torch.optim.Adam, unit_groups, lr=LR, optimizer_kwargs={}
-                            )
+                            lambda: build_optimizer(OptimizerRecipe(torch.optim.Adam, LR), unit_groups)
                         )
                     ),
                 ),

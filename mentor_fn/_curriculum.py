@@ -8,18 +8,22 @@ swapped in last.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ._ddp import check_ddp_wrappers
+from ._fresh_starts import FreshStarts
 from ._garbage_collector import collector_paused
 from ._groups import (
     groups_of_walk,
+    is_reference_group,
     unit_groups_of_walk,
-    validate_lr,
     walk_for_state,
 )
 from ._layers import (
@@ -29,6 +33,7 @@ from ._layers import (
     lookups_hold,
     registration_lookups,
     walk_model,
+    wrappers_around,
 )
 from ._optimizer import (
     build_optimizer,
@@ -37,9 +42,15 @@ from ._optimizer import (
     optimizer_on_one_group,
     optimizer_state_by_name,
 )
+from ._optimizer_recipe import OptimizerRecipe
 from ._plan import NoChange, Patch, Plan, Rebuild, layout_of, plan
-from ._qualified_names import qualified_name
 from ._requires_grad import apply_requires_grad_of_walk
+from ._saved_state import (
+    check_saved_layout,
+    check_saved_optimizer,
+    check_saved_scheduler,
+    scheduler_classes,
+)
 from ._schedulers import (
     GROUP_LR_KEYS,
     Scheduler,
@@ -55,6 +66,7 @@ __all__ = ["Curriculum", "is_reference_group"]
 
 _FORMAT_NAME = "mentor_fn.Curriculum"
 _FORMAT_VERSION = 1
+_FIELDS = ("state", "recipe", "optimizer", "scheduler")
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 Target = CurriculumState | Callable[[CurriculumState], CurriculumState]
 
@@ -69,6 +81,14 @@ class Curriculum:
     scheduler exactly like a single flat group with the global lr would, which
     is what every other group's lr is proportional to; rebuilds derive new
     groups from it, so they stay exact even when every coefficient is 0.
+
+    Without ``state``, the state is derived from the model at the first use
+    (:attr:`state`, a transition, :meth:`build`, saving or loading): every
+    layer trainable at coefficient 1.0, ``requires_grad`` set accordingly. So
+    ``Curriculum(model, lr).build()`` walks the model once, and a model changed
+    between the two calls (a module added, a parameter replaced, sharded with
+    ``fully_shard``) is taken as it is at :meth:`build`. With ``state``, the
+    model is checked against it and the flags are set right away.
 
     Args:
         model: the model (bare, or wrapped in DDP / DataParallel / compile).
@@ -107,42 +127,40 @@ class Curriculum:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
-            raise TypeError(
-                f"optimizer must be a torch.optim.Optimizer subclass, got {optimizer!r}"
-            )
-        kwargs = _checked_kwargs(optimizer_kwargs)
+        recipe = OptimizerRecipe(optimizer, lr, optimizer_kwargs, coalesce)  # type: ignore[arg-type]
         if scheduler is not None and not callable(scheduler):
             raise TypeError(
                 f"scheduler must be a factory optimizer -> LRScheduler, got {scheduler!r}"
             )
-        if not isinstance(coalesce, bool):
-            raise TypeError(f"coalesce must be a bool, got {coalesce!r}")
-        check_ddp_wrappers(model)
-        walked = walk_model(model)
-        if state is None:
-            initial = CurriculumState(walked.layers, parameter_owners=walked.parameter_owners)
-        else:
-            if not isinstance(state, CurriculumState):
-                raise TypeError(f"state must be a CurriculumState, got {type(state).__name__}")
-            check_same_layers(state.layers, walked.layers, "the model")
-            initial = _with_owners(state, walked.parameter_owners)
-        self._lr = validate_lr(lr)
+        if state is not None and not isinstance(state, CurriculumState):
+            raise TypeError(f"state must be a CurriculumState, got {type(state).__name__}")
         self._model = model
-        self._optimizer_class = optimizer
-        self._optimizer_kwargs = kwargs
+        self._recipe = recipe
         self._scheduler_factory = scheduler
-        self._coalesce = coalesce
-        self._state = initial
         self._optimizer: torch.optim.Optimizer | None = None
         self._scheduler: Any = None
-        apply_requires_grad_of_walk(initial, walked)
+        self._fresh_starts: FreshStarts | None = None
+        # A DDP wrapper is judged on the flags it was built with, before any
+        # phase changes them: at once when it wraps the model (the usual
+        # case, and the check covers nested ones too), else at the first walk.
+        self._ddp_checked = False
+        if any(isinstance(wrapper, DistributedDataParallel) for wrapper in wrappers_around(model)):
+            check_ddp_wrappers(model)
+            self._ddp_checked = True
+        self._state: CurriculumState | None = None
+        if state is not None:
+            walked = walk_model(model)
+            self._check_ddp(walked)
+            check_same_layers(state.layers, walked.layers, "the model")
+            self._state = _with_layer_kinds(state, walked)
+            apply_requires_grad_of_walk(self._state, walked)
 
     # Read-only views ------------------------------------------------------------
 
     @property
     def state(self) -> CurriculumState:
-        return self._state
+        """The curriculum state (derived from the model at the first use, see the class)."""
+        return self._ensure_state()[0]
 
     @property
     def model(self) -> nn.Module:
@@ -159,13 +177,41 @@ class Curriculum:
         return self._scheduler
 
     @property
+    def recipe(self) -> OptimizerRecipe:
+        """The optimizer class, global lr, other arguments and group layout, as one value."""
+        return self._recipe
+
+    @property
     def lr(self) -> float:
-        """The global learning rate the optimizer was (or will be) built with."""
-        return self._lr
+        """The global learning rate: what :meth:`build` uses, :meth:`set_lr` sets."""
+        return self._recipe.lr
 
     @property
     def coalesce(self) -> bool:
-        return self._coalesce
+        return self._recipe.coalesce
+
+    def _ensure_state(self, *, apply_flags: bool = True) -> tuple[CurriculumState, ModelLayers | None]:
+        """The state and, on its first use, the walk of the model it was derived from.
+
+        Deriving it checks DDP wrappers and (unless ``apply_flags`` is False,
+        for a caller that sets them itself) sets ``requires_grad``.
+        """
+        if self._state is not None:
+            return self._state, None
+        walked = walk_model(self._model)
+        self._check_ddp(walked)
+        state = CurriculumState(walked.layers, parameter_owners=walked.parameter_owners)
+        if apply_flags:
+            apply_requires_grad_of_walk(state, walked)
+        self._state = state
+        return state, walked
+
+    def _check_ddp(self, walked: ModelLayers) -> None:
+        if self._ddp_checked:
+            return
+        if any(isinstance(wrapper, DistributedDataParallel) for wrapper in walked.wrappers):
+            check_ddp_wrappers(self._model)
+        self._ddp_checked = True
 
     # Building ---------------------------------------------------------------------
 
@@ -177,25 +223,29 @@ class Curriculum:
         on them; then the coefficients are applied as a patch. So a scheduler
         that writes absolute values into every group (OneCycleLR with a scalar
         ``max_lr``, CyclicLR) cannot erase the coefficients.
+
+        Raises:
+            ValueError: the model's layers are no longer the state's (a module
+                added or removed after the state was derived or given).
         """
-        # build_optimizer(groups) in one pass over the model: one walk for the
-        # flags and the groups; torch's constructor once, on the trainable
-        # parameters (unique: each is owned by one layer); then every group a
-        # copy of its group, with the optimizer's defaults as add_param_group
-        # would add them, without torch re-checking every earlier group for
-        # each new one. The reference group is the template.
-        walked = walk_for_state(self._state, self._model)
-        trainable = apply_requires_grad_of_walk(self._state, walked)
+        # One walk of the model serves the state (derived here on first use),
+        # the flags and the groups; torch's constructor runs once, on the
+        # trainable parameters (unique: each is owned by one layer); then
+        # every group is a copy of the reference group, which holds the
+        # optimizer's defaults as add_param_group would add them, without
+        # torch re-checking every earlier group for each new one.
+        state, walked = self._ensure_state(apply_flags=False)
+        if walked is None:
+            walked = walk_for_state(state, self._model)
+            state = _with_layer_kinds(state, walked)
+        trainable = apply_requires_grad_of_walk(state, walked)
+        recipe = self._recipe
         optimizer = optimizer_on_one_group(
-            self._optimizer_class,
-            trainable,
-            group_count=2 if trainable else 1,  # with the reference group
-            lr=self._lr,
-            optimizer_kwargs=self._optimizer_kwargs,
+            recipe, trainable, group_count=2 if trainable else 1  # with the reference group
         )
-        reference = {**optimizer.param_groups[0], **_reference_group(self._lr)}
+        reference = {**optimizer.param_groups[0], **_reference_group(recipe.lr)}
         groups, coefficients = unit_groups_of_walk(
-            self._state, walked, coalesce=self._coalesce, template=reference
+            state, walked, coalesce=recipe.coalesce, template=reference
         )
         groups.append(reference)
         optimizer.param_groups = groups
@@ -205,7 +255,8 @@ class Curriculum:
                 scale_group(optimizer, scheduler, index, coefficient)
                 optimizer.param_groups[index]["coefficient"] = coefficient
         self._guard_against_stale_parameters(optimizer)
-        self._optimizer, self._scheduler = optimizer, scheduler
+        self._optimizer, self._scheduler, self._state = optimizer, scheduler, state
+        self._fresh_starts = FreshStarts(optimizer)
         return optimizer
 
     def _make_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
@@ -282,10 +333,13 @@ class Curriculum:
                 ``reset_optimizer_if_needed`` is False; nothing has changed.
             ValueError / TypeError: bad target; nothing has changed.
         """
-        new = self._resolve(target)
+        self._settle()
+        current, walked = self._ensure_state()
+        new = self._resolve(target, current)
         # One walk of the model serves the parameter check, the plan's
-        # execution and the flags.
-        walked = walk_for_state(new, self._model)
+        # execution and the flags (the one that derived the state, if any).
+        if walked is None:
+            walked = walk_for_state(new, self._model)
         if self._optimizer is None:
             apply_requires_grad_of_walk(new, walked)
             self._state = new
@@ -293,7 +347,7 @@ class Curriculum:
         self._check_parameters_among(
             {id(parameter) for parameters in walked.parameters for parameter in parameters}
         )
-        decision = plan(layout_of(self._optimizer), self._state, new)
+        decision = plan(layout_of(self._optimizer), current, new)
         if isinstance(decision, Rebuild):
             if not reset_optimizer_if_needed:
                 raise RuntimeError(
@@ -303,9 +357,9 @@ class Curriculum:
                     "layers that stay trainable and the scheduler's progress are kept), or call "
                     "build() to start a fresh phase. Nothing was changed."
                 )
-            self._rebuild(new, walked)
+            self._rebuild(current, new, walked)
         elif isinstance(decision, Patch):
-            self._patch(decision, new, walked)
+            self._patch(decision, walked)
         apply_requires_grad_of_walk(new, walked)
         self._state = new
         return decision
@@ -327,11 +381,11 @@ class Curriculum:
             reset_optimizer_if_needed=reset_optimizer_if_needed,
         )
 
-    def _resolve(self, target: Target) -> CurriculumState:
+    def _resolve(self, target: Target, current: CurriculumState) -> CurriculumState:
         if isinstance(target, CurriculumState):
             new = target
         elif callable(target):
-            new = target(self._state)
+            new = target(current)
             if not isinstance(new, CurriculumState):
                 raise TypeError(
                     f"a transition must return a CurriculumState, {target!r} returned "
@@ -341,12 +395,14 @@ class Curriculum:
             raise TypeError(
                 f"update takes a CurriculumState or a transition, got {type(target).__name__}"
             )
-        check_same_layers(self._state.layers, new.layers, "the new state")
-        return _with_owners(new, self._state.parameter_owners)
+        check_same_layers(current.layers, new.layers, "the new state")
+        return new.with_layer_kinds(
+            parameter_owners=current.parameter_owners, norm_layers=current.norm_layers
+        )
 
-    def _patch(self, decision: Patch, new: CurriculumState, walked: ModelLayers) -> None:
+    def _patch(self, decision: Patch, walked: ModelLayers) -> None:
         optimizer = self._optimizer
-        assert optimizer is not None
+        assert optimizer is not None and self._fresh_starts is not None
         reactivated_parameters: list[torch.Tensor] = []
         if decision.reactivated:
             reactivated = set(decision.reactivated)
@@ -355,12 +411,7 @@ class Curriculum:
                 for layer, _, parameter in walked.named_parameters()
                 if layer in reactivated
             ]
-        fresh = fresh_state(
-            self._optimizer_class,
-            reactivated_parameters,
-            lr=self._lr,
-            optimizer_kwargs=self._optimizer_kwargs,
-        )
+        fresh = fresh_state(self._recipe, reactivated_parameters)
         for scale in decision.scales:
             scale_group(optimizer, self._scheduler, scale.group, scale.ratio)
             optimizer.param_groups[scale.group]["coefficient"] = scale.new
@@ -368,14 +419,15 @@ class Curriculum:
             optimizer.state.pop(parameter, None)
             if parameter in fresh:
                 optimizer.state[parameter] = fresh[parameter]
+        self._fresh_starts.add(reactivated_parameters)
 
-    def _rebuild(self, new: CurriculumState, walked: ModelLayers) -> None:
+    def _rebuild(self, old: CurriculumState, new: CurriculumState, walked: ModelLayers) -> None:
         """Rebuild the optimizer for ``new`` (``walked``: the model, walked for it)."""
         old_optimizer = self._optimizer
         assert old_optimizer is not None
         reference_index = _reference_index(old_optimizer)
         reference = old_optimizer.param_groups[reference_index]
-        groups = groups_of_walk(new, walked, self._lr, coalesce=self._coalesce)
+        groups = groups_of_walk(new, walked, self._recipe.lr, coalesce=self._recipe.coalesce)
         template = {key: value for key, value in reference.items() if key != "params"}
         lr_keys = [key for key in GROUP_LR_KEYS if reference.get(key) is not None]
         derived = []
@@ -386,11 +438,9 @@ class Curriculum:
                 entry[key] = scaled_copy(reference[key], coefficient)
             derived.append(entry)
         derived.append({**template, "params": []})
-        optimizer = build_optimizer(
-            self._optimizer_class, derived, lr=self._lr, optimizer_kwargs=self._optimizer_kwargs
-        )
+        optimizer = build_optimizer(self._recipe, derived)
         # Committing from here on: nothing below can fail on valid objects.
-        _carry_state(old_optimizer, optimizer, walked, self._state, new)
+        _carry_state(old_optimizer, optimizer, walked, old, new)
         if self._scheduler is not None:
             sources = [(reference_index, group["coefficient"]) for group in groups]
             sources.append((reference_index, 1.0))
@@ -398,6 +448,54 @@ class Curriculum:
             retarget_scheduler(self._scheduler, optimizer)
         self._guard_against_stale_parameters(optimizer)
         self._optimizer = optimizer
+        self._fresh_starts = FreshStarts(optimizer)
+        # Parameters that start without state (newly trainable) step apart
+        # while their fused group's others have state.
+        self._fresh_starts.add(
+            parameter for group in optimizer.param_groups for parameter in group["params"]
+        )
+
+    # The global lr ----------------------------------------------------------------------
+
+    def set_lr(self, lr: float) -> None:
+        """Set the global learning rate, keeping every coefficient.
+
+        Before :meth:`build`, this is the lr :meth:`build` will use. Once
+        built, the live optimizer and scheduler are rescaled by ``lr / live``,
+        where *live* is the reference group's current lr (what one flat group
+        at the global lr has now, under the scheduler): every group, the
+        reference group included, and every lr-like value the optimizer and
+        the scheduler hold for it (``initial_lr``, ``base_lrs``, ``max_lr``,
+        ``min_lrs``, ..., nested schedulers too). So the reference group's lr
+        becomes ``lr``, every group stays at its coefficient times it, and the
+        schedule goes on from there, as a flat optimizer and scheduler
+        rescaled the same way would. The recipe's lr (:attr:`lr`, saved by
+        :meth:`state_dict`) becomes ``lr``.
+
+        Raises:
+            TypeError: ``lr`` is not a real number.
+            ValueError: ``lr`` is not finite and > 0 (a global lr of 0 could
+                never be rescaled again). Nothing has changed.
+            RuntimeError: the reference group's lr is 0 (a scheduler drove it
+                there): no ratio takes it to ``lr``. Nothing has changed.
+        """
+        new_lr = _positive_lr(lr)
+        optimizer = self._optimizer
+        if optimizer is None:
+            self._recipe = self._recipe.with_lr(new_lr)
+            return
+        self._settle()
+        live = float(optimizer.param_groups[_reference_index(optimizer)]["lr"])
+        if live == 0:
+            raise RuntimeError(
+                "set_lr: the reference group's lr is 0 (the scheduler drove it there), so no "
+                "ratio rescales it to the new lr; call build() after set_lr() to start a fresh "
+                "phase at that lr. Nothing was changed."
+            )
+        ratio = new_lr / live
+        for index in range(len(optimizer.param_groups)):
+            scale_group(optimizer, self._scheduler, index, ratio)
+        self._recipe = self._recipe.with_lr(new_lr)
 
     # Saving and loading -------------------------------------------------------------
 
@@ -406,9 +504,13 @@ class Curriculum:
 
         Optimizer state is keyed by parameter name (the bare model's), not by
         position. Tensors are referenced, not copied (as in torch); save it
-        with ``torch.save`` before training on.
+        with ``torch.save`` before training on. ``scheduler_classes`` names
+        the scheduler's class (and its nested schedulers'), so loading into
+        another kind of scheduler is refused.
         """
+        self._settle()
         self.check_parameters()
+        state = self.state
         optimizer_state = None
         if self._optimizer is not None:
             names = {
@@ -416,18 +518,15 @@ class Curriculum:
                 for _, name, parameter in walk_model(self._model).named_parameters()
             }
             optimizer_state = optimizer_state_by_name(self._optimizer, names)
+        scheduler = self._scheduler
         return {
             "format": _FORMAT_NAME,
             "version": _FORMAT_VERSION,
-            "state": self._state.to_dict(),
-            "recipe": {
-                "optimizer": qualified_name(self._optimizer_class),
-                "optimizer_kwargs": dict(self._optimizer_kwargs),
-                "lr": self._lr,
-                "coalesce": self._coalesce,
-            },
+            "state": state.to_dict(),
+            "recipe": self._recipe.to_dict(),
             "optimizer": optimizer_state,
-            "scheduler": None if self._scheduler is None else self._scheduler.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "scheduler_classes": None if scheduler is None else scheduler_classes(scheduler),
         }
 
     @collector_paused
@@ -436,9 +535,16 @@ class Curriculum:
         saved layout (groups, per-parameter state by name), then the scheduler.
 
         Works on a Curriculum that was never built. Linear in the number of
-        parameters. Raises ValueError (nothing changed) for a malformed dict, a
-        model with other layers, another optimizer class, or a scheduler
-        factory that does not match the saved scheduler state.
+        parameters.
+
+        Raises:
+            ValueError: naming the field, and nothing changed, for a malformed
+                dict (a field missing or of the wrong kind), a model with other
+                layers, another optimizer class, optimizer state of other
+                shapes than the model's parameters (saved from another model),
+                a layout that leaves a trainable parameter out, or scheduler
+                state that the scheduler factory's scheduler does not have
+                (another class, other fields, junk).
         """
         if not isinstance(state_dict, Mapping) or state_dict.get("format") != _FORMAT_NAME:
             raise ValueError("not a mentor_fn Curriculum state dict (format key missing or wrong)")
@@ -447,92 +553,113 @@ class Curriculum:
                 f"unsupported Curriculum state dict version {state_dict.get('version')!r}; "
                 f"this mentor_fn reads version {_FORMAT_VERSION}"
             )
-        new = CurriculumState.from_dict(state_dict["state"])
-        walked = walk_model(self._model)
-        check_same_layers(new.layers, walked.layers, "the model")
-        new = _with_owners(new, walked.parameter_owners)
-        recipe = state_dict["recipe"]
-        if recipe["optimizer"] != qualified_name(self._optimizer_class):
+        missing = [field for field in _FIELDS if field not in state_dict]
+        if missing:
             raise ValueError(
-                f"the state dict was saved with optimizer {recipe['optimizer']}, this Curriculum "
-                f"uses {qualified_name(self._optimizer_class)}"
+                f"malformed Curriculum state dict: field(s) {', '.join(map(repr, missing))} missing"
             )
-        lr = validate_lr(recipe["lr"])
-        kwargs = _checked_kwargs(recipe["optimizer_kwargs"])
-        coalesce = bool(recipe["coalesce"])
+        try:
+            new = CurriculumState.from_dict(state_dict["state"])
+        except (TypeError, ValueError, KeyError) as error:
+            raise ValueError(f"field 'state': {error}") from None
+        walked = walk_model(self._model)
+        self._check_ddp(walked)
+        check_same_layers(new.layers, walked.layers, "the model")
+        new = _with_layer_kinds(new, walked)
+        try:
+            recipe = OptimizerRecipe.from_dict(
+                state_dict["recipe"], optimizer_class=self._recipe.optimizer_class
+            )
+        except ValueError as error:
+            raise ValueError(f"field 'recipe': {error}") from None
         saved_optimizer, saved_scheduler = state_dict["optimizer"], state_dict["scheduler"]
+        if saved_optimizer is None and saved_scheduler is not None:
+            raise ValueError("field 'scheduler': scheduler state without optimizer state")
         if saved_scheduler is not None and self._scheduler_factory is None:
             raise ValueError(
-                "the state dict holds scheduler state, but this Curriculum has no scheduler factory"
+                "field 'scheduler': the state dict holds scheduler state, but this Curriculum "
+                "has no scheduler factory"
             )
         if saved_optimizer is not None and saved_scheduler is None and self._scheduler_factory:
             raise ValueError(
-                "the state dict holds no scheduler state, but this Curriculum has a scheduler factory"
+                "field 'scheduler': the state dict holds no scheduler state, but this "
+                "Curriculum has a scheduler factory"
+            )
+        saved_classes = state_dict.get("scheduler_classes")
+        if saved_classes is not None and not (
+            isinstance(saved_classes, list) and all(isinstance(c, str) for c in saved_classes)
+        ):
+            raise ValueError(
+                f"field 'scheduler_classes': expected a list of class names, got {saved_classes!r}"
             )
         optimizer, scheduler = None, None
         if saved_optimizer is not None:
             parameters = {name: parameter for _, name, parameter in walked.named_parameters()}
-            optimizer = load_optimizer_state(
-                self._optimizer_class, saved_optimizer, parameters, lr=lr, optimizer_kwargs=kwargs
+            check_saved_optimizer(saved_optimizer, parameters, recipe)
+            frozen = dict(zip(new.layers, new.resolved_frozen()))
+            check_saved_layout(
+                saved_optimizer["param_groups"],
+                new.layers,
+                [name for layer, name, _ in walked.named_parameters() if not frozen[layer]],
             )
+            optimizer = load_optimizer_state(recipe, saved_optimizer, parameters)
             if saved_scheduler is not None:
                 scheduler = self._make_scheduler(optimizer)
+                check_saved_scheduler(saved_scheduler, scheduler, saved_classes=saved_classes)
                 scheduler.load_state_dict(saved_scheduler)
                 # Constructing the scheduler rewrote lrs; the saved values win.
                 for group, saved_group in zip(
                     optimizer.param_groups, saved_optimizer["param_groups"], strict=True
                 ):
                     group.update({k: v for k, v in saved_group.items() if k != "params"})
+        fresh_starts = None
         if optimizer is not None:
             self._guard_against_stale_parameters(optimizer)
+            fresh_starts = FreshStarts(optimizer)
+            # Saved between an unfreeze and the next step: the same split as
+            # in the run that saved it.
+            fresh_starts.add(
+                parameter for group in optimizer.param_groups for parameter in group["params"]
+            )
         apply_requires_grad_of_walk(new, walked)
         self._state = new
-        self._lr, self._optimizer_kwargs, self._coalesce = lr, kwargs, coalesce
-        self._optimizer, self._scheduler = optimizer, scheduler
+        self._recipe = recipe
+        self._optimizer, self._scheduler, self._fresh_starts = optimizer, scheduler, fresh_starts
+
+    def _settle(self) -> None:
+        """Undo what an optimizer step that raised may have left (see FreshStarts)."""
+        if self._fresh_starts is not None:
+            self._fresh_starts.restore()
 
     def __repr__(self) -> str:
         built = "built" if self._optimizer is not None else "not built"
+        state = repr(self._state) if self._state is not None else "from the model at first use"
         return (
-            f"Curriculum({type(self._model).__name__}, lr={self._lr:g}, "
-            f"optimizer={self._optimizer_class.__name__}, {built}, state={self._state!r})"
+            f"Curriculum({type(self._model).__name__}, lr={self._recipe.lr:g}, "
+            f"optimizer={self._recipe.optimizer_class.__name__}, {built}, state={state})"
         )
 
 
-def _checked_kwargs(optimizer_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
-    if optimizer_kwargs is None:
-        return {}
-    if not isinstance(optimizer_kwargs, Mapping):
-        raise TypeError(f"optimizer_kwargs must be a mapping, got {optimizer_kwargs!r}")
-    if "lr" in optimizer_kwargs:
-        raise ValueError("pass the global lr as Curriculum(model, lr), not in optimizer_kwargs")
-    if "params" in optimizer_kwargs:
-        raise ValueError("optimizer_kwargs must not contain 'params': groups are derived")
-    return dict(optimizer_kwargs)
+def _positive_lr(lr: object) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"lr must be a real number, got {type(lr).__name__}: {lr!r}")
+    value = float(lr)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"lr must be finite and > 0, got {lr!r} (a global lr of 0 cannot be rescaled later)"
+        )
+    return value
 
 
-def _with_owners(state: CurriculumState, owners: frozenset[str]) -> CurriculumState:
-    if state.parameter_owners == owners:
-        return state
-    return CurriculumState(
-        state.layers,
-        frozen=state.frozen,
-        coefficients=state.coefficients,
-        parameter_owners=owners,
+def _with_layer_kinds(state: CurriculumState, walked: ModelLayers) -> CurriculumState:
+    """``state`` with the parameter owners of the model as walked (norm layers kept)."""
+    return state.with_layer_kinds(
+        parameter_owners=walked.parameter_owners, norm_layers=state.norm_layers
     )
 
 
 def _reference_group(lr: float) -> dict[str, Any]:
     return {"params": [], "lr": lr, "layers": (), "coefficient": 1.0}
-
-
-def is_reference_group(group: Mapping[str, Any]) -> bool:
-    """Whether an optimizer group (live, or saved with parameter names) is the reference group.
-
-    The reference group covers no layer and holds no parameter; it follows the
-    scheduler like one flat group at the global lr would.
-    """
-    layers = group.get("layers")
-    return layers is not None and len(layers) == 0 and not group.get("params")
 
 
 def _reference_index(optimizer: torch.optim.Optimizer) -> int:

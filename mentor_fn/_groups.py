@@ -9,6 +9,7 @@ position: linear in the number of layers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -18,6 +19,7 @@ from ._state import CurriculumState, validate_coefficient
 
 __all__ = [
     "groups_of_walk",
+    "is_reference_group",
     "param_groups",
     "requires_grad_map",
     "unit_groups_of_walk",
@@ -128,6 +130,17 @@ def unit_groups_of_walk(
             groups.append(group)
             group_coefficients.append(coefficients[position])
     return groups, group_coefficients
+
+
+def is_reference_group(group: Mapping[str, Any]) -> bool:
+    """Whether an optimizer group (live, or saved with parameter names) is the reference group.
+
+    A Curriculum's optimizer ends with one group that covers no layer and
+    holds no parameter; it follows the scheduler like one flat group at the
+    global lr would, and every other group's lr is proportional to its.
+    """
+    layers = group.get("layers")
+    return layers is not None and len(layers) == 0 and not group.get("params")
 
 
 def requires_grad_map(state: CurriculumState, model: nn.Module) -> dict[str, bool]:

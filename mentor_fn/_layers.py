@@ -24,6 +24,7 @@ __all__ = [
     "short_list",
     "unwrap_model",
     "walk_model",
+    "wrappers_around",
 ]
 
 Patterns = str | Iterable[str]
@@ -73,10 +74,17 @@ def _wrapper_types() -> tuple[tuple[type, str], ...]:
     return tuple(found)
 
 
-def _unwrap(module: nn.Module, wrappers: tuple[tuple[type, str], ...]) -> nn.Module:
+def _unwrap(
+    module: nn.Module,
+    wrappers: tuple[tuple[type, str], ...],
+    passed: list[nn.Module] | None = None,
+) -> nn.Module:
+    """The module inside ``module``'s wrappers; each wrapper is appended to ``passed``."""
     while True:
         for wrapper_type, attribute in wrappers:
             if isinstance(module, wrapper_type):
+                if passed is not None:
+                    passed.append(module)
                 module = getattr(module, attribute)
                 break
         else:
@@ -110,12 +118,15 @@ class ModelLayers:
             to save and load, and making them costs a string per parameter.
         root_parameter_count: how many leading layers are parameters
             registered directly on the root (their layer name is their name).
+        wrappers: the wrapper modules (DDP, compile, ...) looked through, in
+            traversal order, the model's own first.
     """
 
     layers: tuple[str, ...]
     parameters: tuple[tuple[nn.Parameter, ...], ...]
     local_names: tuple[tuple[str, ...], ...]
     root_parameter_count: int
+    wrappers: tuple[nn.Module, ...] = ()
 
     @property
     def parameter_owners(self) -> frozenset[str]:
@@ -158,7 +169,8 @@ def walk_model(model: nn.Module) -> ModelLayers:
     traversal order) that registers it. Wrappers are looked through.
     """
     wrappers = _wrapper_types()
-    root = _unwrap(model, wrappers) if isinstance(model, nn.Module) else None
+    passed: list[nn.Module] = []
+    root = _unwrap(model, wrappers, passed) if isinstance(model, nn.Module) else None
     if root is None:
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
 
@@ -196,7 +208,7 @@ def walk_model(model: nn.Module) -> ModelLayers:
             is_wrapper = any(isinstance(module, wrapper_type) for wrapper_type, _ in wrappers)
             is_wrapper_type[module_type] = is_wrapper
         if is_wrapper:
-            module = _unwrap(module, wrappers)
+            module = _unwrap(module, wrappers, passed)
         key = identity(module)
         if key in seen_modules:
             return False
@@ -240,7 +252,15 @@ def walk_model(model: nn.Module) -> ModelLayers:
         parameters=tuple(parameters_of),
         local_names=tuple(names_of),
         root_parameter_count=root_parameter_count,
+        wrappers=tuple(passed),
     )
+
+
+def wrappers_around(model: nn.Module) -> tuple[nn.Module, ...]:
+    """The wrapper modules around ``model``'s bare module, outermost first (no traversal)."""
+    passed: list[nn.Module] = []
+    _unwrap(model, _wrapper_types(), passed)
+    return tuple(passed)
 
 
 Lookup = tuple[nn.Module, str, str, object]

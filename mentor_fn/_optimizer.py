@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from ._optimizer_recipe import OptimizerRecipe
+
 __all__ = [
     "build_optimizer",
     "fresh_state",
@@ -26,13 +28,9 @@ __all__ = [
 
 
 def build_optimizer(
-    optimizer_class: type[torch.optim.Optimizer],
-    groups: Sequence[Mapping[str, Any]],
-    *,
-    lr: float,
-    optimizer_kwargs: Mapping[str, Any],
+    recipe: OptimizerRecipe, groups: Sequence[Mapping[str, Any]]
 ) -> torch.optim.Optimizer:
-    """``optimizer_class(groups, lr=lr, **optimizer_kwargs)`` in linear time.
+    """``recipe.optimizer_class(groups, lr=recipe.lr, **recipe.kwargs)`` in linear time.
 
     Every group gets the optimizer's defaults for the keys it does not set,
     exactly as torch's ``add_param_group`` would.
@@ -51,13 +49,7 @@ def build_optimizer(
                         f"one parameter group (again in group {number})"
                     )
                 seen.add(id(parameter))
-    optimizer = optimizer_on_one_group(
-        optimizer_class,
-        all_parameters,
-        group_count=len(groups),
-        lr=lr,
-        optimizer_kwargs=optimizer_kwargs,
-    )
+    optimizer = optimizer_on_one_group(recipe, all_parameters, group_count=len(groups))
     # {**template, **group, "params": ...}, faster: this runs once per group.
     template = optimizer.param_groups[0]
     split = []
@@ -71,14 +63,9 @@ def build_optimizer(
 
 
 def optimizer_on_one_group(
-    optimizer_class: type[torch.optim.Optimizer],
-    parameters: list[torch.Tensor],
-    *,
-    group_count: int,
-    lr: float,
-    optimizer_kwargs: Mapping[str, Any],
+    recipe: OptimizerRecipe, parameters: list[torch.Tensor], *, group_count: int
 ) -> torch.optim.Optimizer:
-    """``optimizer_class`` on one flat group of ``parameters`` (each once).
+    """The recipe's optimizer on one flat group of ``parameters`` (each once).
 
     torch validates every parameter once (and Adagrad initialises its state);
     the caller then replaces ``param_groups`` with ``group_count`` groups, each
@@ -88,17 +75,13 @@ def optimizer_on_one_group(
     Raises:
         ValueError: several groups for LBFGS, which supports only one.
     """
-    if group_count > 1 and optimizer_class is torch.optim.LBFGS:
+    if group_count > 1 and issubclass(recipe.optimizer_class, torch.optim.LBFGS):
         raise ValueError("torch.optim.LBFGS supports a single parameter group only")
-    return optimizer_class([{"params": parameters}], lr=lr, **optimizer_kwargs)
+    return recipe.optimizer_class([{"params": parameters}], lr=recipe.lr, **recipe.kwargs)
 
 
 def fresh_state(
-    optimizer_class: type[torch.optim.Optimizer],
-    parameters: Sequence[torch.Tensor],
-    *,
-    lr: float,
-    optimizer_kwargs: Mapping[str, Any],
+    recipe: OptimizerRecipe, parameters: Sequence[torch.Tensor]
 ) -> dict[torch.Tensor, dict[str, Any]]:
     """The per-parameter state a new optimizer gives ``parameters``.
 
@@ -107,7 +90,7 @@ def fresh_state(
     """
     if not parameters:
         return {}
-    scratch = optimizer_class([{"params": list(parameters)}], lr=lr, **optimizer_kwargs)
+    scratch = recipe.optimizer_class([{"params": list(parameters)}], lr=recipe.lr, **recipe.kwargs)
     return {
         parameter: scratch.state[parameter]
         for parameter in parameters
@@ -137,12 +120,7 @@ def optimizer_state_by_name(
 
 
 def load_optimizer_state(
-    optimizer_class: type[torch.optim.Optimizer],
-    saved: Mapping[str, Any],
-    parameters: Mapping[str, torch.Tensor],
-    *,
-    lr: float,
-    optimizer_kwargs: Mapping[str, Any],
+    recipe: OptimizerRecipe, saved: Mapping[str, Any], parameters: Mapping[str, torch.Tensor]
 ) -> torch.optim.Optimizer:
     """A new optimizer in exactly the saved layout, with the saved state.
 
@@ -168,7 +146,7 @@ def load_optimizer_state(
         {**group, "params": [parameters[name] for name in group["params"]]}
         for group in saved["param_groups"]
     ]
-    optimizer = build_optimizer(optimizer_class, groups, lr=lr, optimizer_kwargs=optimizer_kwargs)
+    optimizer = build_optimizer(recipe, groups)
     group_of = {
         id(parameter): group for group in optimizer.param_groups for parameter in group["params"]
     }

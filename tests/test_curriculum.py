@@ -14,6 +14,7 @@ from torch.optim import lr_scheduler
 
 import mentor_fn as mf
 from mentor_fn._optimizer import build_optimizer
+from mentor_fn._optimizer_recipe import OptimizerRecipe
 
 
 def make_model(seed: int = 0) -> nn.Module:
@@ -138,10 +139,8 @@ def test_build_rejects_parameter_in_two_groups():
     shared = nn.Parameter(torch.ones(2))
     with pytest.raises(ValueError, match="more than one parameter group"):
         build_optimizer(
-            torch.optim.Adam,
+            OptimizerRecipe(torch.optim.Adam, 0.1),
             [{"params": [shared]}, {"params": [nn.Parameter(torch.ones(1)), shared]}],
-            lr=0.1,
-            optimizer_kwargs={},
         )
 
 
@@ -487,7 +486,7 @@ def test_load_rejects_other_layers_and_other_optimizer_without_changes():
         target.load_state_dict(saved)
     assert target.optimizer is None
     sgd = mf.Curriculum(make_model(), 0.1, optimizer=torch.optim.SGD)
-    with pytest.raises(ValueError, match=r"saved with optimizer torch\.optim\.adam\.Adam"):
+    with pytest.raises(ValueError, match=r"field 'recipe'.*torch\.optim\.adam\.Adam"):
         sgd.load_state_dict(saved)
     with pytest.raises(ValueError, match="not a mentor_fn Curriculum state dict"):
         sgd.load_state_dict({"optimizer": {}})
