@@ -8,6 +8,7 @@ swapped in last.
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from collections.abc import Callable, Mapping
@@ -606,7 +607,8 @@ class Curriculum:
             if saved_scheduler is not None:
                 scheduler = self._make_scheduler(optimizer)
                 check_saved_scheduler(saved_scheduler, scheduler, saved_classes=saved_classes)
-                scheduler.load_state_dict(saved_scheduler)
+                # A copy: some schedulers (CyclicLR) pop fields from what they load.
+                scheduler.load_state_dict(copy.deepcopy(saved_scheduler))
                 # Constructing the scheduler rewrote lrs; the saved values win.
                 for group, saved_group in zip(
                     optimizer.param_groups, saved_optimizer["param_groups"], strict=True

@@ -115,6 +115,83 @@ def test_state_argument_is_checked_against_the_model():
     assert not model.head.weight.requires_grad
 
 
+def test_recipe_is_one_read_only_value():
+    curriculum = mf.Curriculum(
+        make_model(), 0.1, optimizer=torch.optim.SGD, optimizer_kwargs={"momentum": 0.9},
+        coalesce=True,
+    )
+    assert curriculum.recipe == OptimizerRecipe(torch.optim.SGD, 0.1, {"momentum": 0.9}, True)
+    assert curriculum.lr == 0.1 and curriculum.coalesce
+    with pytest.raises(AttributeError):
+        curriculum.recipe = OptimizerRecipe(torch.optim.SGD, 0.2)  # type: ignore[misc]
+
+
+# Structure changes between construction and build ----------------------------------
+
+
+def test_build_takes_the_model_as_it_is_at_build():
+    """Without a state given, the constructor does not walk: build() sees the model's today."""
+    model = make_model()
+    curriculum = mf.Curriculum(model, 0.1)
+    model.add_module("extra", nn.Linear(2, 2))  # a module added
+    old_weight = model.head.weight
+    model.head.weight = nn.Parameter(old_weight.detach().clone())  # a parameter replaced
+    del model.backbone[2].bias  # a parameter deleted
+    model.backbone[2].register_parameter("bias", None)
+    optimizer = curriculum.build()
+    assert curriculum.state.layers == ("backbone", "backbone.0", "backbone.2", "head", "extra")
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert held == {id(p) for p in model.parameters()}
+    assert id(old_weight) not in held
+    before = [p.detach().clone() for p in model.parameters()]
+    train_step(curriculum)  # the Sequential runs extra after the head
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_build_catches_a_module_added_after_the_state_was_derived():
+    model = make_model()
+    curriculum = mf.Curriculum(model, 0.1)
+    curriculum.freeze("backbone.0")  # first use: the state is derived from the model now
+    model.add_module("extra", nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="not in the state: 'extra'"):
+        curriculum.build()
+    assert curriculum.optimizer is None
+    given = mf.Curriculum(make_model(), 0.1, state=mf.CurriculumState.from_model(make_model()))
+    given.model.add_module("extra", nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="not in the state: 'extra'"):
+        given.build()
+
+
+def test_build_refreshes_which_layers_own_parameters():
+    """A layer that lost its own parameters (its children keep some) needs no group."""
+    model = nn.Sequential()
+    model.add_module("block", nn.Linear(2, 2))
+    model.block.add_module("inner", nn.Linear(2, 2))
+    curriculum = mf.Curriculum(model, 0.1)
+    assert "block" in curriculum.state.parameter_owners
+    del model.block.weight, model.block.bias
+    model.block.register_parameter("weight", None)
+    model.block.register_parameter("bias", None)
+    curriculum.build()
+    assert "block" not in curriculum.state.parameter_owners
+    assert curriculum.set_lr_coefficient(0.5, "block") == mf.Patch(
+        scales=(mf.GroupScale(group=0, old=1.0, new=0.5),), reactivated=()
+    )
+
+
+def test_first_use_sets_the_flags_the_constructor_used_to():
+    model = make_model()
+    model.head.weight.requires_grad_(False)
+    curriculum = mf.Curriculum(model, 0.1)
+    optimizer = curriculum.build()
+    assert model.head.weight.requires_grad
+    assert any(p is model.head.weight for g in optimizer.param_groups for p in g["params"])
+    other = make_model()
+    other.head.weight.requires_grad_(False)
+    assert not mf.Curriculum(other, 0.1).state.is_frozen("head")
+    assert other.head.weight.requires_grad
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
