@@ -228,8 +228,8 @@ class WithFit:
         self.train_loader, self.val_loader = loaders(train, val)
 
     def run_epoch(self) -> dict[str, Any]:
-        (record,) = self.model.fit(self.train_loader, self.val_loader, epochs=1, progress=True)
-        return record
+        self.model.fit(self.train_loader, self.val_loader, epochs=1, progress=True)
+        return self.model.history[-1]
 
 
 @dataclass

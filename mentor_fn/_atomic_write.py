@@ -19,6 +19,10 @@ Two costs of that are taken off the caller's path, without weakening it:
   thread. ``torch.save`` over an existing file pays that cost itself, when it
   truncates the file.
 
+A target that is a symbolic link is written through, as ``torch.save`` or
+any ``open(path, "w")`` would: the file it points to is replaced and the link
+stays (renaming over the link itself would leave its target stale).
+
 Files a killed process left behind (its temporary file, a second name not
 yet removed) are removed at this process's first write to the same target:
 their names carry the host and process id of their writer, and only those of
@@ -69,11 +73,13 @@ def replace_file(
     the temporary file is removed.
 
     Args:
-        target: the file to replace (or create); its folder must exist.
+        target: the file to replace (or create); its folder must exist. A
+            symbolic link is followed: the file it points to is replaced.
         write: writes the whole contents to the binary file it is given.
         expected_bytes: about how much ``write`` writes; from
             :data:`WRITEBACK_THRESHOLD_BYTES` on, the disk writes overlap it.
     """
+    target = _through_links(target)
     folder = target.parent
     _remove_leftovers_once(target)
     temporary, descriptor = _create_temporary(target)
@@ -106,6 +112,15 @@ def wait_for_background_removals() -> None:
         pending = list(_background_removals)
     for thread in pending:
         thread.join()
+
+
+def _through_links(target: Path) -> Path:
+    """The file a write to ``target`` lands in: ``target``, or where its links lead."""
+    if not target.is_symlink():
+        return target
+    # realpath also resolves chains, relative links and a dangling link's
+    # destination (created there, as open() would).
+    return Path(os.path.realpath(target))
 
 
 @contextlib.contextmanager

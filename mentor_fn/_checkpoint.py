@@ -1,5 +1,9 @@
 """Checkpoint files: one file each, written atomically, loaded without running code.
 
+This is the generic file layer: any plain contents, a format header, safe
+loading and clear errors. What a Mentee checkpoint holds is
+``mentor_fn._mentee_checkpoint``'s business.
+
 A checkpoint holds only plain data and tensors, so it loads with
 ``torch.load(weights_only=True)``: a corrupt or malicious file raises
 :class:`CheckpointError`, it never executes anything.
@@ -7,17 +11,26 @@ A checkpoint holds only plain data and tensors, so it loads with
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, NoReturn
 
 import torch
 
 from ._atomic_write import replace_file
 
-__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "CheckpointError",
+    "is_plain_data",
+    "load_checkpoint",
+    "save_checkpoint",
+    "write_checkpoint_to_file",
+]
 
 CHECKPOINT_FORMAT = "mentor_fn.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -36,7 +49,8 @@ def save_checkpoint(path: str | os.PathLike[str], contents: Mapping[str, Any]) -
     ``path`` intact. When this returns, ``path`` holds the new checkpoint, on
     disk. ``format`` and ``version`` keys are added (``contents`` may hold them
     only with these same values, as the contents returned by
-    :func:`load_checkpoint` do).
+    :func:`load_checkpoint` do). A ``path`` that is a symbolic link is written
+    through, as ``torch.save`` would: the file it points to is replaced.
 
     Large files cost about what ``torch.save`` over the same path costs: the
     disk writes overlap the serialization, and the previous file is freed in
@@ -46,11 +60,74 @@ def save_checkpoint(path: str | os.PathLike[str], contents: Mapping[str, Any]) -
         The path written.
 
     Raises:
-        ValueError: ``contents`` holds another ``format`` or ``version``, or a
-            value ``torch.load(weights_only=True)`` would refuse (nothing is
-            written, so a good checkpoint is never replaced by an unloadable one).
+        TypeError: ``path`` is not a str or path, or ``contents`` not a mapping.
+        ValueError: ``path`` is empty, or ``contents`` holds another ``format``
+            or ``version``, or a value ``torch.load(weights_only=True)`` would
+            refuse (nothing is written, so a good checkpoint is never replaced
+            by an unloadable one).
+        OSError: the file could not be written, e.g. the disk is full (errno
+            ``ENOSPC``); the previous file at ``path`` is intact.
     """
-    target = Path(path)
+    target = _target_path(path)
+    payload, tensor_bytes = _payload(contents)
+    if target.is_dir():
+        raise IsADirectoryError(
+            errno.EISDIR, "a checkpoint path must name a file, this is a directory", str(target)
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        replace_file(target, lambda file: torch.save(payload, file), expected_bytes=tensor_bytes)
+    except (OSError, RuntimeError) as error:
+        _raise_write_error(error, str(target))
+    return target
+
+
+def write_checkpoint_to_file(file: BinaryIO, contents: Mapping[str, Any]) -> None:
+    """Write the same file :func:`save_checkpoint` writes into an open binary file.
+
+    Written directly, with no atomicity: the caller owns the file object.
+
+    Raises:
+        TypeError: ``file`` is a text file or has no ``write``, or ``contents``
+            is not a mapping.
+        ValueError: as :func:`save_checkpoint` (nothing is written).
+        OSError: as :func:`save_checkpoint`.
+    """
+    if isinstance(file, io.TextIOBase) or not callable(getattr(file, "write", None)):
+        raise TypeError(
+            f"expected a path or a binary file object (open(..., 'wb'), io.BytesIO), got {file!r}"
+        )
+    payload, _ = _payload(contents)
+    try:
+        torch.save(payload, file)
+    except (OSError, RuntimeError) as error:
+        _raise_write_error(error, str(getattr(file, "name", file)))
+
+
+def is_plain_data(value: Any) -> bool:
+    """Whether ``value`` is data a checkpoint can hold (loads with ``weights_only=True``)."""
+    try:
+        _plain_bytes(value)
+    except _NotPlain:
+        return False
+    return True
+
+
+def _target_path(path: object) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a checkpoint path must be a str or os.PathLike, got {path!r}")
+    if not os.fspath(path):
+        raise ValueError("a checkpoint path must name a file, got an empty path ''")
+    return Path(path)
+
+
+def _payload(contents: object) -> tuple[dict[str, Any], int]:
+    """The header and ``contents``, checked; and about how many bytes they take."""
+    if not isinstance(contents, Mapping):
+        raise TypeError(
+            "checkpoint contents must be a mapping (dict) of plain data and tensors, "
+            f"got {type(contents).__name__}"
+        )
     header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
     for key, value in header.items():
         if key in contents and contents[key] != value:
@@ -59,10 +136,37 @@ def save_checkpoint(path: str | os.PathLike[str], contents: Mapping[str, Any]) -
                 f"({value!r}), contents hold {contents[key]!r}"
             )
     payload = {**header, **contents}
-    tensor_bytes = _check_plain(payload, "contents")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    replace_file(target, lambda file: torch.save(payload, file), expected_bytes=tensor_bytes)
-    return target
+    return payload, _check_plain(payload, "contents")
+
+
+_DISK_FULL = {
+    code: reason
+    for code, reason in (
+        (errno.ENOSPC, "the disk is full"),
+        (getattr(errno, "EDQUOT", None), "the disk quota is exceeded"),
+    )
+    if code is not None
+}
+
+
+def _raise_write_error(error: BaseException, where: str) -> NoReturn:
+    """Re-raise a failed write; as an OSError that says why when a disk error is behind it.
+
+    torch reports a failing write of its file as ``RuntimeError: [enforce fail
+    at inline_container.cc...] unexpected pos``; the OSError of the write that
+    failed is its context.
+    """
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None or cause.errno is None:
+        raise error
+    reason = _DISK_FULL.get(cause.errno, cause.strerror or os.strerror(cause.errno))
+    raise OSError(
+        cause.errno,
+        f"checkpoint not written, {reason} (a previous file there is left intact)",
+        where,
+    ) from error
 
 
 _PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)
@@ -133,16 +237,21 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     file ever runs.
 
     Raises:
-        CheckpointError: the file is missing, truncated or unreadable, is not a
-            mentor_fn checkpoint, or has an unknown format version.
+        TypeError: ``path`` is not a str or path.
+        CheckpointError: the file is missing, a directory, unreadable (e.g.
+            permission denied), truncated or corrupt, is not a mentor_fn
+            checkpoint, or has an unknown format version.
     """
-    target = Path(path)
-    if not target.is_file():
-        raise CheckpointError(f"checkpoint {str(target)!r} not found")
+    target = _target_path(path)
     try:
-        contents = torch.load(target, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many kinds for a bad file
-        raise CheckpointError(f"checkpoint {str(target)!r} {_load_problem(error)}") from None
+        handle = open(target, "rb")  # noqa: SIM115 (closed below; its errors told apart first)
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {str(target)!r} {_open_problem(error)}") from None
+    with handle:
+        try:
+            contents = torch.load(handle, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many kinds for a bad file
+            raise CheckpointError(f"checkpoint {str(target)!r} {_load_problem(error)}") from None
     if not isinstance(contents, dict) or contents.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{str(target)!r} is not a mentor_fn checkpoint")
     version = contents.get("version")
@@ -152,6 +261,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"this mentor_fn reads version {CHECKPOINT_VERSION}"
         )
     return contents
+
+
+def _open_problem(error: OSError) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "not found"
+    if isinstance(error, IsADirectoryError):
+        return "is a directory, not a checkpoint file"
+    if isinstance(error, PermissionError):
+        return "cannot be read: permission denied"
+    return f"cannot be read: {error.strerror or error}"
 
 
 _TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
@@ -186,55 +305,3 @@ def _diagnosis(text: str) -> str:
         if line:
             return line
     return ""
-
-
-def check_checkpoint_layers(
-    contents: Mapping[str, Any], layers: tuple[str, ...], path: str | os.PathLike[str]
-) -> None:
-    """Raise CheckpointError naming missing and extra layers if the model differs."""
-    saved = tuple(contents["curriculum"]["state"]["layers"])
-    if saved == layers:
-        return
-    saved_set, model_set = set(saved), set(layers)
-    missing = [name for name in saved if name not in model_set]
-    extra = [name for name in layers if name not in saved_set]
-    details = []
-    if missing:
-        details.append(f"layers missing from the model: {', '.join(missing[:10])}")
-    if extra:
-        details.append(f"layers not in the checkpoint: {', '.join(extra[:10])}")
-    raise CheckpointError(
-        f"checkpoint {str(path)!r} does not fit this model ("
-        + ("; ".join(details) or "same layers in another order")
-        + ")"
-    )
-
-
-def check_checkpoint_weights(
-    saved: Mapping[str, Any], model: Mapping[str, Any], path: str | os.PathLike[str]
-) -> None:
-    """Raise CheckpointError naming missing, extra and reshaped entries of a state dict.
-
-    ``saved`` is the checkpoint's model state dict, ``model`` the model's own.
-    """
-    missing = [name for name in saved if name not in model]
-    extra = [name for name in model if name not in saved]
-    reshaped = [
-        f"{name} (checkpoint {list(saved[name].shape)}, model {list(tensor.shape)})"
-        for name, tensor in model.items()
-        if name in saved
-        and isinstance(tensor, torch.Tensor)
-        and isinstance(saved[name], torch.Tensor)
-        and saved[name].shape != tensor.shape
-    ]
-    details = []
-    if missing:
-        details.append(f"weights missing from the model: {', '.join(missing[:10])}")
-    if extra:
-        details.append(f"weights not in the checkpoint: {', '.join(extra[:10])}")
-    if reshaped:
-        details.append(f"shapes differ: {', '.join(reshaped[:10])}")
-    if details:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not fit this model (" + "; ".join(details) + ")"
-        )

@@ -36,6 +36,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from . import _transitions as transitions
 from ._mentee import Mentee
+from ._plot import plot_timeline
+from ._render import epoch_line, layer_table, live_layer_rows
 from ._trainers import Classifier
 
 __all__ = ["DemoResult", "DigitsCNN", "run_demo"]
@@ -212,10 +214,8 @@ def _fit_epochs(
     checkpoint: Path | None = None,
     phase: str | None = None,
 ) -> None:
-    from ._cli import epoch_line
-
     for _ in range(epochs):
-        (record,) = model.fit(train, val, epochs=1, progress=progress)
+        record = model.fit(train, val, epochs=1, progress=progress).history[-1]
         if phase is not None:
             record["phase"] = phase
         if checkpoint is not None:
@@ -269,9 +269,6 @@ def run_demo(
 
 
 def _run(epochs: int, folder: Path, seed: int, quiet: bool, stream: TextIO) -> DemoResult:
-    from ._cli import layer_table, live_layer_rows
-    from ._plot import plot_timeline
-
     say = _Printer(stream, quiet)
     progress = not quiet
     started = time.perf_counter()

@@ -15,26 +15,30 @@ from typing import Any
 
 import torch
 
-from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ._checkpoint import CheckpointError
 from ._curriculum import Curriculum
 from ._layers import unwrap_model, walk_model
+from ._mentee_checkpoint import (
+    DistributedPlainPart,
+    read_distributed_plain_part,
+    write_distributed_plain_part,
+)
 
 __all__ = ["load_distributed_checkpoint", "save_distributed_checkpoint"]
 _PLAIN_FILE = "curriculum.pt"
 
 
-def _split_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(plain part with the state's keys listed, tensor part keyed by name)."""
+def _split_optimizer_state(
+    state_dict: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, list[str]], dict[str, Any]]:
+    """A Curriculum state dict as (its plain part, the state's keys by name, the
+    per-parameter optimizer state by name)."""
     optimizer = state_dict["optimizer"]
     if optimizer is None:
-        return state_dict, {}
+        return state_dict, {}, {}
     tensors = {name: dict(values) for name, values in optimizer["state"].items()}
-    plain = {
-        **state_dict,
-        "optimizer": {**optimizer, "state": {}},
-        "optimizer_state_keys": {name: sorted(values) for name, values in tensors.items()},
-    }
-    return plain, tensors
+    plain = {**state_dict, "optimizer": {**optimizer, "state": {}}}
+    return plain, {name: sorted(values) for name, values in tensors.items()}, tensors
 
 
 def save_distributed_checkpoint(
@@ -55,10 +59,12 @@ def save_distributed_checkpoint(
 
     target = Path(directory)
     model = unwrap_model(curriculum.model)
-    plain, optimizer_tensors = _split_optimizer_state(curriculum.state_dict())
+    plain, state_keys, optimizer_tensors = _split_optimizer_state(curriculum.state_dict())
     dcp.save({"model": model.state_dict(), "optimizer": optimizer_tensors}, checkpoint_id=target)
     if not dist.is_initialized() or dist.get_rank() == 0:
-        save_checkpoint(target / _PLAIN_FILE, {"curriculum": plain, "extra": extra or {}})
+        write_distributed_plain_part(
+            target / _PLAIN_FILE, DistributedPlainPart(plain, state_keys, dict(extra or {}))
+        )
     if dist.is_initialized():
         dist.barrier()
     return target
@@ -76,33 +82,38 @@ def load_distributed_checkpoint(
 
     Returns:
         The ``extra`` dict that was saved.
+
+    Raises:
+        CheckpointError: the plain part is missing, unreadable or malformed, or
+            does not fit ``curriculum`` (nothing changed).
     """
     import torch.distributed.checkpoint as dcp
 
     target = Path(directory)
-    contents = load_checkpoint(target / _PLAIN_FILE)
-    try:
-        plain = dict(contents["curriculum"])
-        state_keys = plain.pop("optimizer_state_keys", {})
-    except (KeyError, TypeError) as error:
-        raise CheckpointError(
-            f"{str(target)!r} is not a mentor_fn distributed checkpoint: {error}"
-        ) from None
-    curriculum.load_state_dict(plain)
+    part = read_distributed_plain_part(target / _PLAIN_FILE)
+    state_keys = part.optimizer_state_keys
     model = unwrap_model(curriculum.model)
+    parameters = {name: parameter for _, name, parameter in walk_model(model).named_parameters()}
+    unknown = [name for name in state_keys if name not in parameters]
+    if unknown:
+        raise CheckpointError(
+            f"{str(target)!r} does not fit this model: optimizer state of unknown "
+            f"parameters {unknown[:8]}"
+        )
+    try:
+        curriculum.load_state_dict(part.curriculum)
+    except ValueError as error:
+        raise CheckpointError(f"{str(target)!r} does not fit this curriculum: {error}") from None
     optimizer = curriculum.optimizer
     optimizer_tensors: dict[str, Any] = {}
     if optimizer is not None and state_keys:
-        parameters = {
-            name: parameter for _, name, parameter in walk_model(model).named_parameters()
-        }
         _prime_state(optimizer, [parameters[name] for name in state_keys])
         optimizer_tensors = {
             name: {key: optimizer.state[parameters[name]][key] for key in keys}
             for name, keys in state_keys.items()
         }
     dcp.load({"model": model.state_dict(), "optimizer": optimizer_tensors}, checkpoint_id=target)
-    return dict(contents.get("extra", {}))
+    return dict(part.extra)
 
 
 def _prime_state(optimizer: torch.optim.Optimizer, parameters: list[torch.Tensor]) -> None:

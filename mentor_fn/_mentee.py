@@ -3,36 +3,37 @@
 A subclass writes ``__init__`` and ``forward`` (and sets ``self.trainer``);
 freezing, coefficients, the optimizer, ``fit``, checkpoints and resume come
 from here. Constructor arguments are recorded automatically, so a checkpoint
-can rebuild the model with no bookkeeping by the user.
+can rebuild the model with no bookkeeping by the user. The training loop is
+``mentor_fn._fit``'s, the checkpoint layout ``mentor_fn._mentee_checkpoint``'s.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
-import random
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
-import optree
 import torch
 from torch import nn
 from torch.optim import lr_scheduler as torch_schedulers
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from . import _layers
-from ._checkpoint import (
-    CheckpointError,
-    check_checkpoint_layers,
-    check_checkpoint_weights,
-    load_checkpoint,
-    save_checkpoint,
-)
+from ._checkpoint import CheckpointError, is_plain_data
 from ._curriculum import Curriculum
+from ._fit import FitHooks, batches, run_epochs
+from ._groups import validate_lr
 from ._layers import Patterns
+from ._mentee_checkpoint import (
+    ConstructorArguments,
+    MenteeCheckpoint,
+    RandomStates,
+    SchedulerRecipe,
+    read_mentee_checkpoint,
+    write_mentee_checkpoint,
+)
 from ._qualified_names import class_in_namespace, qualified_name
 from ._state import CurriculumState
 from ._trainers import Trainer
@@ -41,16 +42,54 @@ __all__ = ["Mentee"]
 
 _REGISTRY: dict[str, type[Mentee]] = {}
 _PLACEHOLDER_LR = 1e-3  # lr of the unbuilt curriculum; create_train_objects sets the real one
+_DEFAULT_LR = 1e-3  # create_train_objects' default, also fit's when it creates them
+
+
+def _received_arguments(
+    signature: inspect.Signature | None,
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> ConstructorArguments:
+    """What a constructor received: the arguments passed, and the defaults of the others.
+
+    Defaults are recorded too (as keywords), so a model resumed after a
+    default changed in the code is still built as it was saved; a default
+    that is not plain data is left to the code, as it cannot be saved.
+    """
+    received = dict(kwargs)
+    if signature is not None:
+        try:
+            bound = signature.bind(instance, *args, **kwargs)
+        except TypeError:
+            return ConstructorArguments(args, received)  # the call itself fails: it says why
+        for name, parameter in signature.parameters.items():
+            if (
+                name not in bound.arguments
+                and parameter.default is not parameter.empty
+                and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+                and is_plain_data(parameter.default)
+            ):
+                received[name] = parameter.default
+    return ConstructorArguments(args, received)
 
 
 def _recording(init: Callable[..., None]) -> Callable[..., None]:
+    try:
+        signature: inspect.Signature | None = inspect.signature(init)
+    except (TypeError, ValueError):
+        signature = None
+
     @functools.wraps(init)
     def __init__(self: Mentee, *args: Any, **kwargs: Any) -> None:
-        # The outermost subclass constructor runs first: it records. The depth
-        # of nested recorded constructors tells Mentee.__init__ whose explicit
-        # arguments it receives (see there).
+        # The outermost constructor runs first, that of type(self) (or the one
+        # it inherits): its arguments are the ones that rebuild the model. The
+        # depth of nested recorded constructors tells Mentee.__init__ whose
+        # explicit arguments it receives (see there).
         if "_mentee_constructor" not in self.__dict__:
-            object.__setattr__(self, "_mentee_constructor", (list(args), dict(kwargs)))
+            object.__setattr__(
+                self, "_mentee_constructor", _received_arguments(signature, self, args, kwargs)
+            )
         depth = self.__dict__.get("_mentee_init_depth", 0)
         object.__setattr__(self, "_mentee_init_depth", depth + 1)
         try:
@@ -62,6 +101,20 @@ def _recording(init: Callable[..., None]) -> Callable[..., None]:
                 self.__dict__.pop("_mentee_init_depth", None)
 
     return __init__
+
+
+class _Device:
+    """``model.device``: where the model's parameters (else buffers) are; the CPU
+    for a model with neither."""
+
+    def __get__(self, instance: nn.Module | None, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        for parameter in instance.parameters():
+            return parameter.device
+        for buffer in instance.buffers():
+            return buffer.device
+        return torch.device("cpu")
 
 
 class Mentee(nn.Module):
@@ -94,17 +147,24 @@ class Mentee(nn.Module):
             cls.__init__ = _recording(init)  # type: ignore[method-assign]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """Subclasses may pass their constructor arguments explicitly
-        (``super().__init__(num_classes=num_classes)``); they are recorded
-        automatically otherwise."""
+        """Constructor arguments are recorded automatically: those the
+        most-derived class's ``__init__`` received, defaults included.
+
+        A subclass may also pass them explicitly, torch_mentor style
+        (``super().__init__(num_classes=num_classes)``). The recorded ones
+        always win; explicit ones are the fallback used when the recorded ones
+        cannot be saved (not plain data, e.g. a module passed in) or were not
+        captured (an ``__init__`` replaced after the class was made).
+        """
         super().__init__()
         # Explicit arguments describe the signature of the class that passes
-        # them. Only when that is type(self)'s own constructor (one recorded
-        # constructor deep, or none) may they replace the recorded ones: a
-        # subclass of a class that passes its arguments explicitly has another
-        # signature, and its recorded arguments are the ones that rebuild it.
+        # them: a fallback only when that is type(self)'s own constructor (one
+        # recorded constructor deep, or none). A subclass of a class that
+        # passes its arguments explicitly has another signature.
         if (args or kwargs) and self.__dict__.get("_mentee_init_depth", 0) <= 1:
-            object.__setattr__(self, "_mentee_constructor", (list(args), dict(kwargs)))
+            object.__setattr__(
+                self, "_mentee_explicit_constructor", ConstructorArguments(args, dict(kwargs))
+            )
         object.__setattr__(self, "_mentee_curriculum", None)
         object.__setattr__(self, "_mentee_scheduler_recipe", None)
         object.__setattr__(self, "_mentee_best_weights", None)
@@ -174,6 +234,10 @@ class Mentee(nn.Module):
     def lr_scheduler(self) -> Any:
         """The live lr scheduler (None before :meth:`create_train_objects`)."""
         return self._curriculum().scheduler
+
+    # A non-data descriptor, not a property: a subclass written for a plain
+    # nn.Module that sets ``self.device = ...`` keeps working (its own value wins).
+    device = _Device()
 
     @property
     def layer_names(self) -> list[str]:
@@ -246,7 +310,7 @@ class Mentee(nn.Module):
 
     def create_train_objects(
         self,
-        lr: float = 1e-3,
+        lr: float = _DEFAULT_LR,
         step_size: int = 10,
         gamma: float = 0.1,
         *,
@@ -269,12 +333,11 @@ class Mentee(nn.Module):
             ``{"optimizer": ..., "lr_scheduler": ...}``
         """
         if scheduler is None:
-            recipe: dict[str, Any] | None = {
-                "name": qualified_name(torch_schedulers.StepLR),
-                "kwargs": {"step_size": step_size, "gamma": gamma},
-            }
+            recipe: SchedulerRecipe | None = SchedulerRecipe(
+                qualified_name(torch_schedulers.StepLR), {"step_size": step_size, "gamma": gamma}
+            )
         elif isinstance(scheduler, type) and issubclass(scheduler, torch_schedulers.LRScheduler):
-            recipe = {"name": qualified_name(scheduler), "kwargs": dict(scheduler_kwargs or {})}
+            recipe = SchedulerRecipe(qualified_name(scheduler), dict(scheduler_kwargs or {}))
         elif callable(scheduler):
             if scheduler_kwargs:
                 raise ValueError("scheduler_kwargs go with a scheduler class, not a factory")
@@ -309,12 +372,15 @@ class Mentee(nn.Module):
             )
         return trainer
 
-    def training_step(self, batch: Any) -> dict[str, Any] | torch.Tensor:
-        """Loss (and metrics) of one training batch; the trainer's by default."""
+    def training_step(self, batch: Any) -> Any:
+        """Loss and metrics of one training batch; the trainer's by default.
+
+        May return a loss tensor, a dict with ``"loss"``, or ``(loss, metrics_dict)``.
+        """
         return self._require_trainer().training_step(self.forward_module, batch)
 
-    def validation_step(self, batch: Any) -> dict[str, Any] | torch.Tensor:
-        """Metrics of one validation batch; the trainer's by default."""
+    def validation_step(self, batch: Any) -> Any:
+        """Metrics of one validation batch (as :meth:`training_step` returns them)."""
         return self._require_trainer().validation_step(self.forward_module, batch)
 
     # fit --------------------------------------------------------------------------
@@ -326,134 +392,76 @@ class Mentee(nn.Module):
         epochs: int = 1,
         checkpoint_path: str | os.PathLike[str] | None = None,
         *,
+        lr: float | None = None,
         batch_size: int = 32,
         progress: bool = True,
-    ) -> list[dict[str, Any]]:
-        """Train for ``epochs`` more epochs (the number this call runs).
+    ) -> Mentee:
+        """Train for ``epochs`` more epochs (the number this call runs); returns self.
 
         ``train_data``/``val_data``: a DataLoader, a Dataset (batched with
         ``batch_size``, shuffled for training) or any re-iterable of batches.
         Batches move to the model's device. Each epoch: train, validate, step
         the scheduler (ReduceLROnPlateau gets the validation loss, or the
-        training loss without validation data), record the history, track
-        the best epoch by the trainer's principal metric, and save a
-        checkpoint when ``checkpoint_path`` is given.
+        training loss without validation data), append a record to
+        :attr:`history`, track the best epoch by the trainer's principal
+        metric, and save a checkpoint when ``checkpoint_path`` is given.
 
-        Returns:
-            The history records of the epochs this call ran.
+        Without training objects, ``fit`` creates them as
+        ``create_train_objects(lr)`` does (``lr`` defaults to 1e-3). With
+        training objects, ``lr`` may only repeat their global lr: a new lr is
+        a new phase, ``create_train_objects(lr=...)``.
+
+        Raises:
+            TypeError: ``epochs`` is not an int, or the data cannot be iterated as asked.
+            ValueError: ``epochs < 0``, an invalid ``lr``, or an ``lr`` other
+                than the live optimizer's global lr (nothing changes).
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int):
             raise TypeError(f"epochs must be an int, got {epochs!r}")
         if epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
         curriculum = self._curriculum()
-        if curriculum.optimizer is None:
-            raise RuntimeError("call create_train_objects(...) before fit(...)")
-        train_batches = _batches(train_data, shuffle=True, batch_size=batch_size, epochs=epochs)
+        if lr is not None:
+            lr = validate_lr(lr)
+            if curriculum.optimizer is not None and lr != curriculum.lr:
+                raise ValueError(
+                    f"fit(lr={lr:g}): the optimizer was built with global lr {curriculum.lr:g}; "
+                    "fit's lr only sets up missing training objects. Start a new phase at "
+                    "another lr with create_train_objects(lr=...)"
+                )
+        train_batches = batches(train_data, shuffle=True, batch_size=batch_size, epochs=epochs)
         val_batches = (
             None
             if val_data is None
-            else _batches(val_data, shuffle=False, batch_size=batch_size, epochs=epochs)
+            else batches(val_data, shuffle=False, batch_size=batch_size, epochs=epochs)
         )
+        if curriculum.optimizer is None:
+            self.create_train_objects(lr=_DEFAULT_LR if lr is None else lr)
         trainer = self.trainer or Trainer()
-        records = []
-        for _ in range(epochs):
-            started = time.perf_counter()
-            learning_rates = self._effective_lrs()
-            train_metrics = trainer.finalize(self._run_epoch(train_batches, progress, train=True))
-            val_metrics = (
-                {}
-                if val_batches is None
-                else trainer.finalize(self._run_epoch(val_batches, progress, train=False))
-            )
-            scheduler = curriculum.scheduler
-            if isinstance(scheduler, torch_schedulers.ReduceLROnPlateau):
-                scheduler.step((val_metrics or train_metrics)["loss"])
-            elif scheduler is not None:
-                scheduler.step()
-            self.epoch += 1
-            record = {
-                "epoch": self.epoch,
-                "train": train_metrics,
-                "val": val_metrics,
-                "lr": learning_rates,
-                "frozen": sorted(self._frozen_owner_layers()),
-                "time": time.perf_counter() - started,
-            }
-            self.history.append(record)
-            records.append(record)
-            self._track_best(trainer, val_metrics or train_metrics)
+
+        def at_epoch_end(record: dict[str, Any]) -> None:
+            self._track_best(trainer, record["val"] or record["train"])
             if checkpoint_path is not None and _is_main_process():
                 self.save(checkpoint_path)
-        return records
 
-    def _run_epoch(
-        self, batches: Iterable[Any], progress: bool, *, train: bool
-    ) -> dict[str, float]:
-        optimizer = self.optimizer
-        assert optimizer is not None
-        device = _device_of(self)
-        was_training = self.training
-        self.train(train)
-        totals: dict[str, float] = {}
-        count = 0
-        description = f"epoch {self.epoch + 1} {'train' if train else 'val'}"
-        bar = tqdm(batches, desc=description, disable=not progress, leave=False, dynamic_ncols=True)
-        try:
-            for batch in bar:
-                batch = _to_device(batch, device)
-                if train:
-                    output = _as_metrics(self.training_step(batch))
-                    optimizer.zero_grad(set_to_none=True)
-                    output["loss"].backward()
-                    optimizer.step()
-                else:
-                    with torch.no_grad():
-                        output = _as_metrics(self.validation_step(batch))
-                size = _batch_size(batch)
-                count += size
-                values = {key: _scalar(value) for key, value in output.items()}
-                for key, value in values.items():
-                    totals[key] = totals.get(key, 0.0) + value * size
-                if progress:
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
-        finally:
-            bar.close()
-            self.train(was_training)
-        if count == 0:
-            raise ValueError("fit: the data yielded no batches")
-        return {key: total / count for key, total in totals.items()}
-
-    def _effective_lrs(self) -> dict[str, float]:
-        """Per trainable layer that owns parameters: the lr of its optimizer group."""
-        optimizer = self.optimizer
-        if optimizer is None:
-            return {}
-        frozen = set(self._frozen_owner_layers())
-        return {
-            layer: float(group["lr"])
-            for group in optimizer.param_groups
-            for layer in group.get("layers", ())
-            if layer not in frozen
-        }
-
-    def _frozen_owner_layers(self) -> list[str]:
-        state = self.curriculum_state
-        return [
-            layer
-            for layer, is_frozen in zip(state.layers, state.resolved_frozen())
-            if is_frozen and layer in state.parameter_owners
-        ]
+        run_epochs(
+            self,
+            train_batches,
+            val_batches,
+            epochs,
+            trainer=trainer,
+            progress=progress,
+            hooks=FitHooks(at_epoch_end=at_epoch_end),
+        )
+        return self
 
     def _track_best(self, trainer: Trainer, metrics: Mapping[str, float]) -> None:
-        name = trainer.principal_metric if trainer.principal_metric in metrics else "loss"
-        mode = trainer.mode if name == trainer.principal_metric else "min"
+        name, mode = trainer.best_metric(metrics)
         value = metrics[name]
         best = self.best
-        improved = best is None or (
-            value > best["value"] if mode == "max" else value < best["value"]
-        )
-        if improved:
+        # A best epoch by another metric (another trainer) cannot be compared.
+        previous = best["value"] if best is not None and best.get("metric") == name else None
+        if trainer.is_better(value, previous, mode=mode):
             self.best = {"epoch": self.epoch, "metric": name, "mode": mode, "value": value}
             weights = {key: tensor.detach().clone() for key, tensor in self.state_dict().items()}
             object.__setattr__(self, "_mentee_best_weights", weights)
@@ -468,99 +476,100 @@ class Mentee(nn.Module):
 
     # Checkpoints --------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write a checkpoint: weights, curriculum, optimizer, scheduler, history, best weights.
+    def save(
+        self,
+        path_or_file: str | os.PathLike[str] | BinaryIO,
+        optimizer: torch.optim.Optimizer | None = None,
+        lr_scheduler: Any = None,
+    ) -> None:
+        """Write a checkpoint: weights, curriculum, optimizer, scheduler, history,
+        best weights, random number generators.
+
+        A path is written atomically (a crash leaves the previous file whole);
+        a binary file object (``open(..., "wb")``, ``io.BytesIO``) gets the
+        same contents, written directly, with no such promise.
+        ``optimizer`` / ``lr_scheduler``: torch_mentor's arguments; the model's
+        own are always saved, so they may only be those (or None).
 
         Raises:
-            ValueError: the model is sharded (FSDP2 DTensor weights): use
-                :func:`mentor_fn.save_distributed_checkpoint` on every rank.
+            ValueError: another optimizer or scheduler than the model's own; a
+                sharded model (FSDP2 DTensor weights: use
+                :func:`mentor_fn.save_distributed_checkpoint` on every rank); or
+                contents that would not resume (the field is named). Nothing is
+                written.
+            TypeError: ``path_or_file`` is neither a path nor a binary file.
+            OSError: the file could not be written (e.g. the disk is full).
         """
+        self._check_optimizer_argument(optimizer)
+        if lr_scheduler is not None and lr_scheduler is not self.lr_scheduler:
+            raise ValueError(
+                "lr_scheduler= must be None or this model's own scheduler (from "
+                "create_train_objects): mentor_fn derives and saves it"
+            )
         if any(_is_sharded(parameter) for parameter in self.parameters()):
             raise ValueError(
                 "this model is sharded (FSDP2): one file cannot hold it; call "
                 "mentor_fn.save_distributed_checkpoint(directory, model.curriculum) on every rank"
             )
-        args, kwargs = self.__dict__.get("_mentee_constructor", ([], {}))
-        constructor: dict[str, Any] | None = {"args": list(args), "kwargs": dict(kwargs)}
-        if not _is_plain(constructor):
-            constructor = None  # resume() then explains that the model must be built by hand
-        save_checkpoint(
-            path,
-            {
-                "model_class": qualified_name(_user_class(type(self))),
-                "constructor": constructor,
-                "model": self.state_dict(),
-                "curriculum": self._curriculum().state_dict(),
-                "scheduler_recipe": self.__dict__.get("_mentee_scheduler_recipe"),
-                "epoch": self.epoch,
-                "history": self.history,
-                "best": self.best,
-                "best_weights": self.__dict__.get("_mentee_best_weights"),
-                "rng_state": torch.get_rng_state(),
-                # Dropout on a GPU and Python-level augmentation draw from these.
-                "cuda_rng_states": torch.cuda.get_rng_state_all()
-                if torch.cuda.is_available()
-                else [],
-                "python_rng_state": random.getstate(),
-                "numpy_rng_state": _numpy_rng_state(),
-            },
+        checkpoint = MenteeCheckpoint(
+            model_class=qualified_name(_user_class(type(self))),
+            constructor=self._constructor_arguments(),
+            weights=self.state_dict(),
+            curriculum=self._curriculum().state_dict(),
+            scheduler_recipe=self.__dict__.get("_mentee_scheduler_recipe"),
+            epoch=self.epoch,
+            history=self.history,
+            best=self.best,
+            best_weights=self.__dict__.get("_mentee_best_weights"),
+            random_states=RandomStates.capture(),
         )
+        write_mentee_checkpoint(path_or_file, checkpoint)
+
+    def _constructor_arguments(self) -> ConstructorArguments | None:
+        """The arguments that rebuild this model, or None when none can be saved."""
+        recorded = self.__dict__.get("_mentee_constructor")
+        explicit = self.__dict__.get("_mentee_explicit_constructor")
+        if recorded is None and explicit is None:
+            return ConstructorArguments((), {})
+        for candidate in (recorded, explicit):
+            if candidate is not None and is_plain_data((candidate.args, dict(candidate.kwargs))):
+                return candidate
+        return None  # resume() then explains that the model must be built by hand
 
     @classmethod
-    def resume(cls, path: str | os.PathLike[str]) -> Mentee:
+    def resume(
+        cls, path: str | os.PathLike[str], model_class: type[Mentee] | None = None
+    ) -> Mentee:
         """Rebuild the model from a checkpoint: weights, curriculum state, history.
 
         No optimizer is built (use :meth:`resume_training` to continue training).
 
+        Args:
+            path: the checkpoint file.
+            model_class: the class to build (a subclass of the class this is
+                called on); by default the class this is called on, or for
+                ``Mentee.resume`` the saved class (it must be defined in this
+                process: nothing is imported).
+
         Raises:
+            TypeError: ``model_class`` is not a subclass of this class.
             CheckpointError: the file is unusable or does not fit the model class.
         """
-        return cls._model_from(load_checkpoint(path), path)
-
-    @classmethod
-    def _model_from(cls, contents: Mapping[str, Any], path: str | os.PathLike[str]) -> Mentee:
+        target = cls._model_class_argument(model_class)
+        checkpoint = read_mentee_checkpoint(path)
+        model = _model_from(checkpoint, target)
         try:
-            return cls._from_contents(contents, path)
-        except CheckpointError:
-            raise
-        except (KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(f"checkpoint {str(path)!r} is malformed: {error}") from None
-
-    @classmethod
-    def _from_contents(cls, contents: Mapping[str, Any], path: str | os.PathLike[str]) -> Mentee:
-        model_class: type[Mentee] = cls
-        if cls is Mentee:
-            found = _REGISTRY.get(contents["model_class"])
-            if found is None:
-                raise CheckpointError(
-                    f"checkpoint {str(path)!r} holds a {contents['model_class']}, which is not "
-                    "defined in this process: import it, or call YourClass.resume(path)"
-                )
-            model_class = found
-        constructor = contents["constructor"]
-        if constructor is None:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r}: the constructor arguments of "
-                f"{contents['model_class']} were not plain data and could not be saved"
-            )
-        model = model_class(*constructor["args"], **constructor["kwargs"])
-        check_checkpoint_layers(contents, _layers.layer_names(model), path)
-        check_checkpoint_weights(contents["model"], model.state_dict(), path)
-        model.load_state_dict(contents["model"])
-        state = CurriculumState.from_dict(contents["curriculum"]["state"])
-        object.__setattr__(
-            model, "_mentee_curriculum", Curriculum(model, _PLACEHOLDER_LR, state=state)
-        )
-        model.epoch = int(contents["epoch"])
-        model.history = list(contents["history"])
-        model.best = contents["best"]
-        object.__setattr__(model, "_mentee_best_weights", contents["best_weights"])
+            curriculum = Curriculum(model, checkpoint.global_lr, state=checkpoint.state)
+        except ValueError as error:
+            raise CheckpointError(f"checkpoint {checkpoint.path!r}: {error}") from None
+        object.__setattr__(model, "_mentee_curriculum", curriculum)
         return model
 
     @classmethod
     def resume_training(
         cls,
         path: str | os.PathLike[str],
+        model_class: type[Mentee] | None = None,
         device: str | torch.device | None = None,
         *,
         optimizer: type[torch.optim.Optimizer] | None = None,
@@ -577,89 +586,129 @@ class Mentee(nn.Module):
         class outside ``torch.optim`` or a scheduler factory that was not a
         ``torch.optim.lr_scheduler`` class must be passed again.
 
+        Args:
+            path: the checkpoint file.
+            model_class: as for :meth:`resume`.
+            device: where to move the model before the optimizer state is loaded.
+            optimizer: the optimizer class, when it is not one of ``torch.optim``'s.
+            scheduler: the scheduler factory, when it was not a scheduler class.
+
         Returns:
-            ``(model, optimizer, lr_scheduler)``
+            ``(model, optimizer, lr_scheduler)`` (both None when the file was
+            saved before ``create_train_objects``).
+
+        Raises:
+            TypeError: ``model_class`` is not a subclass of this class.
+            CheckpointError: the file is unusable, does not fit the model
+                class, or needs the optimizer class or scheduler factory passed.
         """
-        contents = load_checkpoint(path)  # read once: the model comes from the same contents
-        model = cls._model_from(contents, path)
+        target = cls._model_class_argument(model_class)
+        checkpoint = read_mentee_checkpoint(path)
+        model = _model_from(checkpoint, target)
         if device is not None:
             model.to(device)
-        saved = contents["curriculum"]
-        if saved["optimizer"] is None:
-            return model, None, None
+        where = checkpoint.path
+        scheduler_recipe = checkpoint.scheduler_recipe
         try:
-            recipe = saved["recipe"]
-            optimizer_class = optimizer or _torch_class(torch.optim, recipe["optimizer"], path)
-            scheduler_recipe = contents["scheduler_recipe"]
-            factory = scheduler
-            if factory is None and scheduler_recipe is not None:
-                factory = _scheduler_factory(scheduler_recipe, path)
-            if factory is None and saved["scheduler"] is not None:
-                raise CheckpointError(
-                    f"checkpoint {str(path)!r} was trained with a custom scheduler factory: "
-                    "pass it again as resume_training(path, scheduler=...)"
+            if not checkpoint.has_optimizer:
+                curriculum = Curriculum(model, checkpoint.global_lr, state=checkpoint.state)
+            else:
+                factory = scheduler
+                if factory is None and scheduler_recipe is not None:
+                    factory = _scheduler_factory(scheduler_recipe, where)
+                if factory is None and checkpoint.has_scheduler_state:
+                    raise CheckpointError(
+                        f"checkpoint {where!r} was trained with a custom scheduler factory: "
+                        "pass it again as resume_training(path, scheduler=...)"
+                    )
+                curriculum = Curriculum(
+                    model,
+                    checkpoint.global_lr,
+                    optimizer=optimizer
+                    or _torch_class(torch.optim, checkpoint.optimizer_name, where),
+                    optimizer_kwargs=checkpoint.optimizer_kwargs,
+                    scheduler=factory,
+                    coalesce=checkpoint.coalesce,
                 )
-            curriculum = Curriculum(
-                model,
-                recipe["lr"],
-                optimizer=optimizer_class,
-                optimizer_kwargs=recipe["optimizer_kwargs"],
-                scheduler=factory,
-                coalesce=recipe["coalesce"],
-            )
-            curriculum.load_state_dict(saved)
+                curriculum.load_state_dict(checkpoint.curriculum)
         except CheckpointError:
             raise
         except (KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(f"checkpoint {str(path)!r} cannot be resumed: {error}") from None
+            raise CheckpointError(f"checkpoint {where!r} cannot be resumed: {error}") from None
         object.__setattr__(model, "_mentee_curriculum", curriculum)
         object.__setattr__(model, "_mentee_scheduler_recipe", scheduler_recipe)
-        torch.set_rng_state(contents["rng_state"])
-        cuda_states = contents.get("cuda_rng_states") or []
-        if (
-            cuda_states
-            and torch.cuda.is_available()
-            and len(cuda_states) == torch.cuda.device_count()
-        ):
-            torch.cuda.set_rng_state_all(cuda_states)
-        if contents.get("python_rng_state") is not None:
-            random.setstate(contents["python_rng_state"])
-        _set_numpy_rng_state(contents.get("numpy_rng_state"))
+        checkpoint.random_states.restore()
         return model, curriculum.optimizer, curriculum.scheduler
 
+    @classmethod
+    def _model_class_argument(cls, model_class: object) -> type[Mentee] | None:
+        """``model_class``, checked; None when the file's own class is to be used."""
+        if model_class is None:
+            return None if cls is Mentee else cls
+        if not (isinstance(model_class, type) and issubclass(model_class, cls)):
+            hint = (
+                " (the device is resume_training's third argument: device=...)"
+                if isinstance(model_class, (str, torch.device))
+                else ""
+            )
+            raise TypeError(
+                f"model_class must be a subclass of {cls.__name__}, got {model_class!r}{hint}"
+            )
+        return model_class
 
-def _numpy_rng_state() -> dict[str, Any] | None:
-    """numpy's global RNG state as plain data, if numpy is in use (imported)."""
-    numpy = sys.modules.get("numpy")
-    if numpy is None:
-        return None  # nothing can have drawn from it
-    algorithm, keys, position, has_gauss, cached_gaussian = numpy.random.get_state()
-    return {
-        "algorithm": str(algorithm),
-        # Its (624,) uint32 array, as a tensor: weights-only loading takes no numpy.
-        "keys": torch.from_numpy(keys.astype(numpy.int64)),
-        "position": int(position),
-        "has_gauss": int(has_gauss),
-        "cached_gaussian": float(cached_gaussian),
-    }
 
+def _model_from(checkpoint: MenteeCheckpoint, model_class: type[Mentee] | None) -> Mentee:
+    """The model a checkpoint describes, its weights loaded; no curriculum attached.
 
-def _set_numpy_rng_state(saved: Mapping[str, Any] | None) -> None:
-    if saved is None:
-        return
-    try:
-        import numpy
-    except ImportError:
-        return  # this program cannot draw from it either
-    numpy.random.set_state(
-        (
-            saved["algorithm"],
-            saved["keys"].numpy().astype(numpy.uint32),
-            saved["position"],
-            saved["has_gauss"],
-            saved["cached_gaussian"],
+    The class is built on the ``meta`` device first and compared with the
+    saved weights, so arguments that would allocate absurd memory are refused
+    before any real allocation. A constructor that cannot run on ``meta``
+    (data-dependent code, ``.item()``) is built for real and then compared.
+    """
+    where = checkpoint.path
+    if model_class is None:
+        found = _REGISTRY.get(checkpoint.model_class)
+        if found is None:
+            raise CheckpointError(
+                f"checkpoint {where!r} holds a {checkpoint.model_class}, which is not "
+                "defined in this process: import it, or call YourClass.resume(path)"
+            )
+        model_class = found
+    constructor = checkpoint.constructor
+    if constructor is None:
+        raise CheckpointError(
+            f"checkpoint {where!r}: the constructor arguments of {checkpoint.model_class} "
+            "were not plain data and could not be saved: build the model yourself and "
+            "load the weights (mentor_fn.load_checkpoint)"
         )
-    )
+    try:
+        with torch.device("meta"):
+            probe: Mentee | None = model_class(*constructor.args, **constructor.kwargs)
+    except Exception:
+        probe = None  # checked after the real build instead
+    if probe is not None:
+        checkpoint.check_fits(_layers.layer_names(probe), probe.state_dict())
+        del probe
+    try:
+        model = model_class(*constructor.args, **constructor.kwargs)
+    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as error:
+        shown = ", ".join(
+            [*map(repr, constructor.args), *(f"{k}={v!r}" for k, v in constructor.kwargs.items())]
+        )
+        raise CheckpointError(
+            f"checkpoint {where!r}: {model_class.__name__}({shown}) failed: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    checkpoint.check_fits(_layers.layer_names(model), model.state_dict())
+    try:
+        model.load_state_dict(checkpoint.weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {where!r}: the weights do not load: {error}") from None
+    model.epoch = checkpoint.epoch
+    model.history = list(checkpoint.history)
+    model.best = None if checkpoint.best is None else dict(checkpoint.best)
+    object.__setattr__(model, "_mentee_best_weights", checkpoint.best_weights)
+    return model
 
 
 def _is_main_process() -> bool:
@@ -684,80 +733,18 @@ def _user_class(model_class: type[Mentee]) -> type[Mentee]:
     return model_class
 
 
-def _torch_class(namespace: Any, name: str, path: Any) -> Any:
+def _torch_class(namespace: Any, name: str, path: str) -> Any:
     """A class of torch's own namespace by qualified name: never imports anything."""
     found = class_in_namespace(namespace, name)
     if found is None:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} names {name!r}, which is not in {namespace.__name__}: "
+            f"checkpoint {path!r} names {name!r}, which is not in {namespace.__name__}: "
             "pass the class or factory to resume_training"
         )
     return found
 
 
-def _scheduler_factory(recipe: Mapping[str, Any], path: Any = None) -> Callable[[Any], Any]:
-    scheduler_class = _torch_class(torch_schedulers, recipe["name"], path)
-    kwargs = dict(recipe["kwargs"])
+def _scheduler_factory(recipe: SchedulerRecipe, path: str = "") -> Callable[[Any], Any]:
+    scheduler_class = _torch_class(torch_schedulers, recipe.name, path)
+    kwargs = dict(recipe.kwargs)
     return lambda optimizer: scheduler_class(optimizer, **kwargs)
-
-
-def _is_plain(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_is_plain(item) for item in value)
-    if isinstance(value, dict):
-        return all(isinstance(key, str) and _is_plain(item) for key, item in value.items())
-    return False
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for parameter in model.parameters():
-        return parameter.device
-    return torch.device("cpu")
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    return optree.tree_map(
-        lambda leaf: leaf.to(device, non_blocking=True) if isinstance(leaf, torch.Tensor) else leaf,
-        batch,
-        none_is_leaf=True,
-    )
-
-
-def _batch_size(batch: Any) -> int:
-    for leaf in optree.tree_leaves(batch):
-        if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
-            return int(leaf.shape[0])
-    return 1
-
-
-def _scalar(value: Any) -> float:
-    if isinstance(value, torch.Tensor):
-        return float(value.detach().item())
-    return float(value)
-
-
-def _as_metrics(output: Any) -> dict[str, Any]:
-    if isinstance(output, torch.Tensor):
-        return {"loss": output}
-    if isinstance(output, Mapping) and "loss" in output:
-        return dict(output)
-    raise TypeError(
-        f"training_step/validation_step must return a loss tensor or a dict with 'loss', "
-        f"got {type(output).__name__}"
-    )
-
-
-def _batches(data: Any, *, shuffle: bool, batch_size: int, epochs: int) -> Iterable[Any]:
-    if isinstance(data, DataLoader):
-        return data
-    if isinstance(data, Dataset) and hasattr(data, "__len__"):
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle)
-    if not isinstance(data, Iterable):
-        raise TypeError(f"expected a DataLoader, a Dataset or an iterable of batches, got {data!r}")
-    if iter(data) is data and epochs > 1:
-        raise TypeError(
-            "an iterator is exhausted after one epoch: pass a list, a Dataset or a DataLoader"
-        )
-    return data

@@ -1,20 +1,39 @@
-"""The curriculum timeline as a PNG (needs matplotlib, imported lazily).
+"""The curriculum timeline as an image (needs matplotlib, imported lazily).
 
 One figure: the effective lr of each layer over the epochs (log scale), a lane
 per layer showing when it was trainable or frozen, and below them the training
 and validation metrics. Drawn with matplotlib's object API on the Agg canvas:
-no pyplot, no global backend change, so it is safe inside any program.
+no pyplot, no global backend change, so it is safe inside any program. The
+image format follows the output's suffix (``.png``, ``.svg``, ``.pdf``,
+``.jpg``... whatever matplotlib writes; PNG without a suffix).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["plot_checkpoint", "plot_timeline"]
+from ._checkpoint import CheckpointError
+from ._mentee_checkpoint import read_mentee_checkpoint
+
+__all__ = [
+    "ImageFormatError",
+    "default_plot_path",
+    "image_format",
+    "plot_checkpoint",
+    "plot_timeline",
+    "runs",
+]
+
+Key = TypeVar("Key", bound=Hashable)
+
+
+class ImageFormatError(ValueError):
+    """An output file whose suffix names no image format matplotlib writes."""
+
 
 TRAIN_COLOR = "#1f77b4"
 VAL_COLOR = "#d62728"
@@ -33,40 +52,71 @@ def _matplotlib() -> Any:
     return matplotlib, Figure, FigureCanvasAgg
 
 
-def plot_checkpoint(checkpoint: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
-    """Draw the timeline of a checkpoint's history into the PNG ``output``.
+def default_plot_path(checkpoint: str | os.PathLike[str]) -> Path:
+    """``CHECKPOINT``'s name with ``_timeline.png``, beside it."""
+    path = Path(checkpoint)
+    return path.with_name(f"{path.stem}_timeline.png")
+
+
+def image_format(output: str | os.PathLike[str]) -> str:
+    """The image format ``output``'s suffix names (``"png"`` without a suffix).
 
     Raises:
-        CheckpointError: the checkpoint is missing, foreign or has no history.
+        ImageFormatError: a suffix matplotlib writes no format for.
+        ImportError: matplotlib is not installed.
     """
-    from ._checkpoint import CheckpointError
-    from ._cli import read_checkpoint
-    from ._state import CurriculumState
+    _, Figure, FigureCanvasAgg = _matplotlib()
+    suffix = Path(output).suffix.lower().lstrip(".")
+    if not suffix:
+        return "png"
+    supported = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if suffix not in supported:
+        raise ImageFormatError(
+            f"cannot write {str(output)!r}: '.{suffix}' is not an image format matplotlib "
+            f"writes (use one of {', '.join('.' + name for name in sorted(supported))})"
+        )
+    return suffix
 
-    contents = read_checkpoint(checkpoint)
-    if not contents["history"]:
+
+def plot_checkpoint(checkpoint: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+    """Draw the timeline of a checkpoint's history into ``output`` (format by its suffix).
+
+    Raises:
+        ImageFormatError: ``output``'s suffix names no image format.
+        CheckpointError: the checkpoint is missing, foreign, malformed or has no history.
+    """
+    image_format(output)  # before reading and drawing anything
+    saved = read_mentee_checkpoint(checkpoint)
+    if not saved.history:
         raise CheckpointError(f"checkpoint {str(checkpoint)!r} has no epochs to plot yet")
-    state = CurriculumState.from_dict(contents["curriculum"]["state"])
+    state = saved.state
     layers = [layer for layer in state.layers if layer in state.parameter_owners]
-    title = f"{contents.get('model_class', 'model').rpartition('.')[2]}: {Path(checkpoint).name}"
-    return plot_timeline(contents["history"], output, layers=layers, title=title)
+    title = f"{saved.model_class.rpartition('.')[2]}: {Path(checkpoint).name}"
+    return plot_timeline(saved.history, output, layers=layers, title=title)
+
+
+def runs(keys: Sequence[Key]) -> list[tuple[int, int, Key]]:
+    """Maximal runs of equal consecutive keys: ``(start, stop, key)``, ``stop`` exclusive.
+
+    Example:
+        >>> runs("aab")
+        [(0, 2, 'a'), (2, 3, 'b')]
+    """
+    found = []
+    start = 0
+    for index in range(1, len(keys) + 1):
+        if index == len(keys) or keys[index] != keys[start]:
+            found.append((start, index, keys[start]))
+            start = index
+    return found
 
 
 def _segments(history: Sequence[Mapping[str, Any]]) -> list[tuple[int, int, str]]:
-    """Runs of epochs ``[start, stop)`` with one phase name (or one frozen set)."""
+    """Runs of epochs ``[start, stop)`` with one phase name (or one frozen set, unlabelled)."""
     if any("phase" in record for record in history):
-        keys: list[Any] = [record.get("phase", "") for record in history]
-        labels = [str(key) for key in keys]
-    else:
-        keys = [tuple(sorted(record.get("frozen", ()))) for record in history]
-        labels = [""] * len(history)
-    segments = []
-    start = 0
-    for index in range(1, len(history) + 1):
-        if index == len(history) or keys[index] != keys[start]:
-            segments.append((start, index, labels[start]))
-            start = index
-    return segments
+        return runs([str(record.get("phase", "")) for record in history])
+    frozen_sets = [tuple(sorted(record.get("frozen", ()))) for record in history]
+    return [(start, stop, "") for start, stop, _ in runs(frozen_sets)]
 
 
 def _group_label(names: Sequence[str]) -> str:
@@ -89,19 +139,24 @@ def plot_timeline(
     layers: Sequence[str] | None = None,
     title: str | None = None,
 ) -> Path:
-    """Draw the curriculum timeline of ``history`` (Mentee.history records) to a PNG.
+    """Draw the curriculum timeline of ``history`` (Mentee.history records) to an image.
 
     Args:
         history: records with ``epoch``, ``train``, ``val``, ``lr`` (layer ->
             effective lr, trainable layers) and ``frozen`` (frozen layers);
             an optional ``phase`` name labels the spans.
-        output: the PNG file to write (its folder must exist).
+        output: the image file to write (its folder must exist); the format
+            follows its suffix (PNG without one).
         layers: the layers to draw, in order (default: those in the history).
         title: the figure's title.
 
     Returns:
         The path written.
+
+    Raises:
+        ImageFormatError: ``output``'s suffix names no image format.
     """
+    file_format = image_format(output)
     matplotlib, Figure, FigureCanvasAgg = _matplotlib()
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
@@ -231,7 +286,7 @@ def plot_timeline(
     for row, layer in enumerate(lane_order):
         trainable_spans: list[tuple[int, int]] = []
         frozen_spans: list[tuple[int, int]] = []
-        for start, stop, is_frozen in _runs(frozen_rows[layer]):
+        for start, stop, is_frozen in runs(frozen_rows[layer]):
             (frozen_spans if is_frozen else trainable_spans).append((start, stop - start))
         if trainable_spans:
             lane_axis.broken_barh(
@@ -301,18 +356,8 @@ def plot_timeline(
         axis.tick_params(axis="x", labelbottom=axis is bottom)
 
     path = Path(output)
-    figure.savefig(path, dpi=110, format="png")
+    figure.savefig(path, dpi=110, format=file_format)
     return path
-
-
-def _runs(flags: Sequence[bool]) -> list[tuple[int, int, bool]]:
-    runs = []
-    start = 0
-    for index in range(1, len(flags) + 1):
-        if index == len(flags) or flags[index] != flags[start]:
-            runs.append((start, index, flags[start]))
-            start = index
-    return runs
 
 
 def _metric_panel(

@@ -2,12 +2,16 @@
 
 A trainer turns a batch ``(inputs, targets)`` into a loss and metrics. Metrics
 returned per batch are batch means; :meth:`Trainer.finalize` turns the
-batch-size-weighted epoch means into the reported values.
+batch-size-weighted epoch means into the reported values. A step (a
+trainer's, or a Mentee's own ``training_step`` / ``validation_step``) may
+return a loss tensor, a dict with ``"loss"``, or torch_mentor's
+``(loss, metrics_dict)``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -55,10 +59,21 @@ class Trainer:
         """Epoch metrics from the batch-size-weighted means of the step metrics."""
         return means
 
-    def is_better(self, value: float, best: float | None) -> bool:
+    def best_metric(self, metrics: Mapping[str, float]) -> tuple[str, str]:
+        """The metric that picks the best epoch among ``metrics``, and its mode.
+
+        The principal metric when it is reported, else ``"loss"`` (lower is better).
+        """
+        if self.principal_metric in metrics:
+            return self.principal_metric, self.mode
+        return "loss", "min"
+
+    def is_better(self, value: float, best: float | None, *, mode: str | None = None) -> bool:
+        """Whether ``value`` beats ``best`` (None: nothing yet) under ``mode``
+        (default :attr:`mode`); a tie is not better."""
         if best is None:
             return True
-        return value > best if self.mode == "max" else value < best
+        return value > best if (mode or self.mode) == "max" else value < best
 
 
 class Classifier(Trainer):

@@ -7,6 +7,7 @@ of torch is mocked. The spies on ``os.fsync`` / ``os.replace`` call through.
 from __future__ import annotations
 
 import builtins
+import errno
 import os
 import pickle
 import random
@@ -120,7 +121,8 @@ def test_saved_file_is_plain_data_with_the_expected_keys(tmp_path):
     assert contents["version"] == CHECKPOINT_VERSION == 1
     assert {"model", "curriculum", "history", "best", "best_weights", "epoch"} <= set(contents)
     assert contents["model_class"].endswith("SmallNet")
-    assert contents["constructor"] == {"args": [], "kwargs": {"hidden": 8}}
+    # What SmallNet.__init__ received: hidden=8 passed, classes=3 by default.
+    assert contents["constructor"] == {"args": [], "kwargs": {"hidden": 8, "classes": 3}}
     assert contents["epoch"] == 3
 
     # Weights, exactly.
@@ -366,6 +368,129 @@ def good_checkpoint(tmp_path) -> Path:
 
 def test_missing_file(tmp_path):
     assert_refused(tmp_path / "nothing-here.ckpt", "not found")
+
+
+def test_a_directory_is_not_said_to_be_missing(tmp_path):
+    folder = tmp_path / "run.ckpt"
+    folder.mkdir()
+    assert_refused(folder, "is a directory")
+    with pytest.raises(IsADirectoryError, match="directory"):
+        save_checkpoint(folder, {"x": 1})
+
+
+def unprivileged_load_error(path: Path) -> str:
+    """The CheckpointError message ``load_checkpoint(path)`` gives a process that may
+    not read ``path``. Root reads any file, so as root a forked child drops to the
+    unprivileged user ``nobody`` first (real kernel permission checks, no mocks)."""
+    path.chmod(0)
+    if os.geteuid() != 0:
+        with pytest.raises(CheckpointError) as caught:
+            load_checkpoint(path)
+        return str(caught.value)
+    if not hasattr(os, "fork"):
+        pytest.skip("needs fork to drop root's rights")
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's report comes through the pipe)
+        try:
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+            except OSError as error:
+                message = f"SKIP cannot drop root's rights: {error}"
+            else:
+                try:
+                    load_checkpoint(path)
+                    message = "loaded"
+                except CheckpointError as error:
+                    message = str(error)
+                except Exception as error:
+                    message = f"{type(error).__name__}: {error}"
+            os.write(write_end, message.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as report:
+        message = report.read().decode()
+    os.waitpid(child, 0)
+    if message.startswith("SKIP"):
+        pytest.skip(message[5:])
+    return message
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_unreadable_file_says_permission_denied(tmp_path, good_checkpoint):
+    message = unprivileged_load_error(good_checkpoint)
+    assert str(good_checkpoint) in message and "permission denied" in message
+    assert "corrupt" not in message and "not found" not in message
+
+
+def test_bad_arguments_to_save_checkpoint_and_load_checkpoint(tmp_path):
+    with pytest.raises(TypeError, match=r"contents must be a mapping.*got int"):
+        save_checkpoint(tmp_path / "five.ckpt", 5)
+    with pytest.raises(ValueError, match="empty path"):
+        save_checkpoint("", {})
+    with pytest.raises(TypeError, match=r"str or os\.PathLike, got 5"):
+        save_checkpoint(5, {})
+    with pytest.raises(TypeError, match=r"str or os\.PathLike, got None"):
+        load_checkpoint(None)
+    assert folder_listing(tmp_path) == []
+
+
+def test_a_symlinked_checkpoint_path_is_written_through(tmp_path):
+    (tmp_path / "runs").mkdir()
+    target = tmp_path / "runs" / "run-1.ckpt"
+    save_checkpoint(target, {"step": 1})
+    link = tmp_path / "latest.ckpt"
+    link.symlink_to(Path("runs") / "run-1.ckpt")  # relative, as `ln -s` makes them
+    save_checkpoint(link, {"step": 2})
+    assert link.is_symlink() and os.readlink(link) == str(Path("runs") / "run-1.ckpt")
+    assert load_checkpoint(target)["step"] == 2
+    trained(epochs=1).save(link)
+    assert link.is_symlink() and load_checkpoint(target)["epoch"] == 1
+    assert folder_listing(tmp_path) == ["latest.ckpt", "runs"]
+    assert folder_listing(tmp_path / "runs") == ["run-1.ckpt"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 256 KiB filesystem (tmpfs), where one can run out of space."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs Linux and root")
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        wait_for_background_removals()
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_is_an_oserror_that_says_so_and_keeps_the_previous_file(small_disk):
+    path = small_disk / "run.ckpt"
+    save_checkpoint(path, {"step": 1, "t": torch.ones(100)})
+    before = path.read_bytes()
+    with pytest.raises(OSError) as caught:
+        save_checkpoint(path, {"step": 2, "t": torch.ones(200_000)})  # 800 KB
+    assert caught.value.errno == errno.ENOSPC
+    assert "the disk is full" in str(caught.value) and str(path) in str(caught.value)
+    assert path.read_bytes() == before and load_checkpoint(path)["step"] == 1
+    assert folder_listing(small_disk) == ["run.ckpt"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_device_behind_a_file_object_is_an_oserror_that_says_so():
+    model = SmallNet()
+    with open("/dev/full", "wb", buffering=0) as device, pytest.raises(OSError) as caught:
+        model.save(device)
+    assert caught.value.errno == errno.ENOSPC and "the disk is full" in str(caught.value)
 
 
 def test_truncated_files(tmp_path, good_checkpoint):
@@ -642,19 +767,29 @@ def test_sigkill_during_a_large_save_leaves_previous_checkpoint_loadable(tmp_pat
         load_checkpoint(partial)
 
 
-def test_resume_training_reads_the_file_once(tmp_path, monkeypatch):
+def test_resume_training_reads_the_file_once_and_builds_one_curriculum(tmp_path, monkeypatch):
     import mentor_fn._mentee as mentee_module
+    import mentor_fn._mentee_checkpoint as format_module
 
     path = tmp_path / "once.ckpt"
     trained(epochs=1).save(path)
     reads: list[Path] = []
-    real = mentee_module.load_checkpoint
+    real = format_module.load_checkpoint
 
     def counting(target):
         reads.append(Path(target))
         return real(target)
 
-    monkeypatch.setattr(mentee_module, "load_checkpoint", counting)
+    built: list[object] = []
+
+    class CountedCurriculum(mentor_fn.Curriculum):
+        def __init__(self, *args, **kwargs):
+            built.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(format_module, "load_checkpoint", counting)
+    monkeypatch.setattr(mentee_module, "Curriculum", CountedCurriculum)
     model, optimizer, _ = Mentee.resume_training(path)
     assert reads == [path]
+    assert built == [model.curriculum]  # no placeholder built first
     assert optimizer is model.optimizer and model.epoch == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import subprocess
 import sys
@@ -12,9 +13,10 @@ import torch
 from torch import nn
 
 import mentor_fn as mf
-from mentor_fn._cli import default_plot_path, inspect_checkpoint, main
+from mentor_fn._cli import main
 from mentor_fn._demo import PHASES, DigitsCNN, run_demo
-from mentor_fn._plot import plot_timeline
+from mentor_fn._plot import default_plot_path, plot_timeline
+from mentor_fn._render import inspect_text as inspect_checkpoint
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LAYERS = [f"backbone.block{b}.conv{c}" for b in (1, 2, 3) for c in (1, 2)] + ["head"]
@@ -119,6 +121,16 @@ def test_plot_png_decodes(checkpoint, tmp_path):
     assert pixels.std() > 0.05  # not a blank canvas
 
 
+@pytest.mark.parametrize(
+    "name, signature",
+    [("t.svg", b"<?xml"), ("t.jpg", b"\xff\xd8\xff"), ("t.pdf", b"%PDF"), ("T.PNG", PNG_SIGNATURE)],
+)
+def test_plot_format_follows_the_suffix(checkpoint, tmp_path, name, signature):
+    output = tmp_path / name
+    assert main(["plot", str(checkpoint), "-o", str(output)]) == 0
+    assert output.read_bytes().startswith(signature)
+
+
 def test_plot_default_output_is_beside_the_checkpoint(checkpoint, capsys):
     expected = default_plot_path(checkpoint)
     assert expected == checkpoint.with_name("demo_timeline.png")
@@ -175,6 +187,8 @@ ERRORS = {
     "plot missing file": (["plot", "{missing}"], "not found"),
     "plot foreign file": (["plot", "{foreign}", "-o", "{tmp}/x.png"], "not a mentor_fn checkpoint"),
     "plot no history": (["plot", "{untrained}", "-o", "{tmp}/x.png"], "no epochs"),
+    "plot unknown format": (["plot", "{untrained}", "-o", "{tmp}/x.xyz"], "'.xyz' is not an image"),
+    "inspect a directory": (["inspect", "{tmp}"], "is a directory"),
     "no command": ([], "choose a command"),
     "unknown command": (["train"], "invalid choice"),
     "unknown option": (["demo", "--fast"], "unrecognized arguments: --fast"),
@@ -222,7 +236,9 @@ def test_help_and_version_exit_0(capsys):
         with pytest.raises(SystemExit) as raised:
             main(argv)
         assert raised.value.code == 0
-    assert "mentor_fn" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # The version is the installed distribution's (pyproject.toml's), not a copy of it.
+    assert f"mentor_fn {importlib.metadata.version('mentor_fn')}" in out
 
 
 BLOCK_DEMO_DEPENDENCIES = (

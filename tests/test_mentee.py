@@ -10,6 +10,7 @@ fit, and the Classifier / Regressor metrics checked against hand computations.
 
 from __future__ import annotations
 
+import io
 import math
 from collections import OrderedDict
 
@@ -786,8 +787,6 @@ def test_frozen_modules_and_lr_coefficients_are_read_only_views():
 def test_optimizer_and_scheduler_are_none_before_create_train_objects():
     model = MyResNet()
     assert model.optimizer is None and model.lr_scheduler is None
-    with pytest.raises(RuntimeError, match="create_train_objects"):
-        model.fit(as_batches(images(4), 2), progress=False)
 
 
 def run_phase_changes(model: Mentee, data, val, epochs: int) -> None:
@@ -868,7 +867,7 @@ def test_resume_training_on_the_subclass_and_without_optimizer(tmp_path):
     assert Positional.resume_training(tmp_path / "plain.pt")[1:] == (None, None)
     model.create_train_objects(lr=1e-3)
     model.save(tmp_path / "built.pt")
-    resumed, optimizer, scheduler = Positional.resume_training(tmp_path / "built.pt", "cpu")
+    resumed, optimizer, scheduler = Positional.resume_training(tmp_path / "built.pt", device="cpu")
     assert type(resumed) is Positional and isinstance(optimizer, torch.optim.Adam)
     assert isinstance(scheduler, lr_scheduler.StepLR)
 
@@ -955,13 +954,12 @@ def test_epochs_is_the_number_this_call_runs():
     model = MyResNet()
     model.create_train_objects(lr=1e-3)
     data = as_batches(images(8), 4)
-    first = model.fit(data, epochs=2, progress=False)
-    second = model.fit(data, epochs=2, progress=False)
+    assert model.fit(data, epochs=2, progress=False) is model  # torch_mentor: fit returns self
+    assert [r["epoch"] for r in model.history] == [1, 2]
+    model.fit(data, epochs=2, progress=False)
     assert model.epoch == 4
-    assert [r["epoch"] for r in first] == [1, 2]
-    assert [r["epoch"] for r in second] == [3, 4]
     assert [r["epoch"] for r in model.history] == [1, 2, 3, 4]
-    assert model.fit(data, epochs=0, progress=False) == [] and model.epoch == 4
+    assert model.fit(data, epochs=0, progress=False) is model and model.epoch == 4
 
 
 @pytest.mark.parametrize(
@@ -1039,7 +1037,7 @@ def test_fit_validates_each_epoch_with_the_epochs_final_weights():
     model = MyResNet()
     model.create_train_objects(lr=1e-2)
     val = as_batches(images(6, seed=5), 4)  # batches of 4 and 2
-    records = model.fit(as_batches(images(8), 4), val, epochs=2, progress=False)
+    records = model.fit(as_batches(images(8), 4), val, epochs=2, progress=False).history
     assert model.training  # fit leaves the module in the mode it found it in
     assert all(set(r["val"]) == {"loss", "accuracy"} for r in records)
     model.eval()
@@ -1207,11 +1205,8 @@ def test_history_records_metrics_lrs_frozen_layers_and_time():
     model = MyResNet()
     model.freeze(r"backbone\.layer[12]").set_lr_coefficient(0.5, "head")
     model.create_train_objects(lr=1e-3)
-    records = model.fit(
-        as_batches(images(8), 4), as_batches(images(4, seed=9), 4), epochs=1, progress=False
-    )
-    assert records == model.history
-    (record,) = records
+    model.fit(as_batches(images(8), 4), as_batches(images(4, seed=9), 4), epochs=1, progress=False)
+    (record,) = model.history
     assert set(record) == {"epoch", "train", "val", "lr", "frozen", "time"}
     assert set(record["train"]) == {"loss", "accuracy"} and set(record["val"]) == {
         "loss",
@@ -1233,7 +1228,7 @@ def test_history_records_metrics_lrs_frozen_layers_and_time():
     assert record["time"] > 0
     # a freeze after the build (inert group) shows in the next epoch's record
     model.freeze("head")
-    (record,) = model.fit(as_batches(images(8), 4), epochs=1, progress=False)
+    record = model.fit(as_batches(images(8), 4), epochs=1, progress=False).history[-1]
     assert "head" in record["frozen"] and "head" not in record["lr"]
 
 
@@ -1264,7 +1259,7 @@ def test_classifier_epoch_metrics_are_sample_weighted():
     model.create_train_objects(lr=0.0)
     x, y = torch.tensor(LOGITS), torch.tensor(LABELS)
     batches = [(x[:3], y[:3]), (x[3:], y[3:])]  # accuracies 2/3 and 0/1
-    (record,) = model.fit(batches, batches, epochs=1, progress=False)
+    (record,) = model.fit(batches, batches, epochs=1, progress=False).history
     losses = [hand_cross_entropy(z, label) for z, label in zip(LOGITS, LABELS)]
     for metrics in (record["train"], record["val"]):
         assert metrics["accuracy"] == pytest.approx(0.5)  # not (2/3 + 0) / 2
@@ -1281,8 +1276,264 @@ def test_regressor_loss_is_mse_and_rmse_is_the_root_of_the_epochs_mean():
         (torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([[0.0], [1.0], [2.0]])),  # errors 1
         (torch.tensor([[5.0]]), torch.tensor([[2.0]])),  # error 3
     ]
-    (record,) = model.fit(batches, batches, epochs=1, progress=False)
+    (record,) = model.fit(batches, batches, epochs=1, progress=False).history
     for metrics in (record["train"], record["val"]):
         assert metrics["loss"] == pytest.approx((3 * 1 + 9) / 4)
         # sqrt(3), not the mean of batch roots (2) nor their weighted mean (1.5)
         assert metrics["rmse"] == pytest.approx(math.sqrt(3.0))
+
+
+# 6. torch_mentor drop-in ----------------------------------------------------------------
+
+
+class PassesSome(Mentee):
+    """torch_mentor style, passing only some of its arguments explicitly."""
+
+    def __init__(self, num_classes=10, dropout=0.5):
+        super().__init__(num_classes=num_classes)
+        self.body = nn.Linear(4, 6)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        return self.head(self.drop(self.body(x)))
+
+
+class PassesOthers(Mentee):
+    """Passes explicit arguments that differ from the ones it received."""
+
+    def __init__(self, num_classes=3):
+        super().__init__(num_classes=num_classes * 2)
+        self.head = nn.Linear(4, num_classes * 2)
+
+    def forward(self, x):
+        return self.head(x)
+
+
+class TakesAModule(Mentee):
+    """Receives a module (not plain data): its explicit plain arguments are the fallback."""
+
+    def __init__(self, backbone=None, num_classes=2):
+        super().__init__(num_classes=num_classes)
+        self.backbone = backbone if backbone is not None else nn.Linear(4, 4)
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+class TakesAModuleOnly(TakesAModule):
+    def __init__(self, backbone):
+        super().__init__(backbone)
+
+
+def test_recorded_arguments_win_over_explicit_ones(tmp_path):
+    model = PassesSome(num_classes=4, dropout=0.1)
+    model.save(tmp_path / "some.pt")
+    resumed = Mentee.resume(tmp_path / "some.pt")
+    assert resumed.drop.p == 0.1 and resumed.head.out_features == 4  # not dropout 0.5
+
+    other = PassesOthers(num_classes=3)
+    other.save(tmp_path / "others.pt")
+    resumed = Mentee.resume(tmp_path / "others.pt")  # PassesOthers(num_classes=3) again
+    assert resumed.head.out_features == 6
+    assert torch.equal(resumed.head.weight, other.head.weight)
+
+
+def test_defaults_are_recorded_so_a_changed_default_cannot_change_the_model(tmp_path):
+    model = PassesSome()
+    assert model._mentee_constructor.kwargs == {"num_classes": 10, "dropout": 0.5}
+    model.save(tmp_path / "defaults.pt")
+    assert load_checkpoint(tmp_path / "defaults.pt")["constructor"]["kwargs"] == {
+        "num_classes": 10,
+        "dropout": 0.5,
+    }
+
+
+def test_explicit_arguments_are_the_fallback_when_the_received_ones_are_not_plain(tmp_path):
+    backbone = nn.Linear(4, 4)
+    model = TakesAModule(backbone, num_classes=3)
+    model.save(tmp_path / "module.pt")
+    assert load_checkpoint(tmp_path / "module.pt")["constructor"] == {
+        "args": [],
+        "kwargs": {"num_classes": 3},
+    }
+    resumed = Mentee.resume(tmp_path / "module.pt")
+    assert torch.equal(resumed.backbone.weight, backbone.weight)  # weights from the file
+    # A subclass's explicit arguments are its base's signature: no fallback there.
+    TakesAModuleOnly(nn.Linear(4, 4)).save(tmp_path / "only.pt")
+    with pytest.raises(CheckpointError, match="not plain data"):
+        Mentee.resume(tmp_path / "only.pt")
+
+
+class Sized(Mentee):
+    """Records the device of every build: resume must not build for real before it checks."""
+
+    builds: list[str] = []
+
+    def __init__(self, hidden=4):
+        super().__init__()
+        self.body = nn.Linear(3, hidden)
+        self.head = nn.Linear(hidden, 2)
+        Sized.builds.append(self.body.weight.device.type)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@pytest.mark.parametrize("hidden", [10**11, 10**6])
+def test_absurd_constructor_arguments_are_refused_before_any_real_allocation(tmp_path, hidden):
+    Sized().save(tmp_path / "sized.pt")
+    contents = torch.load(tmp_path / "sized.pt", weights_only=True)
+    contents["constructor"]["kwargs"]["hidden"] = hidden  # 10**11: 1.2 TB of float32
+    torch.save(contents, tmp_path / "absurd.pt")
+    Sized.builds.clear()
+    for resume in (Mentee.resume, Sized.resume_training):
+        with pytest.raises(CheckpointError, match=r"shapes differ: body\.weight"):
+            resume(tmp_path / "absurd.pt")
+    assert Sized.builds == ["meta", "meta"]
+
+
+class NotOnMeta(Mentee):
+    """A constructor that reads a value (impossible on the meta device)."""
+
+    def __init__(self, hidden=3):
+        super().__init__()
+        self.body = nn.Linear(2, hidden)
+        self.scale = float(self.body.weight.abs().sum().item() > -1)
+
+    def forward(self, x):
+        return self.body(x) * self.scale
+
+
+def test_a_constructor_that_cannot_run_on_meta_still_resumes(tmp_path):
+    model = NotOnMeta(hidden=5)
+    model.save(tmp_path / "m.pt")
+    resumed = Mentee.resume(tmp_path / "m.pt")
+    assert resumed.body.out_features == 5 and torch.equal(resumed.body.weight, model.body.weight)
+
+
+class TupleSteps(Mentee):
+    """torch_mentor's steps: (loss, metrics) from training, metrics with loss from validation."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 1)
+
+    def forward(self, x):
+        return self.fc(x)
+
+    def training_step(self, batch):
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        return loss, {"loss": loss.item(), "mae": (self(x) - y).abs().mean().item()}
+
+    def validation_step(self, batch):
+        loss, metrics = self.training_step(batch)
+        return loss, metrics
+
+
+class TupleTrainer(Regressor):
+    def training_step(self, model, batch):
+        output = super().training_step(model, batch)
+        return output["loss"], {"seen": float(len(batch[0]))}
+
+
+def test_steps_may_return_torch_mentors_loss_and_metrics_tuple():
+    data = [(torch.randn(4, 2), torch.randn(4, 1)) for _ in range(2)]
+    model = TupleSteps().fit(data, data, epochs=2, progress=False)
+    assert set(model.history[-1]["train"]) == {"loss", "mae"}
+    assert model.history[1]["train"]["loss"] < model.history[0]["train"]["loss"]
+    assert model.best["metric"] == "loss"
+
+    trained = Identity3(features=1, regression=True)
+    trained.trainer = TupleTrainer()
+    trained.fit([(torch.ones(2, 1), torch.zeros(2, 1))], epochs=1, progress=False)
+    assert trained.history[-1]["train"]["seen"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "output, named",
+    [
+        ({"accuracy": 1.0}, "without 'loss'"),
+        ((1.0, {}), "tuple of float, dict"),
+        (None, "NoneType"),
+    ],
+)
+def test_a_step_returning_something_else_is_a_type_error_naming_it(output, named):
+    class Odd(Identity3):
+        def training_step(self, batch):
+            return output
+
+    with pytest.raises(TypeError, match=named):
+        Odd().fit([(torch.eye(3), torch.tensor([0, 1, 2]))], epochs=1, progress=False)
+
+
+def test_fit_creates_the_training_objects_when_none_exist():
+    data = as_batches(images(4), 2)
+    model = MyResNet().fit(data, epochs=1, progress=False)
+    assert isinstance(model.optimizer, torch.optim.Adam) and reference_lr(model) == 1e-3
+    assert isinstance(model.lr_scheduler, lr_scheduler.StepLR)
+    model = MyResNet().fit(data, epochs=1, lr=0.05, progress=False)
+    assert model.curriculum.lr == 0.05
+    model.fit(data, epochs=1, lr=0.05, progress=False)  # the same lr again is fine
+    optimizer = model.optimizer
+    with pytest.raises(ValueError, match="create_train_objects"):
+        model.fit(data, epochs=1, lr=0.01, progress=False)
+    assert model.optimizer is optimizer and model.epoch == 2  # nothing changed
+    with pytest.raises(ValueError, match="lr"):
+        MyResNet().fit(data, epochs=1, lr=-1.0, progress=False)
+
+
+def test_save_to_a_binary_file_object_and_the_optimizer_arguments(tmp_path):
+    model = MyResNet()
+    model.create_train_objects(lr=1e-2)
+    model.fit(as_batches(images(4), 2), epochs=1, progress=False)
+    buffer = io.BytesIO()
+    model.save(buffer, optimizer=model.optimizer, lr_scheduler=model.lr_scheduler)
+    path = tmp_path / "from_buffer.pt"
+    path.write_bytes(buffer.getvalue())
+    model.save(tmp_path / "direct.pt")
+    with open(tmp_path / "opened.pt", "wb") as handle:
+        model.save(handle)
+    for name in ("from_buffer.pt", "opened.pt"):
+        resumed, optimizer, _ = Mentee.resume_training(tmp_path / name)
+        assert optimizer is resumed.optimizer and resumed.epoch == 1
+        assert layout(resumed) == layout(model)
+
+    other = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="optimizer"):
+        model.save(tmp_path / "x.pt", optimizer=other)
+    with pytest.raises(ValueError, match="lr_scheduler"):
+        model.save(tmp_path / "x.pt", lr_scheduler=lr_scheduler.StepLR(other, 1))
+    with pytest.raises(TypeError, match="binary"):
+        model.save(io.StringIO())
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_resume_with_model_class(tmp_path):
+    Positional(3, 5).save(tmp_path / "m.pt")
+    model = Mentee.resume(tmp_path / "m.pt", model_class=NoInit)  # same signature
+    assert type(model) is NoInit and model.body.out_features == 5
+    resumed, optimizer, scheduler = Mentee.resume_training(tmp_path / "m.pt", NoInit, "cpu")
+    assert type(resumed) is NoInit and optimizer is None and scheduler is None
+    with pytest.raises(CheckpointError, match=r"MyResNet\(3, 5, outputs=2, scale=1\.0\) failed"):
+        Mentee.resume(tmp_path / "m.pt", model_class=MyResNet)
+    with pytest.raises(TypeError, match="subclass of Positional"):
+        Positional.resume(tmp_path / "m.pt", model_class=MyResNet)
+    with pytest.raises(TypeError, match="device="):
+        Positional.resume_training(tmp_path / "m.pt", "cpu")
+
+
+def test_device_property():
+    model = MyResNet()
+    assert model.device == torch.device("cpu")
+    model.to(DEVICE)
+    assert model.device.type == torch.device(DEVICE).type
+
+    class Settles(Mentee):  # a plain-nn.Module habit keeps working
+        def __init__(self):
+            super().__init__()
+            self.device = "somewhere"
+
+    assert Settles().device == "somewhere"

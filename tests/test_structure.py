@@ -1,0 +1,95 @@
+"""The package's structure, read from its sources: no import circles, one home for the
+checkpoint layout."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import mentor_fn
+
+PACKAGE = Path(mentor_fn.__file__).parent
+FORMAT_HOME = "_mentee_checkpoint.py"
+GENERIC_FILE_LAYER = "_checkpoint.py"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules ``path`` imports, at its top or lazily inside functions."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            for alias in node.names:
+                # "from . import _layers" imports a module; "from . import __version__"
+                # runs the package itself.
+                submodule = f"{source}.{alias.name}"
+                found.add(submodule if submodule in modules else source)
+    return {module for module in found if module in modules and module != name}
+
+
+def test_no_import_circles_lazy_imports_included():
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(path) for path in paths}
+    graph = {module_name(path): imported_modules(path, modules) for path in paths}
+    circles = []
+    for start in sorted(graph):
+        stack = [(start, [start])]
+        while stack:
+            node, trail = stack.pop()
+            for following in sorted(graph[node]):
+                if following == start:
+                    circles.append(" -> ".join([*trail, start]))
+                elif following not in trail and following > start:
+                    stack.append((following, [*trail, following]))
+    assert circles == []
+    # The rendering has its own module: the command line only parses and dispatches.
+    assert "mentor_fn._cli" not in graph["mentor_fn._demo"] | graph["mentor_fn._plot"]
+
+
+# The keys of a Mentee checkpoint (and of a distributed checkpoint's plain part).
+CHECKPOINT_KEYS = (
+    "model_class",
+    "constructor",
+    "curriculum",
+    "scheduler_recipe",
+    "best_weights",
+    "rng_state",
+    "cuda_rng_states",
+    "python_rng_state",
+    "numpy_rng_state",
+    "optimizer_state_keys",
+)
+KEY_NAMES = "|".join(CHECKPOINT_KEYS)
+KEY_READ = re.compile(rf"""(\[\s*|\.get\(\s*|\.pop\(\s*)["']({KEY_NAMES})["']""")
+CONTENTS_READ = re.compile(r"\bcontents\s*(\[|\.get\(|\.pop\()")
+
+
+def test_only_the_format_module_reads_checkpoint_keys():
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        # mentor_fn.testing snapshots runs in memory in a dict of its own, not a file.
+        if path.name == FORMAT_HOME or "testing" in path.relative_to(PACKAGE).parts[:-1]:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            generic_header = path.name == GENERIC_FILE_LAYER and CONTENTS_READ.search(line)
+            if KEY_READ.search(line) or (CONTENTS_READ.search(line) and not generic_header):
+                offenders.append(f"{path.name}:{number}: {line.strip()}")
+    assert offenders == []
+    # The check finds what it looks for.
+    home = (PACKAGE / FORMAT_HOME).read_text()
+    assert KEY_READ.search(home) and CONTENTS_READ.search(home)
