@@ -29,12 +29,12 @@ from ._layers import Patterns
 from ._mentee_checkpoint import (
     ConstructorArguments,
     MenteeCheckpoint,
-    RandomStates,
     SchedulerRecipe,
     read_mentee_checkpoint,
     write_mentee_checkpoint,
 )
 from ._qualified_names import class_in_namespace, qualified_name
+from ._random_states import RandomStates
 from ._state import CurriculumState
 from ._trainers import Trainer
 
