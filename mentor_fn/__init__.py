@@ -5,6 +5,8 @@ Two controls per layer, frozen and lr coefficient, held in a
 :func:`plan` says how a live optimizer moves from one state to the next.
 """
 
+import importlib.metadata as _metadata
+
 from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ._conditions import (
     Condition,
@@ -39,7 +41,10 @@ from ._transitions import (
     unfreeze,
 )
 
-__version__ = "0.1.0"
+try:  # one home for the version: the distribution's metadata (pyproject.toml)
+    __version__ = _metadata.version("mentor_fn")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "unknown (not installed)"
 
 __all__ = [
     "CheckpointError",

@@ -15,29 +15,19 @@ exits with status 2.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from . import __version__
 from ._checkpoint import CheckpointError
 from ._demo import DEFAULT_EPOCHS, DEFAULT_OUTPUT, DEFAULT_SEED, run_demo
 from ._plot import ImageFormatError, default_plot_path, plot_checkpoint
 from ._render import inspect_text
 
-__all__ = ["main", "package_version"]
+__all__ = ["main"]
 
 PROG = "python -m mentor_fn"
-DISTRIBUTION = "mentor_fn"
-
-
-def package_version() -> str:
-    """The installed distribution's version (``"unknown"`` when run from an
-    uninstalled source tree)."""
-    try:
-        return importlib.metadata.version(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,7 +65,8 @@ def _parser() -> _Parser:
         description="mentor_fn: curriculum learning for PyTorch. Run the demo, or "
         "inspect and plot a checkpoint written by Mentee.save / fit.",
     )
-    parser.add_argument("--version", action="version", version=f"mentor_fn {package_version()}")
+    # The installed distribution's version (see mentor_fn.__version__).
+    parser.add_argument("--version", action="version", version=f"mentor_fn {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser(
