@@ -19,7 +19,14 @@ from .._curriculum import Curriculum
 from .._state import CurriculumState
 from ._views import ModelView, view_model
 
-__all__ = ["LR_KEYS", "check_flags", "check_lrs", "check_partition"]
+__all__ = [
+    "LR_KEYS",
+    "check_flags",
+    "check_lrs",
+    "check_partition",
+    "flags_agree",
+    "partition_agrees",
+]
 
 LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
 """The lr-like values torch keeps per param group (schedulers recompute from them)."""
@@ -58,8 +65,10 @@ def _check_layers(state: CurriculumState, view: ModelView, check: str) -> None:
 def check_flags(state: CurriculumState, model: nn.Module) -> None:
     """Invariant 1: a parameter requires grad iff its owning layer is not frozen.
 
-    A parameter of a frozen layer must also hold no ``.grad`` (mentor_fn drops
-    them, so no optimizer applies a stale gradient).
+    Under the ``"train"`` norm policy, parameters of normalization modules
+    (by type) train inside frozen layers too. A parameter that does not train
+    must also hold no ``.grad`` (mentor_fn drops them, so no optimizer
+    applies a stale gradient).
 
     Raises:
         AssertionError: naming every parameter whose flag is wrong.
@@ -75,11 +84,15 @@ def check_flags(state: CurriculumState, model: nn.Module) -> None:
           - '0.weight' (layer '0'): requires_grad is True, but its layer is frozen
           - '0.bias' (layer '0'): requires_grad is True, but its layer is frozen
     """
-    view = view_model(model)
+    flags_agree(state, view_model(model))
+
+
+def flags_agree(state: CurriculumState, view: ModelView) -> None:
+    """:func:`check_flags` on a model already read (the machine reads it once)."""
     _check_layers(state, view, "check_flags")
     problems = []
     for parameter in view.parameters.values():
-        frozen = state.is_frozen(view.owners[id(parameter)])
+        frozen = not view.trains(state, view.owners[id(parameter)])
         if parameter.requires_grad == frozen:
             problems.append(
                 f"{view.describe(parameter)}: requires_grad is {parameter.requires_grad}, but "
@@ -110,7 +123,8 @@ def check_partition(
 ) -> None:
     """Invariant 2: every trainable parameter is in exactly one optimizer group.
 
-    By identity, not by name. Also: no parameter is in two groups; a group
+    By identity, not by name ("trainable" as :func:`check_flags` reads it,
+    norm policy included). Also: no parameter is in two groups; a group
     holds exactly the parameters its ``layers`` own, and its ``coefficient``
     is what the state says for each of them; a parameter of a frozen layer
     may sit in an (inert) group, but with ``requires_grad`` False; at most one
@@ -129,7 +143,13 @@ def check_partition(
         >>> state = CurriculumState.from_model(model)
         >>> check_partition(torch.optim.SGD(param_groups(state, model, 0.1)), state, model)
     """
-    view = view_model(model)
+    partition_agrees(optimizer, state, view_model(model))
+
+
+def partition_agrees(
+    optimizer: torch.optim.Optimizer, state: CurriculumState, view: ModelView
+) -> None:
+    """:func:`check_partition` on a model already read."""
     _check_layers(state, view, "check_partition")
     problems: list[str] = []
     owned: dict[str, list[int]] = {}
@@ -149,18 +169,26 @@ def check_partition(
                 problems.append(f"{label} holds {view.describe(parameter)}")
         layers = group.get("layers")
         if not isinstance(layers, tuple):
-            problems.append(f"{label}: 'layers' must be a tuple of layer names (not derived by mentor_fn?)")
+            problems.append(
+                f"{label}: 'layers' must be a tuple of layer names (not derived by mentor_fn?)"
+            )
             continue
         if layers == ():
             reference_groups.append(index)
             if params:
-                problems.append(f"{label} is a reference group (no layers) but holds {len(params)} parameters, first {view.describe(params[0])}")
+                problems.append(
+                    f"{label} is a reference group (no layers) but holds {len(params)} parameters, first {view.describe(params[0])}"
+                )
             if group.get("coefficient") != 1.0:
-                problems.append(f"{label} is a reference group but has coefficient {group.get('coefficient')!r}, not 1.0")
+                problems.append(
+                    f"{label} is a reference group but has coefficient {group.get('coefficient')!r}, not 1.0"
+                )
             continue
         for layer in layers:
             if layer not in owned:
-                known = "owns no parameter" if layer in view.layers else "is not a layer of the model"
+                known = (
+                    "owns no parameter" if layer in view.layers else "is not a layer of the model"
+                )
                 problems.append(f"{label}: layer {layer!r} {known}")
                 continue
             if layer in grouped_layers:
@@ -175,7 +203,9 @@ def check_partition(
         present = {id(p) for p in params}
         for name, parameter in view.parameters.items():
             if id(parameter) in expected and id(parameter) not in present:
-                problems.append(f"{label} lacks {name!r}, owned by its layer {view.owners[id(parameter)]!r}")
+                problems.append(
+                    f"{label} lacks {name!r}, owned by its layer {view.owners[id(parameter)]!r}"
+                )
         for parameter in params:
             if id(parameter) in view.owners and id(parameter) not in expected:
                 problems.append(f"{label} holds {view.describe(parameter)}, owned by another layer")
@@ -184,7 +214,7 @@ def check_partition(
 
     for parameter in view.parameters.values():
         indices = membership[id(parameter)]
-        frozen = state.is_frozen(view.owners[id(parameter)])
+        frozen = not view.trains(state, view.owners[id(parameter)])
         where = ", ".join(_group_label(i, groups[i]) for i in indices)
         if len(indices) > 1:
             problems.append(f"{view.describe(parameter)} is in {len(indices)} groups: {where}")
@@ -244,9 +274,7 @@ def check_lrs(
     if optimizer is None:
         raise AssertionError("check_lrs: the Curriculum is not built (no optimizer); call build()")
     if isinstance(reference_lr, Mapping):
-        reference = {
-            key: reference_lr[key] for key in LR_KEYS if reference_lr.get(key) is not None
-        }
+        reference = {key: reference_lr[key] for key in LR_KEYS if reference_lr.get(key) is not None}
     else:
         reference = {"lr": reference_lr}
     state = curriculum.state
@@ -259,7 +287,9 @@ def check_lrs(
             continue
         coefficients = {state.coefficient(layer) for layer in layers} or {1.0}
         if len(coefficients) > 1:
-            problems.append(f"{label}: its layers have different coefficients {sorted(coefficients)}")
+            problems.append(
+                f"{label}: its layers have different coefficients {sorted(coefficients)}"
+            )
             continue
         (coefficient,) = coefficients
         for key, flat in reference.items():

@@ -70,7 +70,9 @@ def _tensor_difference(expected: Any, actual: Any, path: str) -> str | None:
     if a.numel() == 0 or torch.equal(a.view(torch.uint8), b.view(torch.uint8)):
         return None
     if a.is_floating_point():
-        differing = (a.view(torch.uint8).reshape(a.numel(), -1) != b.view(torch.uint8).reshape(b.numel(), -1)).any(dim=1)
+        differing = (
+            a.view(torch.uint8).reshape(a.numel(), -1) != b.view(torch.uint8).reshape(b.numel(), -1)
+        ).any(dim=1)
         index = int(differing.nonzero()[0])
         gap = (a.double() - b.double()).abs().nan_to_num(nan=float("inf")).max().item()
         return (
@@ -78,7 +80,11 @@ def _tensor_difference(expected: Any, actual: Any, path: str) -> str | None:
             f"(max abs difference {gap:.3g}; first at flat index {index}: "
             f"expected {a[index].item()!r}, got {b[index].item()!r})"
         )
-    return f"{where}: tensors differ (expected {expected.tolist()!r}, got {actual.tolist()!r})" if a.numel() <= 8 else f"{where}: tensors differ"
+    return (
+        f"{where}: tensors differ (expected {expected.tolist()!r}, got {actual.tolist()!r})"
+        if a.numel() <= 8
+        else f"{where}: tensors differ"
+    )
 
 
 def _short(value: Any) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -21,16 +20,21 @@ from .._curriculum import Curriculum
 from .._plan import NoChange, Patch, Rebuild
 from .._state import CurriculumState
 from .._transitions import Freeze, SetLrCoefficient, Transition, Unfreeze
-from ._checks import DEFAULT_REL_TOL, check_flags, check_lrs, check_partition
+from ._checks import DEFAULT_REL_TOL, check_lrs, flags_agree, partition_agrees
 from ._diff import first_difference
-from ._resume import resume_from, run_record, seeded, snapshot_bytes
+from ._resume import (
+    resume_from,
+    run_record,
+    scheduler_order_warning_off,
+    seeded,
+    snapshot_bytes,
+)
 from ._strategies import TRANSITION_KINDS, transitions
 from ._views import ModelView, view_model
 
 __all__ = ["CurriculumMachine"]
 
 SHORTCUT_KINDS = ("freeze", "unfreeze", "set_lr_coefficient")
-_EARLY_SCHEDULER_STEP = r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`"
 
 
 def _transitions_for_runner(kinds: Sequence[str]) -> st.SearchStrategy[Transition]:
@@ -233,14 +237,7 @@ class CurriculumMachine(RuleBasedStateMachine):
         self.scheduler_steps = 0
         self.built = True
         # A new phase is a fresh optimizer: no parameter carries state over.
-        view = self.view()
-        state = self.curriculum.state
-        trainable = {
-            name: parameter
-            for name, parameter in view.parameters.items()
-            if not state.is_frozen(view.owners[id(parameter)])
-        }
-        self._assert_fresh(trainable, "after build()")
+        self._assert_fresh(self.view().trainable(self.curriculum.state), "after build()")
 
     def steps_left(self) -> float:
         """Scheduler steps the schedule still allows."""
@@ -269,19 +266,25 @@ class CurriculumMachine(RuleBasedStateMachine):
     @rule()
     def optimizer_step(self) -> None:
         view, state = self.view(), self.curriculum.state
-        frozen = {
-            name: parameter.detach().clone()
+        trainable = view.trainable(state)
+        still = {  # what must not move: frozen parameters, statistics under "eval"
+            f"parameter {name!r} (layer {view.owners[id(parameter)]!r})": parameter
             for name, parameter in view.parameters.items()
-            if state.is_frozen(view.owners[id(parameter)])
+            if name not in trainable
         }
+        still.update(
+            (f"running statistic {name!r}", buffer)
+            for name, buffer in view.frozen_statistics(state).items()
+        )
+        before = {what: tensor.detach().clone() for what, tensor in still.items()}
         self.seed += 1
         self.train_step(self.curriculum, self.seed)
         self.reference_optimizer.step()
-        for name, before in frozen.items():
-            if not torch.equal(view.parameters[name], before):
+        for what, tensor in still.items():
+            found = first_difference(before[what], tensor.detach())
+            if found is not None:
                 raise AssertionError(
-                    f"frozen parameter {name!r} (layer {view.owners[id(view.parameters[name])]!r}) "
-                    "changed in an optimizer step (invariant 1)"
+                    f"frozen {what} changed in an optimizer step (invariant 1): {found}"
                 )
 
     @precondition(
@@ -390,11 +393,44 @@ class CurriculumMachine(RuleBasedStateMachine):
 
     # Checking -----------------------------------------------------------------------------
 
+    def _record(self) -> dict[str, Any]:
+        """What a transition may change: state, flags, groups, optimizer and scheduler state."""
+        curriculum = self.curriculum
+        optimizer, scheduler = curriculum.optimizer, curriculum.scheduler
+        assert optimizer is not None
+        names = self.view().names
+        return {
+            "state": curriculum.state,
+            "requires_grad": {
+                name: parameter.requires_grad for name, parameter in self.view().parameters.items()
+            },
+            "param_groups": [
+                {
+                    **{key: value for key, value in group.items() if key != "params"},
+                    "params": [names.get(id(p), "<not the model's>") for p in group["params"]],
+                }
+                for group in optimizer.param_groups
+            ],
+            "optimizer state": self._optimizer_state(),
+            "scheduler.state_dict()": None if scheduler is None else scheduler.state_dict(),
+        }
+
+    def _optimizer_state(self) -> dict[str, dict[str, Any]]:
+        """Per-parameter optimizer state by name (a parameter without any: absent)."""
+        optimizer = self.curriculum.optimizer
+        assert optimizer is not None
+        names = self.view().names
+        return {
+            names[id(parameter)]: dict(values)
+            for parameter, values in optimizer.state.items()
+            if values and id(parameter) in names
+        }
+
     def _before(self) -> _Before:
         curriculum = self.curriculum
         scheduler = curriculum.scheduler
         return _Before(
-            record=copy.deepcopy(run_record(curriculum)),
+            record=_copied(self._record()),
             optimizer=curriculum.optimizer,
             scheduler=scheduler,
             scheduler_optimizer=None if scheduler is None else scheduler.optimizer,
@@ -402,7 +438,7 @@ class CurriculumMachine(RuleBasedStateMachine):
 
     def _assert_unchanged(self, before: _Before, what: str) -> None:
         curriculum = self.curriculum
-        found = first_difference(before.record, run_record(curriculum))
+        found = first_difference(before.record, self._record())
         if found is not None:
             raise AssertionError(f"{what} changed something:\n  {found}")
         assert curriculum.optimizer is before.optimizer, f"{what} replaced the optimizer"
@@ -417,14 +453,13 @@ class CurriculumMachine(RuleBasedStateMachine):
     ) -> None:
         """Re-activated parameters get fresh state; those trainable throughout keep theirs."""
         view = self.view()
-        saved = before.record["curriculum.state_dict()"]["optimizer"]["state"]
-        now = self.curriculum.state_dict()["optimizer"]["state"]
+        saved, now = before.record["optimizer state"], self._optimizer_state()
         reactivated = {}
         for name, parameter in view.parameters.items():
             layer = view.owners[id(parameter)]
-            if new.is_frozen(layer):
+            if not view.trains(new, layer):
                 continue
-            if old.is_frozen(layer):
+            if not view.trains(old, layer):
                 reactivated[name] = parameter
                 continue
             found = first_difference(saved.get(name, {}), now.get(name, {}), f"[{name!r}]")
@@ -446,7 +481,7 @@ class CurriculumMachine(RuleBasedStateMachine):
         optimizer = self.optimizer_class(
             list(scratch.values()), lr=self.lr, **self.optimizer_kwargs
         )
-        now = self.curriculum.state_dict()["optimizer"]["state"]
+        now = self._optimizer_state()
         for name, tensor in scratch.items():
             fresh = dict(optimizer.state.get(tensor, {}))
             found = first_difference(fresh, now.get(name, {}), f"[{name!r}]")
@@ -457,7 +492,7 @@ class CurriculumMachine(RuleBasedStateMachine):
 
     @invariant()
     def flags_follow_the_state(self) -> None:
-        check_flags(self.curriculum.state, self.curriculum.model)
+        flags_agree(self.curriculum.state, self.view())
 
     @invariant()
     def every_trainable_parameter_in_exactly_one_group(self) -> None:
@@ -465,7 +500,7 @@ class CurriculumMachine(RuleBasedStateMachine):
             return
         optimizer = self.curriculum.optimizer
         assert optimizer is not None
-        check_partition(optimizer, self.curriculum.state, self.curriculum.model)
+        partition_agrees(optimizer, self.curriculum.state, self.view())
         groups = optimizer.param_groups
         assert groups[-1]["layers"] == () and not groups[-1]["params"], (
             "the last group must be the parameter-less reference group"
@@ -499,11 +534,23 @@ class CurriculumMachine(RuleBasedStateMachine):
             )
 
 
+def _copied(value: Any) -> Any:
+    """A copy of nested dicts, lists and tuples with every tensor cloned (the rest shared)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: _copied(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copied(item) for item in value]
+    if isinstance(value, tuple):
+        items = [_copied(item) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    return value
+
+
 def step_scheduler(scheduler: Any, metric: float) -> None:
     """``scheduler.step()``, with ``metric`` for ReduceLROnPlateau."""
-    with warnings.catch_warnings():
-        # A random run may step the scheduler before the optimizer: torch warns.
-        warnings.filterwarnings("ignore", message=_EARLY_SCHEDULER_STEP)
+    with scheduler_order_warning_off():
         if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
             scheduler.step(metric)
         else:

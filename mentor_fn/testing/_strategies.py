@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,14 @@ from torch import nn
 
 from .._layers import layer_names
 from .._state import CurriculumState
-from .._transitions import Transition, chain, freeze, layerwise_lr_decay, set_lr_coefficient, unfreeze
+from .._transitions import (
+    Transition,
+    chain,
+    freeze,
+    layerwise_lr_decay,
+    set_lr_coefficient,
+    unfreeze,
+)
 
 __all__ = [
     "COEFFICIENTS",
@@ -140,7 +148,9 @@ def states(model: nn.Module, *, max_writes: int = 6) -> st.SearchStrategy[Curric
     return writes(initial.layers, max_size=max_writes).map(reach)
 
 
-def patterns(model_or_layers: nn.Module | Sequence[str]) -> st.SearchStrategy[str | tuple[str, ...]]:
+def patterns(
+    model_or_layers: nn.Module | Sequence[str],
+) -> st.SearchStrategy[str | tuple[str, ...]]:
     """Layer patterns that match at least one layer: what users write.
 
     Exact names (escaped), every layer below one (``backbone\\..+``),
@@ -156,7 +166,13 @@ def patterns(model_or_layers: nn.Module | Sequence[str]) -> st.SearchStrategy[st
         ...     assert select_layers(layers, drawn)
         >>> test_they_match()
     """
-    layers = _layers_of(model_or_layers)
+    return _patterns_for(_layers_of(model_or_layers))
+
+
+# Strategies depend on the layer names only: one per model architecture, so
+# that a state machine drawing from them in every run builds them once.
+@functools.lru_cache(maxsize=64)
+def _patterns_for(layers: tuple[str, ...]) -> st.SearchStrategy[str | tuple[str, ...]]:
     if not layers:
         raise ValueError("the model has no layers: no pattern can match")
     exact = [re.escape(layer) for layer in layers]
@@ -205,7 +221,18 @@ def transitions(
     unknown = set(kinds) - set(TRANSITION_KINDS)
     if unknown or not kinds:
         raise ValueError(f"kinds must be a non-empty subset of {TRANSITION_KINDS}, got {kinds!r}")
-    matching = patterns(model)
+    return _transitions_for(
+        layer_names(model),
+        tuple(kind for kind in TRANSITION_KINDS if kind in kinds),
+        tuple(coefficients),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _transitions_for(
+    layers: tuple[str, ...], kinds: tuple[str, ...], coefficients: tuple[float, ...]
+) -> st.SearchStrategy[Transition]:
+    matching = _patterns_for(layers)
     simple: dict[str, st.SearchStrategy[Transition]] = {
         "freeze": st.builds(freeze, matching),
         "unfreeze": st.builds(unfreeze, matching),

@@ -10,11 +10,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .._layers import unwrap_model
+from .._state import CurriculumState
 
-__all__ = ["ModelView", "view_model"]
+__all__ = ["NORM_TYPES", "ModelView", "view_model"]
+
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.LocalResponseNorm,
+    nn.CrossMapLRN2d,
+)
+"""Normalization modules, by type, as DESIGN.md's norm policy names them."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,12 +41,15 @@ class ModelView:
         owners: ``id(parameter)`` -> the layer that owns it: the first layer
             in traversal order that registers it directly.
         names: ``id(parameter)`` -> its first name.
+        modules: every module below the root once, by its first path, wrappers
+            left out.
     """
 
     layers: tuple[str, ...]
     parameters: dict[str, nn.Parameter]
     owners: dict[int, str]
     names: dict[int, str]
+    modules: dict[str, nn.Module]
 
     def describe(self, parameter: object) -> str:
         """``'head.weight' (layer 'head')``, or a note that it is not the model's."""
@@ -43,6 +58,47 @@ class ModelView:
             shape = tuple(getattr(parameter, "shape", ()))
             return f"a tensor of shape {shape} that is not a parameter of the model"
         return f"{name!r} (layer {self.owners[id(parameter)]!r})"
+
+    def trains(self, state: CurriculumState, layer: str) -> bool:
+        """Whether ``layer``'s parameters train under ``state``.
+
+        When the layer is not frozen; or, under the ``"train"`` norm policy,
+        when it is a normalization module (its affine parameters keep
+        training inside a frozen subtree).
+        """
+        if not state.is_frozen(layer):
+            return True
+        return state.norm_policy == "train" and isinstance(self.modules.get(layer), NORM_TYPES)
+
+    def trainable(self, state: CurriculumState) -> dict[str, nn.Parameter]:
+        """The parameters that train under ``state``, by name."""
+        return {
+            name: parameter
+            for name, parameter in self.parameters.items()
+            if self.trains(state, self.owners[id(parameter)])
+        }
+
+    def frozen_statistics(self, state: CurriculumState) -> dict[str, torch.Tensor]:
+        """Running statistics that must not change under ``state``, by buffer name.
+
+        Under the ``"eval"`` norm policy, those of normalization modules inside
+        frozen layers (the nearest layer at or above the module is frozen).
+        """
+        if state.norm_policy != "eval":
+            return {}
+        layers = set(self.layers)
+        found = {}
+        for path, module in self.modules.items():
+            if not isinstance(module, NORM_TYPES):
+                continue
+            layer = path
+            while layer and layer not in layers:
+                layer = layer.rpartition(".")[0]
+            if layer and state.is_frozen(layer):
+                for buffer_name, buffer in module._buffers.items():
+                    if buffer is not None:
+                        found[f"{path}.{buffer_name}"] = buffer
+        return found
 
 
 def view_model(model: nn.Module) -> ModelView:
@@ -57,9 +113,20 @@ def view_model(model: nn.Module) -> ModelView:
         ['0.bias', '0.weight', '2.bias', '2.weight']
     """
     root = unwrap_model(model)
+    bare_types: set[type] = set()  # types known not to be wrappers: one check per type
+
+    def bare(module: nn.Module) -> nn.Module:
+        if type(module) in bare_types:
+            return module
+        inner = unwrap_model(module)
+        if inner is module:
+            bare_types.add(type(module))
+        return inner
+
     parameters: dict[str, nn.Parameter] = {}
     owners: dict[int, str] = {}
     names: dict[int, str] = {}
+    modules: dict[str, nn.Module] = {}
 
     def register(module_path: str, module: nn.Module, layer: str | None) -> bool:
         """Record ``module``'s own parameters; True if it registers any."""
@@ -81,29 +148,28 @@ def view_model(model: nn.Module) -> ModelView:
     # Depth first in named_modules() order, each module once (first path);
     # a path is a layer when a module at or below it registers a parameter.
     seen = {id(root)}
-    modules: list[tuple[str, bool]] = []  # (path, holds a parameter in its subtree)
+    holding: dict[str, bool] = {}  # path -> holds a parameter in its subtree
 
     def visit(path: str, module: nn.Module) -> bool:
-        position = len(modules)
-        modules.append((path, False))
+        modules[path] = module
+        holding[path] = False  # reserves the path's place in traversal order
         holds = register(path, module, path)
         for child_name, child in module._modules.items():
             if child is None:
                 continue
-            child = unwrap_model(child)
-            if id(child) in seen:
-                continue
-            seen.add(id(child))
-            holds = visit(f"{path}.{child_name}", child) or holds
-        modules[position] = (path, holds)
+            child = bare(child)
+            if id(child) not in seen:
+                seen.add(id(child))
+                holds = visit(f"{path}.{child_name}", child) or holds
+        holding[path] = holds
         return holds
 
     for child_name, child in root._modules.items():
         if child is None:
             continue
-        child = unwrap_model(child)
+        child = bare(child)
         if id(child) not in seen:
             seen.add(id(child))
             visit(child_name, child)
-    layers = (*root_layers, *(path for path, holds in modules if holds))
-    return ModelView(layers, parameters, owners, names)
+    layers = (*root_layers, *(path for path, holds in holding.items() if holds))
+    return ModelView(layers, parameters, owners, names, modules)
