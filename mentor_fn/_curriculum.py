@@ -191,7 +191,9 @@ class Curriculum:
     def coalesce(self) -> bool:
         return self._recipe.coalesce
 
-    def _ensure_state(self, *, apply_flags: bool = True) -> tuple[CurriculumState, ModelLayers | None]:
+    def _ensure_state(
+        self, *, apply_flags: bool = True
+    ) -> tuple[CurriculumState, ModelLayers | None]:
         """The state and, on its first use, the walk of the model it was derived from.
 
         Deriving it checks DDP wrappers and (unless ``apply_flags`` is False,
@@ -242,7 +244,9 @@ class Curriculum:
         trainable = apply_requires_grad_of_walk(state, walked)
         recipe = self._recipe
         optimizer = optimizer_on_one_group(
-            recipe, trainable, group_count=2 if trainable else 1  # with the reference group
+            recipe,
+            trainable,
+            group_count=2 if trainable else 1,  # with the reference group
         )
         reference = {**optimizer.param_groups[0], **_reference_group(recipe.lr)}
         groups, coefficients = unit_groups_of_walk(

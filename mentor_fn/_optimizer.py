@@ -63,7 +63,7 @@ def build_optimizer(
 
 
 def optimizer_on_one_group(
-    recipe: OptimizerRecipe, parameters: list[torch.Tensor], *, group_count: int
+    recipe: OptimizerRecipe, parameters: Sequence[torch.Tensor], *, group_count: int
 ) -> torch.optim.Optimizer:
     """The recipe's optimizer on one flat group of ``parameters`` (each once).
 
@@ -77,7 +77,11 @@ def optimizer_on_one_group(
     """
     if group_count > 1 and issubclass(recipe.optimizer_class, torch.optim.LBFGS):
         raise ValueError("torch.optim.LBFGS supports a single parameter group only")
-    return recipe.optimizer_class([{"params": parameters}], lr=recipe.lr, **recipe.kwargs)
+    return recipe.optimizer_class(
+        [{"params": parameters}],
+        lr=recipe.lr,  # type: ignore[call-arg]  # every torch optimizer takes lr
+        **recipe.kwargs,
+    )
 
 
 def fresh_state(
@@ -90,7 +94,11 @@ def fresh_state(
     """
     if not parameters:
         return {}
-    scratch = recipe.optimizer_class([{"params": list(parameters)}], lr=recipe.lr, **recipe.kwargs)
+    scratch = recipe.optimizer_class(
+        [{"params": list(parameters)}],
+        lr=recipe.lr,  # type: ignore[call-arg]
+        **recipe.kwargs,
+    )
     return {
         parameter: scratch.state[parameter]
         for parameter in parameters

@@ -117,7 +117,10 @@ def test_state_argument_is_checked_against_the_model():
 
 def test_recipe_is_one_read_only_value():
     curriculum = mf.Curriculum(
-        make_model(), 0.1, optimizer=torch.optim.SGD, optimizer_kwargs={"momentum": 0.9},
+        make_model(),
+        0.1,
+        optimizer=torch.optim.SGD,
+        optimizer_kwargs={"momentum": 0.9},
         coalesce=True,
     )
     assert curriculum.recipe == OptimizerRecipe(torch.optim.SGD, 0.1, {"momentum": 0.9}, True)

@@ -90,7 +90,9 @@ def snapshot(curriculum: mf.Curriculum) -> dict[str, Any]:
         "flags": {name: p.requires_grad for name, p in curriculum.model.named_parameters()},
         "optimizer": optimizer,
         "scheduler": curriculum.scheduler,
-        "groups": [dict(group, params=[id(p) for p in group["params"]]) for group in optimizer.param_groups],
+        "groups": [
+            dict(group, params=[id(p) for p in group["params"]]) for group in optimizer.param_groups
+        ],
         "optimizer_state": {
             id(p): {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
             for p, s in optimizer.state.items()
@@ -110,12 +112,12 @@ def assert_unchanged(before: dict[str, Any], curriculum: mf.Curriculum) -> None:
     assert after["optimizer_state"].keys() == before["optimizer_state"].keys()
     for key, values in before["optimizer_state"].items():
         for name, value in values.items():
-            assert torch.equal(torch.as_tensor(after["optimizer_state"][key][name]), torch.as_tensor(value))
+            assert torch.equal(
+                torch.as_tensor(after["optimizer_state"][key][name]), torch.as_tensor(value)
+            )
 
 
-def refused(
-    state_dict: Any, match: str, curriculum: mf.Curriculum | None = None
-) -> mf.Curriculum:
+def refused(state_dict: Any, match: str, curriculum: mf.Curriculum | None = None) -> mf.Curriculum:
     curriculum = curriculum or target()
     before = snapshot(curriculum)
     with pytest.raises(ValueError, match=match):
@@ -152,7 +154,10 @@ def test_a_malformed_recipe_is_named():
     ("factory", "match"),
     [
         (lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=10), r"lacks \['T_max', 'eta_min'\]"),
-        (lambda o: lr_scheduler.ExponentialLR(o, gamma=0.9), r"has \['step_size'\] it does not know"),
+        (
+            lambda o: lr_scheduler.ExponentialLR(o, gamma=0.9),
+            r"has \['step_size'\] it does not know",
+        ),
     ],
     ids=["CosineAnnealingLR", "ExponentialLR"],
 )
@@ -172,7 +177,11 @@ def test_a_lambda_state_does_not_load_into_a_multiplicative_scheduler():
     """Same fields, other class: told apart by the recorded class names."""
     state_dict = saved(scheduler=lambda o: lr_scheduler.LambdaLR(o, lambda step: 0.9**step))
     multiplicative = target(scheduler=lambda o: lr_scheduler.MultiplicativeLR(o, lambda step: 0.9))
-    refused(state_dict, r"saved from torch\.optim\.lr_scheduler\.LambdaLR.*MultiplicativeLR", multiplicative)
+    refused(
+        state_dict,
+        r"saved from torch\.optim\.lr_scheduler\.LambdaLR.*MultiplicativeLR",
+        multiplicative,
+    )
 
 
 @pytest.mark.parametrize(
@@ -218,7 +227,7 @@ def test_optimizer_state_of_other_shapes_is_named(optimizer, kwargs, key):
     state_dict = saved(optimizer=optimizer, kwargs=kwargs, width=16)
     refused(
         state_dict,
-        rf"field 'optimizer\.state\.backbone\.0\.weight\.\w+' has shape \(16, 4\), but parameter "
+        r"field 'optimizer\.state\.backbone\.0\.weight\.\w+' has shape \(16, 4\), but parameter "
         r"'backbone\.0\.weight' has shape \(8, 4\)",
         target(optimizer=optimizer, kwargs=kwargs),
     )
@@ -229,7 +238,9 @@ def test_optimizer_state_names_of_unknown_parameters_are_named():
     state_dict = saved()
     state = state_dict["optimizer"]["state"]
     state["backbone.9.weight"] = state.pop("backbone.0.weight")
-    refused(state_dict, r"field 'optimizer.state' names unknown parameters: \['backbone.9.weight'\]")
+    refused(
+        state_dict, r"field 'optimizer.state' names unknown parameters: \['backbone.9.weight'\]"
+    )
 
 
 def test_a_layout_leaving_a_trainable_parameter_out_is_named():
@@ -287,8 +298,12 @@ SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer], Any]] = {
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 def test_every_torch_scheduler_round_trips(name):
     """The checks accept every scheduler's own state, mid-schedule."""
-    state_dict = saved(optimizer=torch.optim.SGD, kwargs={"momentum": 0.9}, scheduler=SCHEDULERS[name])
-    curriculum = target(optimizer=torch.optim.SGD, kwargs={"momentum": 0.9}, scheduler=SCHEDULERS[name])
+    state_dict = saved(
+        optimizer=torch.optim.SGD, kwargs={"momentum": 0.9}, scheduler=SCHEDULERS[name]
+    )
+    curriculum = target(
+        optimizer=torch.optim.SGD, kwargs={"momentum": 0.9}, scheduler=SCHEDULERS[name]
+    )
     curriculum.load_state_dict(state_dict)
     train(curriculum)
     curriculum.load_state_dict(state_dict)  # loading leaves the state dict as it was

@@ -44,7 +44,9 @@ FORMS = {"foreach": {"foreach": True}, "fused": {"fused": True}}
 LR = 0.05
 
 _data = torch.Generator().manual_seed(3)
-BATCHES = [(torch.randn(6, 3, generator=_data), torch.randn(6, 2, generator=_data)) for _ in range(6)]
+BATCHES = [
+    (torch.randn(6, 3, generator=_data), torch.randn(6, 2, generator=_data)) for _ in range(6)
+]
 
 
 def has_fused(optimizer_class: type[torch.optim.Optimizer]) -> bool:

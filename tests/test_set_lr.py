@@ -39,7 +39,10 @@ SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer], Any]] = {
     ),
     "SequentialLR": lambda o: lr_scheduler.SequentialLR(
         o,
-        [lr_scheduler.LinearLR(o, start_factor=0.2, total_iters=3), lr_scheduler.ExponentialLR(o, 0.8)],
+        [
+            lr_scheduler.LinearLR(o, start_factor=0.2, total_iters=3),
+            lr_scheduler.ExponentialLR(o, 0.8),
+        ],
         milestones=[3],
     ),
 }
@@ -103,7 +106,10 @@ def assert_invariant(curriculum: mf.Curriculum, reference: FlatReference, scale:
 
 def new_curriculum(name: str) -> mf.Curriculum:
     curriculum = mf.Curriculum(
-        make_model(), LR, optimizer=torch.optim.SGD, optimizer_kwargs={"momentum": 0.9},
+        make_model(),
+        LR,
+        optimizer=torch.optim.SGD,
+        optimizer_kwargs={"momentum": 0.9},
         scheduler=SCHEDULERS[name],
     )
     curriculum.set_lr_coefficient(0.1, "0")
@@ -197,7 +203,10 @@ def test_the_new_lr_is_saved_and_resumed_bit_for_bit():
     assert saved["curriculum"]["recipe"]["lr"] == NEW_LR
 
     resumed = mf.Curriculum(
-        make_model(), 1.0, optimizer=torch.optim.SGD, optimizer_kwargs={"momentum": 0.9},
+        make_model(),
+        1.0,
+        optimizer=torch.optim.SGD,
+        optimizer_kwargs={"momentum": 0.9},
         scheduler=SCHEDULERS["CosineAnnealingLR"],
     )
     resumed.model.load_state_dict(saved["model"])
