@@ -12,6 +12,7 @@ a few ulps where they do not (fused SGD with nesterov, foreach ASGD).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -249,3 +250,42 @@ def test_closures_see_every_parameter_during_the_split_step():
     optimizer.step(closure)
     # The re-activated layer's buffer is this step's own gradient, not stale + new.
     assert torch.equal(optimizer.state[model[2].weight]["momentum_buffer"], model[2].weight.grad)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_saved_between_the_unfreeze_and_its_first_step_resumes_bit_for_bit(path):
+    """The resumed run steps the re-activated layer apart too, as the saving run does."""
+
+    def make() -> mf.Curriculum:
+        return mf.Curriculum(
+            make_model(),
+            LR,
+            optimizer=torch.optim.SGD,
+            optimizer_kwargs={"momentum": 0.9, "dampening": 0.5, "fused": True},
+            coalesce=True,
+        )
+
+    original = make()
+    original.build()
+    train_step(original, BATCHES[0])
+    if path == "patch":
+        original.freeze("2")
+        train_step(original, BATCHES[1])
+        original.unfreeze("2")
+    else:
+        original.freeze("2")
+        original.build()
+        train_step(original, BATCHES[1])
+        original.unfreeze("2", reset_optimizer_if_needed=True)
+    buffer = io.BytesIO()
+    torch.save({"curriculum": original.state_dict(), "model": original.model.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed = make()
+    resumed.model.load_state_dict(saved["model"])
+    resumed.load_state_dict(saved["curriculum"])
+    for batch in BATCHES[2:]:
+        train_step(original, batch)
+        train_step(resumed, batch)
+    for a, b in zip(original.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
