@@ -26,7 +26,8 @@ from ._mentee import Mentee
 from ._plan import GroupLayout, GroupScale, NoChange, Patch, Plan, Rebuild, layout_of, plan
 from ._recipes import fine_tune, gradual_unfreeze, lp_ft
 from ._requires_grad import apply_requires_grad
-from ._schedule import Phase, Schedule, ScheduleCursor
+from ._schedule import Phase, Schedule
+from ._schedule_cursor import ScheduleCursor
 from ._schedule_runner import ScheduleRunner
 from ._state import CurriculumState
 from ._trainers import Classifier, Regressor, Trainer

@@ -87,6 +87,21 @@ class Condition:
         """The most epochs a phase can last under this condition, when that is knowable."""
         return None
 
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The names of the metrics this condition reads at epoch ends (none by default)."""
+        return ()
+
+    def describe(self, progress: Progress, *, phase_epochs: int, phase_steps: int) -> str:
+        """Where this condition stands, in words (what ``inspect`` prints).
+
+        Args:
+            progress: the condition's progress (from the cursor).
+            phase_epochs: epochs done in the phase.
+            phase_steps: optimizer steps done in the phase.
+        """
+        return f"{self!r}: progress {progress!r}"
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data with a ``"kind"`` key; TypeError for a user's own condition."""
         raise TypeError(
@@ -118,6 +133,12 @@ class _Count(Condition):
 
     def validate_progress(self, progress: Progress) -> None:
         _expect(progress is None, self, progress)
+
+    def describe(self, progress: Progress, *, phase_epochs: int, phase_steps: int) -> str:
+        done, unit = (
+            (phase_epochs, "epoch") if self.kind == "after_epochs" else (phase_steps, "step")
+        )
+        return f"{self.kind}({self.n}): {done} of {self.n} {unit}s done"
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "n": self.n}
@@ -198,6 +219,19 @@ class Plateau(Condition):
             raise ValueError(f"metric {self.metric!r} is NaN: plateau cannot compare it")
         return value
 
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return (self.metric,)
+
+    def describe(self, progress: Progress, *, phase_epochs: int, phase_steps: int) -> str:
+        best, bad_epochs = progress
+        name = f"plateau({self.metric!r})"
+        if best is None:
+            return f"{name}: no value yet"
+        return (
+            f"{name}: best {best:.6g}, {bad_epochs} of {self.patience} epoch(s) without improvement"
+        )
+
     def validate_progress(self, progress: Progress) -> None:
         _expect(
             isinstance(progress, tuple)
@@ -255,6 +289,19 @@ class _Composite(Condition):
 
     def _combine(self, held: list[bool]) -> bool:
         raise NotImplementedError
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for child in self.conditions for name in child.metrics))
+
+    def describe(self, progress: Progress, *, phase_epochs: int, phase_steps: int) -> str:
+        children, held = progress
+        parts = [
+            child.describe(child_progress, phase_epochs=phase_epochs, phase_steps=phase_steps)
+            + (" (held)" if child_held else "")
+            for child, child_progress, child_held in zip(self.conditions, children, held)
+        ]
+        return f"{self.kind}: " + "; ".join(parts)
 
     def validate_progress(self, progress: Progress) -> None:
         count = len(self.conditions)

@@ -19,8 +19,9 @@ from typing import Any
 
 from torch import nn
 
-from ._conditions import Condition, Progress, condition_from_dict
+from ._conditions import Condition, condition_from_dict
 from ._layers import select_layers
+from ._schedule_cursor import FORMAT_VERSION, ScheduleCursor, check_format_header
 from ._state import CurriculumState
 from ._transitions import (
     TRANSITION_KINDS,
@@ -30,10 +31,11 @@ from ._transitions import (
     transition_from_dict,
     transition_to_dict,
 )
+from ._warmup import warmup_state
 
-__all__ = ["Phase", "Schedule", "ScheduleCursor", "WarmupRamp", "warmup_state"]
+__all__ = ["Phase", "Schedule", "apply_phase"]
 
-_SCHEDULE_FORMAT, _CURSOR_FORMAT, _VERSION = "mentor_fn.Schedule", "mentor_fn.ScheduleCursor", 1
+_SCHEDULE_FORMAT = "mentor_fn.Schedule"
 _PHASE_FIELDS = ("name", "transition", "until", "lr", "lr_scale", "optimizer", "warmup_steps")
 
 
@@ -132,64 +134,6 @@ class Phase:
             )
         except TypeError as error:
             raise ValueError(f"malformed phase dict: {error}") from None
-
-
-@dataclass(frozen=True)
-class ScheduleCursor:
-    """Where a run stands in a schedule: an immutable value.
-
-    Attributes:
-        phase: the index of the current phase.
-        epochs: epochs done in the phase.
-        steps: optimizer steps done in the phase.
-        progress: the phase condition's progress (plain data).
-        finished: the last phase's ``until`` has held; the run stays in the
-            last phase and its state (epochs and steps still count, for warmup).
-    """
-
-    phase: int
-    epochs: int = 0
-    steps: int = 0
-    progress: Progress = None
-    finished: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("phase", "epochs", "steps"):
-            value = getattr(self, name)
-            if type(value) is not int:
-                raise TypeError(f"ScheduleCursor.{name} must be an int >= 0, got {value!r}")
-            if value < 0:
-                raise ValueError(f"ScheduleCursor.{name} must be an int >= 0, got {value!r}")
-        if type(self.finished) is not bool:
-            raise TypeError(f"ScheduleCursor.finished must be a bool, got {self.finished!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (the progress's tuples become lists), with a format version."""
-        return {
-            "format": _CURSOR_FORMAT,
-            "version": _VERSION,
-            "phase": self.phase,
-            "epochs": self.epochs,
-            "steps": self.steps,
-            "progress": _to_plain(self.progress),
-            "finished": self.finished,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ScheduleCursor:
-        """Rebuild a cursor from :meth:`to_dict` output (ValueError naming a bad field)."""
-        fields = ("phase", "epochs", "steps", "progress", "finished")
-        _check_header(data, _CURSOR_FORMAT, fields)
-        try:
-            return cls(
-                data["phase"],
-                data["epochs"],
-                data["steps"],
-                _from_plain(data["progress"]),
-                data["finished"],
-            )
-        except TypeError as error:
-            raise ValueError(f"malformed {_CURSOR_FORMAT} dict: {error}") from None
 
 
 @dataclass(frozen=True, init=False)
@@ -407,14 +351,14 @@ class Schedule:
         """
         return {
             "format": _SCHEDULE_FORMAT,
-            "version": _VERSION,
+            "version": FORMAT_VERSION,
             "phases": [phase.to_dict() for phase in self.phases],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
         """Rebuild a schedule from :meth:`to_dict` output (ValueError naming a bad field)."""
-        _check_header(data, _SCHEDULE_FORMAT, ("phases",))
+        check_format_header(data, _SCHEDULE_FORMAT, ("phases",))
         phases = data["phases"]
         if not isinstance(phases, (list, tuple)):
             raise ValueError(f"malformed Schedule dict: 'phases' must be a list, got {phases!r}")
@@ -432,57 +376,6 @@ class Schedule:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-# Warmup ---------------------------------------------------------------------------------
-
-
-class WarmupRamp:
-    """The coefficients a warmup of ``warmup_steps`` writes, computed once per phase.
-
-    The warming layers are those whose parameters do not train in ``before``
-    and train in ``target`` (frozen, then not; a norm layer that trains inside
-    a frozen subtree under the ``"train"`` norm policy is not one), among the
-    layers that own parameters. A coefficient write applies to a whole
-    subtree, so every other layer below a warming one is written as well,
-    with its own target coefficient: only the warming layers ramp.
-    """
-
-    __slots__ = ("kept", "target", "warming", "warmup_steps")
-
-    def __init__(self, before: CurriculumState, target: CurriculumState, warmup_steps: int) -> None:
-        owners, layers = target.parameter_owners, target.layers
-        trained, trains = before.resolved_trainable(), target.resolved_trainable()
-        coefficients = target.resolved_coefficients()
-        self.target, self.warmup_steps = target, warmup_steps
-        self.warming = {
-            position: coefficients[position]
-            for position, layer in enumerate(layers)
-            if trains[position] and not trained[position] and layer in owners
-        }
-        names = {layers[position] for position in self.warming}
-        self.kept = {
-            position: coefficients[position]
-            for position, layer in enumerate(layers)
-            if position not in self.warming and _below_any(layer, names)
-        }
-
-    def state(self, ramp: float) -> CurriculumState:
-        """The target state with the warming layers at ``ramp`` times their coefficient."""
-        if not self.warming or ramp >= 1:
-            return self.target
-        values = {position: coefficient * ramp for position, coefficient in self.warming.items()}
-        values.update(self.kept)
-        return self.target.set_coefficients(values)
-
-
-def warmup_state(
-    before: CurriculumState, target: CurriculumState, *, steps: int, warmup_steps: int
-) -> CurriculumState:
-    """``target`` after ``steps`` steps of a ``warmup_steps`` warmup from ``before``."""
-    if steps + 1 >= warmup_steps:
-        return target
-    return WarmupRamp(before, target, warmup_steps).state((steps + 1) / warmup_steps)
-
-
 def apply_phase(phase: Phase, state: CurriculumState) -> CurriculumState:
     """``phase.transition(state)``, checking that it returned a state."""
     new = phase.transition(state)
@@ -495,15 +388,6 @@ def apply_phase(phase: Phase, state: CurriculumState) -> CurriculumState:
 
 
 # Helpers ---------------------------------------------------------------------------------
-
-
-def _below_any(layer: str, names: set[str]) -> bool:
-    head, dot, _ = layer.rpartition(".")
-    while dot:
-        if head in names:
-            return True
-        head, dot, _ = head.rpartition(".")
-    return False
 
 
 def _checked_apply(
@@ -539,32 +423,3 @@ def _positive(value: object, what: str) -> float:
     if not (math.isfinite(number) and number > 0):
         raise ValueError(f"{what} must be finite and > 0, got {value!r}")
     return number
-
-
-def _check_header(data: Any, format_name: str, fields: tuple[str, ...]) -> None:
-    if not isinstance(data, Mapping) or data.get("format") != format_name:
-        found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
-        raise ValueError(f"not a {format_name} dict: format is {found!r}")
-    version = data.get("version")
-    if type(version) is not int or version != _VERSION:
-        raise ValueError(f"unsupported {format_name} version {version!r}; this reads {_VERSION}")
-    expected = {"format", "version", *fields}
-    if set(data) != expected:
-        raise ValueError(
-            f"malformed {format_name} dict: fields {sorted(data, key=repr)}, "
-            f"expected {sorted(expected)}"
-        )
-
-
-def _to_plain(progress: Progress) -> Any:
-    if isinstance(progress, tuple):
-        return [_to_plain(item) for item in progress]
-    return progress
-
-
-def _from_plain(data: Any) -> Progress:
-    if isinstance(data, (list, tuple)):
-        return tuple(_from_plain(item) for item in data)
-    if data is None or isinstance(data, (bool, int, float)):
-        return data
-    raise ValueError(f"malformed cursor progress: {data!r} is not None, a number or a list")

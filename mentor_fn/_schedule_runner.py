@@ -14,13 +14,14 @@ from typing import Any
 from ._curriculum import Curriculum
 from ._layers import check_same_layers
 from ._plan import NoChange, Patch, Rebuild
-from ._schedule import Phase, Schedule, ScheduleCursor, WarmupRamp, apply_phase
+from ._saved_schedule import SavedSchedule, check_agreement
+from ._schedule import Phase, Schedule, apply_phase
+from ._schedule_cursor import ScheduleCursor
 from ._state import CurriculumState
+from ._warmup import WarmupRamp
 
 __all__ = ["ScheduleRunner"]
 
-_FORMAT_NAME, _FORMAT_VERSION = "mentor_fn.ScheduleRunner", 1
-_FIELDS = ("cursor", "initial_state", "fingerprint", "schedule")
 Plan = NoChange | Patch | Rebuild
 
 
@@ -220,7 +221,7 @@ class ScheduleRunner:
                 lr = base * phase.lr_scale
         executed = curriculum.update(state, reset_optimizer_if_needed=True)
         if lr is not None:
-            curriculum.set_lr(lr)  # type: ignore[attr-defined]
+            curriculum.set_lr(lr)
         if phase.optimizer == "fresh" and built:
             curriculum.build()
             executed = Rebuild(
@@ -246,17 +247,17 @@ class ScheduleRunner:
             RuntimeError: the runner has not started.
             TypeError: the schedule holds a user's own callable (not serializable).
         """
+        return self.saved().to_dict()
+
+    def saved(self) -> SavedSchedule:
+        """Where the run stands, as a value (what :meth:`state_dict` writes out).
+
+        Raises:
+            RuntimeError: the runner has not started.
+        """
         if self._cursor is None or self._initial is None:
             raise RuntimeError("call start() (or load_state_dict()) before state_dict()")
-        schedule = self._schedule.to_dict()
-        return {
-            "format": _FORMAT_NAME,
-            "version": _FORMAT_VERSION,
-            "cursor": self._cursor.to_dict(),
-            "initial_state": self._initial.to_dict(),
-            "fingerprint": self._schedule.fingerprint(),
-            "schedule": schedule,
-        }
+        return SavedSchedule(self._schedule, self._cursor, self._initial)
 
     def load_state_dict(
         self, state_dict: Mapping[str, Any], *, allow_schedule_change: bool = False
@@ -268,54 +269,60 @@ class ScheduleRunner:
         at the saved cursor and changes nothing on the Curriculum.
 
         Raises:
-            ValueError: a malformed dict; a schedule whose fingerprint differs
-                from the saved one (unless ``allow_schedule_change``; the
-                cursor must still fit the new schedule); a Curriculum whose
-                state is not ``schedule.state_at(cursor, initial_state)``.
-                Nothing changes.
+            ValueError: a malformed dict; a schedule other than the saved one
+                (unless ``allow_schedule_change``; the cursor must still fit
+                the new schedule); a Curriculum whose state is not
+                ``schedule.state_at(cursor, initial_state)``. Nothing changes.
         """
         if not isinstance(allow_schedule_change, bool):
             raise TypeError(f"allow_schedule_change must be a bool, got {allow_schedule_change!r}")
-        if not isinstance(state_dict, Mapping) or state_dict.get("format") != _FORMAT_NAME:
+        saved = SavedSchedule.from_dict(state_dict)
+        self.load_saved(saved, allow_schedule_change=allow_schedule_change)
+
+    def load_saved(self, saved: SavedSchedule, *, allow_schedule_change: bool = False) -> None:
+        """:meth:`load_state_dict` on a value already read (see there)."""
+        if not isinstance(allow_schedule_change, bool):
+            raise TypeError(f"allow_schedule_change must be a bool, got {allow_schedule_change!r}")
+        if saved.schedule != self._schedule and not allow_schedule_change:
             raise ValueError(
-                "not a mentor_fn ScheduleRunner state dict (format key missing or wrong)"
-            )
-        if state_dict.get("version") != _FORMAT_VERSION or set(state_dict) != {
-            "format",
-            "version",
-            *_FIELDS,
-        }:
-            raise ValueError(
-                f"malformed ScheduleRunner state dict (version {state_dict.get('version')!r}, "
-                f"fields {sorted(state_dict, key=repr)}); this reads version {_FORMAT_VERSION} "
-                f"with the fields {_FIELDS}"
-            )
-        cursor = ScheduleCursor.from_dict(state_dict["cursor"])
-        initial = CurriculumState.from_dict(state_dict["initial_state"])
-        saved, saved_schedule = state_dict["fingerprint"], state_dict["schedule"]
-        if not isinstance(saved, str) or not isinstance(saved_schedule, Mapping):
-            raise ValueError("malformed ScheduleRunner state dict: fingerprint or schedule")
-        mine = self._schedule.fingerprint()
-        if saved != mine and not allow_schedule_change:
-            names = [phase.name for phase in Schedule.from_dict(saved_schedule).phases]
-            raise ValueError(
-                f"the run was saved with another schedule (fingerprint {saved}, phases {names}) "
-                f"than this runner's (fingerprint {mine}, phases "
-                f"{[phase.name for phase in self._schedule.phases]}); pass "
+                f"the run was saved with another schedule ({describe_schedule(saved.schedule)}) "
+                f"than this runner's ({describe_schedule(self._schedule)}); pass "
                 "allow_schedule_change=True to continue with this one"
             )
+        cursor = saved.cursor
         self._schedule.validate_cursor(cursor)
-        check_same_layers(initial.layers, self._curriculum.state.layers, "the curriculum")
-        initial = self._owned(initial)
+        layers = self._curriculum.state.layers
+        check_same_layers(saved.initial_state.layers, layers, "the curriculum")
+        initial = self._owned(saved.initial_state)
         target = initial
         for index in range(cursor.phase):
             target = apply_phase(self._schedule.phases[index], target)
         target, ramp = self._prepare(cursor.phase, target)
         # The same state as schedule.state_at(cursor, initial), from the parts kept for steps.
         expected = target if ramp is None else ramp.state((cursor.steps + 1) / ramp.warmup_steps)
-        _check_agreement(expected, self._curriculum.state, self._schedule.phases[cursor.phase])
+        check_agreement(expected, self._curriculum.state, self._schedule.phases[cursor.phase])
         self._initial = initial
         self._commit(cursor, target, ramp)
+
+    def moved_to(self, curriculum: Curriculum) -> ScheduleRunner:
+        """The same run on another Curriculum of the same model, at the same cursor.
+
+        For a Curriculum that replaced this runner's (``Mentee.create_train_objects``
+        makes a new one): its state is taken as it is, like the state between
+        two calls of :meth:`step`; the next phase change applies the schedule's.
+
+        Raises:
+            RuntimeError: the runner has not started.
+            ValueError: the Curriculum's model has other layers.
+        """
+        if self._cursor is None or self._initial is None:
+            raise RuntimeError("call start() (or load_state_dict()) before moved_to()")
+        check_same_layers(self._initial.layers, curriculum.state.layers, "the curriculum")
+        moved = ScheduleRunner(curriculum, self._schedule)
+        moved._initial = self._initial
+        moved._cursor, moved._target, moved._ramp = self._cursor, self._target, self._ramp
+        moved._warmup_steps = self._warmup_steps
+        return moved
 
     def _owned(self, state: CurriculumState) -> CurriculumState:
         """``state`` with the Curriculum's parameter owners (a state made from layers lacks them)."""
@@ -343,19 +350,10 @@ def _entry_state(target: CurriculumState, ramp: WarmupRamp | None) -> Curriculum
     return target if ramp is None else ramp.state(1 / ramp.warmup_steps)
 
 
-def _check_agreement(expected: CurriculumState, actual: CurriculumState, phase: Phase) -> None:
-    expected_values = zip(expected.resolved_frozen(), expected.resolved_coefficients())
-    actual_values = zip(actual.resolved_frozen(), actual.resolved_coefficients())
-    differences = [
-        f"{layer!r}: the schedule has frozen={want[0]} coefficient={want[1]:g}, the curriculum "
-        f"frozen={have[0]} coefficient={have[1]:g}"
-        for layer, want, have in zip(expected.layers, expected_values, actual_values)
-        if want != have
-    ]
-    if differences:
-        shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
-        raise ValueError(
-            f"the curriculum's state is not the schedule's state in phase {phase.name!r} at the "
-            f"saved cursor ({len(differences)} layer(s) differ: {shown}). Load the curriculum's "
-            "own state dict from the same checkpoint first"
-        )
+def describe_schedule(schedule: Schedule) -> str:
+    """Its phase names and, when it is serializable, its fingerprint (for messages)."""
+    names = [phase.name for phase in schedule.phases]
+    try:
+        return f"fingerprint {schedule.fingerprint()}, phases {names}"
+    except TypeError:
+        return f"phases {names}, not serializable"

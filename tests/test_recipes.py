@@ -12,7 +12,8 @@ from torch import nn
 from mentor_fn import Curriculum, CurriculumState
 from mentor_fn._conditions import after_epochs
 from mentor_fn._recipes import fine_tune, gradual_unfreeze, lp_ft
-from mentor_fn._schedule import Schedule, ScheduleCursor
+from mentor_fn._schedule import Schedule
+from mentor_fn._schedule_cursor import ScheduleCursor
 from mentor_fn._schedule_runner import ScheduleRunner
 
 needs_set_lr = pytest.mark.skipif(

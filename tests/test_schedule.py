@@ -24,7 +24,8 @@ from mentor_fn import (
     unfreeze,
 )
 from mentor_fn._conditions import after_epochs, after_steps, all_of, any_of, plateau
-from mentor_fn._schedule import Phase, Schedule, ScheduleCursor
+from mentor_fn._schedule import Phase, Schedule
+from mentor_fn._schedule_cursor import ScheduleCursor
 from mentor_fn.testing import Write
 from mentor_fn.testing import models as module_trees
 from mentor_fn.testing import writes as writes_for
@@ -555,7 +556,17 @@ def test_cursor_round_trips_and_validates():
 
 
 @pytest.mark.parametrize(
-    "module", ["_transitions", "_conditions", "_schedule", "_schedule_runner", "_recipes"]
+    "module",
+    [
+        "_transitions",
+        "_conditions",
+        "_schedule",
+        "_schedule_cursor",
+        "_warmup",
+        "_saved_schedule",
+        "_schedule_runner",
+        "_recipes",
+    ],
 )
 def test_docstring_examples_run(module):
     imported = __import__(f"mentor_fn.{module}", fromlist=["_"])
