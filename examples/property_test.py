@@ -11,6 +11,9 @@ prints the shortest run that breaks it. Needs `pip install 'mentor_fn[testing]'`
 Run: python -m pytest examples/property_test.py   (or as a script)
 """
 
+import os
+import tempfile
+
 import torch
 from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
@@ -34,6 +37,8 @@ class MyCurriculum(CurriculumMachine):
 
 TestMyCurriculum = MyCurriculum.TestCase  # what pytest collects
 
-if __name__ == "__main__":
-    run_state_machine_as_test(MyCurriculum)
+if __name__ == "__main__":  # as a script, hypothesis keeps its caches out of the cwd
+    with tempfile.TemporaryDirectory() as scratch:
+        os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = scratch
+        run_state_machine_as_test(MyCurriculum)
     print("MyCurriculum: the invariant held after every step of 5 random runs")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import math
 import re
 import subprocess
@@ -26,9 +28,11 @@ from mentor_fn.testing import (
     check_lrs,
     check_partition,
     check_resume,
+    conditions,
     first_difference,
     models,
     patterns,
+    schedules,
     states,
     transitions,
     view_model,
@@ -91,6 +95,14 @@ def test_the_testing_extra_brings_hypothesis():
     assert re.search(r'testing = \[\s*"hypothesis>=6\.100",?\s*\]', pyproject)
 
 
+@pytest.mark.parametrize(
+    "module", ["_checks", "_diff", "_models", "_resume", "_schedules", "_strategies", "_views"]
+)
+def test_the_docstring_examples_run(module):
+    result = doctest.testmod(importlib.import_module(f"mentor_fn.testing.{module}"))
+    assert result.attempted and not result.failed
+
+
 # Strategies -------------------------------------------------------------------------
 
 
@@ -145,6 +157,27 @@ def test_writes_states_patterns_and_transitions_fit_the_model(model, data):
     for transition in data.draw(st.lists(transitions(model), max_size=4)):
         state = transition(state)  # every pattern matches: no ValueError
     assert state.layers == layers
+
+
+@given(models(), st.data())
+def test_schedules_are_valid_for_the_model_and_plain_data(model, data):
+    schedule = data.draw(schedules(model, max_phases=3))
+    schedule.check(model)  # every pattern of every phase matches
+    assert 1 <= len(schedule.phases) <= 3
+    assert all(phase.until is not None for phase in schedule.phases[:-1])
+    assert mf.Schedule.from_dict(schedule.to_dict()) == schedule
+    state = mf.CurriculumState.from_model(model)
+    for phase in schedule.phases:
+        state = phase.transition(state)
+
+
+def test_conditions_without_metrics_draw_no_plateau():
+    drawn = find(
+        st.lists(conditions(metrics=()), min_size=20),
+        lambda found: True,
+        settings=settings(database=None, phases=[Phase.generate]),
+    )
+    assert not any("Plateau" in repr(condition) for condition in drawn)
 
 
 @given(transitions(tiny(), kinds=["freeze", "chain"]))

@@ -7,7 +7,8 @@ never imports this package (nor hypothesis).
   modules, root parameters, norm layers, parameters frozen before any
   Curriculum), :func:`writes` / :func:`states` (states of a model reached by
   random single-layer writes), :func:`patterns` and :func:`transitions`
-  (mentor_fn transition values whose patterns match a model).
+  (mentor_fn transition values whose patterns match a model),
+  :func:`schedules` / :func:`conditions` (valid schedules of phases for a model).
 * Checks of DESIGN.md's invariant, each raising ``AssertionError`` that names
   the parameter, layer or group at fault: :func:`check_flags` (1),
   :func:`check_partition` (2), :func:`check_lrs` (3), :func:`check_resume` (4).
@@ -52,6 +53,7 @@ from ._diff import first_difference
 from ._machine import CurriculumMachine
 from ._models import INPUT_WIDTH, GeneratedModel, models
 from ._resume import check_resume
+from ._schedules import conditions, schedules
 from ._strategies import (
     COEFFICIENTS,
     TRANSITION_KINDS,
@@ -75,9 +77,11 @@ __all__ = [
     "check_lrs",
     "check_partition",
     "check_resume",
+    "conditions",
     "first_difference",
     "models",
     "patterns",
+    "schedules",
     "states",
     "transitions",
     "view_model",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -219,6 +219,12 @@ class CurriculumMachine(RuleBasedStateMachine):
             coalesce=self.coalesce,
         )
 
+    def new_optimizer(self, parameters: list[torch.Tensor]) -> torch.optim.Optimizer:
+        """An optimizer of the machine's class on ``parameters``, one flat group."""
+        # Optimizer's own signature is (params, defaults); its subclasses take lr.
+        make: Callable[..., torch.optim.Optimizer] = self.optimizer_class
+        return make(parameters, lr=self.lr, **self.optimizer_kwargs)
+
     def view(self) -> ModelView:
         """The live model read through torch's registries (cached per model)."""
         if self._view is None:
@@ -229,9 +235,7 @@ class CurriculumMachine(RuleBasedStateMachine):
         """``build()``, and restart the flat reference schedule with it."""
         self.curriculum.build()
         self.reference_parameter = torch.zeros(1, requires_grad=True)
-        self.reference_optimizer = self.optimizer_class(
-            [self.reference_parameter], lr=self.lr, **self.optimizer_kwargs
-        )
+        self.reference_optimizer = self.new_optimizer([self.reference_parameter])
         factory = self._scheduler_factory()
         self.reference_scheduler = None if factory is None else factory(self.reference_optimizer)
         self.scheduler_steps = 0
@@ -267,7 +271,9 @@ class CurriculumMachine(RuleBasedStateMachine):
     def optimizer_step(self) -> None:
         view, state = self.view(), self.curriculum.state
         trainable = view.trainable(state)
-        still = {  # what must not move: frozen parameters, statistics under "eval"
+        still: dict[
+            str, torch.Tensor
+        ] = {  # what must not move: frozen parameters, statistics under "eval"
             f"parameter {name!r} (layer {view.owners[id(parameter)]!r})": parameter
             for name, parameter in view.parameters.items()
             if name not in trainable
@@ -478,9 +484,7 @@ class CurriculumMachine(RuleBasedStateMachine):
             name: parameter.detach().clone().requires_grad_(True)
             for name, parameter in parameters.items()
         }
-        optimizer = self.optimizer_class(
-            list(scratch.values()), lr=self.lr, **self.optimizer_kwargs
-        )
+        optimizer = self.new_optimizer(list(scratch.values()))
         now = self._optimizer_state()
         for name, tensor in scratch.items():
             fresh = dict(optimizer.state.get(tensor, {}))

@@ -24,6 +24,12 @@ __all__ = [
 
 Step = Callable[[Curriculum], object]
 
+# make_run() runs seeded: the uninterrupted and the saving run start alike
+# (random initial weights included); resumed runs start elsewhere, so a load
+# that leaves anything out cannot pass by chance.
+_RUN_SEED = 1_000_003
+_RESUMED_SEED = 1_000_033
+
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
@@ -86,11 +92,14 @@ def check_resume(
     """Invariant 4: saving after any step and resuming changes nothing, bit for bit.
 
     The contract: ``make_run()`` returns a fresh :class:`~mentor_fn.Curriculum`
-    on a fresh model, configured the same way every call (built or not; its
-    initial weights may differ, resuming replaces them). Each step is a
+    on a fresh model, configured the same way every call (built or not). It
+    runs with torch's RNG seeded: the uninterrupted and the saving run get one
+    seed (random initial weights agree), resumed runs another (loading must
+    replace their weights). Each step is a
     callable ``step(curriculum)`` that trains, steps the scheduler, applies
     transitions, calls ``build()``, ...: whatever a run does, deterministic
-    given the curriculum (each step runs with torch's RNG seeded by its index).
+    given the curriculum (each step runs with torch's RNG seeded by its index;
+    gradients are not part of a checkpoint, so a training step zeroes them).
 
     The check runs all steps on one run, uninterrupted. Then, for each split
     point ``k`` (default: every ``k`` from 0 to ``len(steps)``), it saves
@@ -112,7 +121,8 @@ def check_resume(
         ...     curriculum = Curriculum(nn.Linear(2, 1), 0.1, optimizer=torch.optim.Adam)
         ...     curriculum.build()
         ...     return curriculum
-        >>> def train(curriculum):
+        >>> def train(curriculum):  # gradients are not saved: start each step from none
+        ...     curriculum.optimizer.zero_grad()
         ...     curriculum.model(torch.ones(1, 2)).sum().backward()
         ...     curriculum.optimizer.step()
         >>> check_resume(make_run, [train, train, lambda c: c.freeze("weight"), train])
@@ -122,21 +132,25 @@ def check_resume(
     for point in points:
         if not 0 <= point <= len(steps):
             raise ValueError(f"split point {point} is outside 0..{len(steps)}")
-    uninterrupted = make_run()
+    with seeded(_RUN_SEED):
+        uninterrupted = make_run()
     _run(uninterrupted, steps, 0, len(steps))
     expected = run_record(uninterrupted)
 
     # One run saves at every split point without stopping; each save then
     # continues in a run of its own.
     saves: dict[int, bytes] = {}
-    saving = make_run()
+    with seeded(_RUN_SEED):
+        saving = make_run()
     done = 0
     for point in points:
         _run(saving, steps, done, point)
         done = point
         saves[point] = snapshot_bytes(saving)
     for point in points:
-        resumed = resume_from(saves[point], make_run())
+        with seeded(_RESUMED_SEED):
+            fresh = make_run()
+        resumed = resume_from(saves[point], fresh)
         found = first_difference(
             torch.load(io.BytesIO(saves[point]), weights_only=True),
             {"model": resumed.model.state_dict(), "curriculum": resumed.state_dict()},
