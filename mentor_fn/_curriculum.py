@@ -482,7 +482,8 @@ class Curriculum:
             ValueError: ``lr`` is not finite and > 0 (a global lr of 0 could
                 never be rescaled again). Nothing has changed.
             RuntimeError: the reference group's lr is 0 (a scheduler drove it
-                there): no ratio takes it to ``lr``. Nothing has changed.
+                there, or it was built at lr 0): no ratio takes it to ``lr``.
+                Nothing has changed.
         """
         new_lr = _positive_lr(lr)
         optimizer = self._optimizer
@@ -493,9 +494,9 @@ class Curriculum:
         live = float(optimizer.param_groups[_reference_index(optimizer)]["lr"])
         if live == 0:
             raise RuntimeError(
-                "set_lr: the reference group's lr is 0 (the scheduler drove it there), so no "
-                "ratio rescales it to the new lr; call build() after set_lr() to start a fresh "
-                "phase at that lr. Nothing was changed."
+                "set_lr: the reference group's lr is 0 (a scheduler drove it there, or the "
+                "optimizer was built at lr 0), so no ratio rescales it to the new lr; call "
+                "build() after set_lr() to start a fresh phase at that lr. Nothing was changed."
             )
         ratio = new_lr / live
         for index in range(len(optimizer.param_groups)):
