@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ._curriculum import Curriculum
 from ._trainers import Trainer
 
-__all__ = ["FitHooks", "Trainee", "as_step_output", "batches", "run_epochs"]
+__all__ = ["FitHooks", "Trainee", "as_step_output", "batches", "epoch_metrics", "run_epochs"]
 
 
 class Trainee(Protocol):
@@ -53,31 +53,43 @@ class FitHooks:
     Attributes:
         after_step: after each optimizer step (the optimizer may be rebuilt or
             replaced there: the next step uses the curriculum's current one).
+        record_fields: more fields for the epoch's history record (e.g. the
+            schedule's phase), asked for when the record is made.
         at_epoch_end: with the epoch's history record, once it is in
             ``model.history`` and ``model.epoch`` counts it.
+        stop: asked before each epoch; True ends the loop (with ``epochs=None``,
+            the only end).
     """
 
     after_step: Callable[[], object] | None = None
+    record_fields: Callable[[], Mapping[str, Any]] | None = None
     at_epoch_end: Callable[[dict[str, Any]], object] | None = None
+    stop: Callable[[], bool] | None = None
 
 
 def run_epochs(
     model: Trainee,
     train_batches: Iterable[Any],
     val_batches: Iterable[Any] | None,
-    epochs: int,
+    epochs: int | None,
     *,
     trainer: Trainer,
     progress: bool,
     hooks: FitHooks = FitHooks(),
 ) -> None:
-    """Train ``epochs`` epochs: each trains, validates, steps the scheduler and
-    appends one record to ``model.history``.
+    """Train ``epochs`` epochs (None: until ``hooks.stop`` says so): each trains,
+    validates, steps the scheduler and appends one record to ``model.history``.
 
     The scheduler steps once per epoch; ReduceLROnPlateau gets the validation
     loss (the training loss without validation data).
     """
-    for _ in range(epochs):
+    if epochs is None and hooks.stop is None:
+        raise ValueError("run_epochs: epochs=None needs a stop hook, or it would never end")
+    done = 0
+    while epochs is None or done < epochs:
+        if hooks.stop is not None and hooks.stop():
+            break
+        done += 1
         started = time.perf_counter()
         learning_rates = effective_lrs(model.curriculum)
         train_metrics = trainer.finalize(
@@ -102,6 +114,8 @@ def run_epochs(
             "frozen": sorted(frozen_owner_layers(model.curriculum)),
             "time": time.perf_counter() - started,
         }
+        if hooks.record_fields is not None:
+            record.update(hooks.record_fields())
         model.history.append(record)
         if hooks.at_epoch_end is not None:
             hooks.at_epoch_end(record)
@@ -186,9 +200,10 @@ def as_step_output(output: Any) -> dict[str, Any]:
     )
 
 
-def batches(data: Any, *, shuffle: bool, batch_size: int, epochs: int) -> Iterable[Any]:
+def batches(data: Any, *, shuffle: bool, batch_size: int, epochs: int | None) -> Iterable[Any]:
     """What one epoch iterates: a DataLoader as given, a sized Dataset batched
     with ``batch_size`` (shuffled for training), or a re-iterable of batches.
+    ``epochs``: how many epochs will iterate it (None: as many as a schedule takes).
 
     Raises:
         TypeError: not iterable, or a one-shot iterator for several epochs.
@@ -199,11 +214,26 @@ def batches(data: Any, *, shuffle: bool, batch_size: int, epochs: int) -> Iterab
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle)
     if not isinstance(data, Iterable):
         raise TypeError(f"expected a DataLoader, a Dataset or an iterable of batches, got {data!r}")
-    if iter(data) is data and epochs > 1:
+    if iter(data) is data and (epochs is None or epochs > 1):
         raise TypeError(
             "an iterator is exhausted after one epoch: pass a list, a Dataset or a DataLoader"
         )
     return data
+
+
+def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """What an epoch reports to a schedule: each metric of a history record,
+    named ``train_<name>`` and ``val_<name>`` (``val_loss``, ``train_accuracy``...).
+
+    Example:
+        >>> epoch_metrics({"train": {"loss": 0.5}, "val": {"loss": 0.7, "accuracy": 0.9}})
+        {'train_loss': 0.5, 'val_loss': 0.7, 'val_accuracy': 0.9}
+    """
+    return {
+        f"{split}_{name}": value
+        for split in ("train", "val")
+        for name, value in (record.get(split) or {}).items()
+    }
 
 
 def effective_lrs(curriculum: Curriculum) -> dict[str, float]:

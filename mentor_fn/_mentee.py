@@ -2,105 +2,49 @@
 
 A subclass writes ``__init__`` and ``forward`` (and sets ``self.trainer``);
 freezing, coefficients, the optimizer, ``fit``, checkpoints and resume come
-from here. Constructor arguments are recorded automatically, so a checkpoint
-can rebuild the model with no bookkeeping by the user. The training loop is
-``mentor_fn._fit``'s, the checkpoint layout ``mentor_fn._mentee_checkpoint``'s.
+from here. The parts live in their own modules: constructor recording
+(``_mentee_construction``), the training loop (``_fit``), a schedule driving
+fit (``_mentee_schedule``), the checkpoint layout (``_mentee_checkpoint``)
+and rebuilding from it (``_mentee_resume``).
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, BinaryIO
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO, cast
 
 import torch
 from torch import nn
 from torch.optim import lr_scheduler as torch_schedulers
 
 from . import _layers
-from ._checkpoint import CheckpointError, is_plain_data
+from ._checkpoint_values import MenteeCheckpoint, SchedulerRecipe
 from ._curriculum import Curriculum
-from ._fit import FitHooks, batches, run_epochs
-from ._groups import validate_lr
 from ._layers import Patterns
-from ._mentee_checkpoint import (
-    ConstructorArguments,
-    MenteeCheckpoint,
-    SchedulerRecipe,
-    read_mentee_checkpoint,
-    write_mentee_checkpoint,
+from ._mentee_checkpoint import read_mentee_checkpoint, write_mentee_checkpoint
+from ._mentee_construction import (
+    constructor_arguments,
+    record_explicit_arguments,
+    register_model_class,
 )
-from ._qualified_names import class_in_namespace, qualified_name
+from ._mentee_fit import DEFAULT_LR, MenteeFitting
+from ._mentee_resume import model_from, resumed_curriculum
+from ._mentee_schedule import (
+    check_resume_schedule,
+    resumed_runner,
+)
+from ._qualified_names import qualified_name
 from ._random_states import RandomStates
+from ._schedule import Schedule
+from ._schedule_runner import ScheduleRunner
 from ._state import CurriculumState
-from ._trainers import Trainer
+from ._train_objects import scheduler_factory, scheduler_recipe
 
 __all__ = ["Mentee"]
 
-_REGISTRY: dict[str, type[Mentee]] = {}
 _PLACEHOLDER_LR = 1e-3  # lr of the unbuilt curriculum; create_train_objects sets the real one
-_DEFAULT_LR = 1e-3  # create_train_objects' default, also fit's when it creates them
-
-
-def _received_arguments(
-    signature: inspect.Signature | None,
-    instance: Any,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> ConstructorArguments:
-    """What a constructor received: the arguments passed, and the defaults of the others.
-
-    Defaults are recorded too (as keywords), so a model resumed after a
-    default changed in the code is still built as it was saved; a default
-    that is not plain data is left to the code, as it cannot be saved.
-    """
-    received = dict(kwargs)
-    if signature is not None:
-        try:
-            bound = signature.bind(instance, *args, **kwargs)
-        except TypeError:
-            return ConstructorArguments(args, received)  # the call itself fails: it says why
-        for name, parameter in signature.parameters.items():
-            if (
-                name not in bound.arguments
-                and parameter.default is not parameter.empty
-                and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
-                and is_plain_data(parameter.default)
-            ):
-                received[name] = parameter.default
-    return ConstructorArguments(args, received)
-
-
-def _recording(init: Callable[..., None]) -> Callable[..., None]:
-    try:
-        signature: inspect.Signature | None = inspect.signature(init)
-    except (TypeError, ValueError):
-        signature = None
-
-    @functools.wraps(init)
-    def __init__(self: Mentee, *args: Any, **kwargs: Any) -> None:
-        # The outermost constructor runs first, that of type(self) (or the one
-        # it inherits): its arguments are the ones that rebuild the model. The
-        # depth of nested recorded constructors tells Mentee.__init__ whose
-        # explicit arguments it receives (see there).
-        if "_mentee_constructor" not in self.__dict__:
-            object.__setattr__(
-                self, "_mentee_constructor", _received_arguments(signature, self, args, kwargs)
-            )
-        depth = self.__dict__.get("_mentee_init_depth", 0)
-        object.__setattr__(self, "_mentee_init_depth", depth + 1)
-        try:
-            init(self, *args, **kwargs)
-        finally:
-            if depth:
-                object.__setattr__(self, "_mentee_init_depth", depth)
-            else:
-                self.__dict__.pop("_mentee_init_depth", None)
-
-    return __init__
 
 
 class _Device:
@@ -117,7 +61,7 @@ class _Device:
         return torch.device("cpu")
 
 
-class Mentee(nn.Module):
+class Mentee(MenteeFitting):
     """An ``nn.Module`` with curriculum controls, ``fit``, checkpoints and resume.
 
     Example:
@@ -136,15 +80,9 @@ class Mentee(nn.Module):
         (['body', 'head'], ['body'])
     """
 
-    # Set in a subclass's __init__ (self.trainer = Classifier()) or as a class attribute.
-    trainer: Trainer | None = None
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _REGISTRY[qualified_name(cls)] = cls
-        init = cls.__dict__.get("__init__")
-        if init is not None:
-            cls.__init__ = _recording(init)  # type: ignore[method-assign]
+        register_model_class(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Constructor arguments are recorded automatically: those the
@@ -157,20 +95,10 @@ class Mentee(nn.Module):
         captured (an ``__init__`` replaced after the class was made).
         """
         super().__init__()
-        # Explicit arguments describe the signature of the class that passes
-        # them: a fallback only when that is type(self)'s own constructor (one
-        # recorded constructor deep, or none). A subclass of a class that
-        # passes its arguments explicitly has another signature.
-        if (args or kwargs) and self.__dict__.get("_mentee_init_depth", 0) <= 1:
-            object.__setattr__(
-                self, "_mentee_explicit_constructor", ConstructorArguments(args, dict(kwargs))
-            )
+        record_explicit_arguments(self, args, kwargs)
+        # Set past nn.Module.__setattr__, which would register a Module value as a child.
         object.__setattr__(self, "_mentee_curriculum", None)
         object.__setattr__(self, "_mentee_scheduler_recipe", None)
-        object.__setattr__(self, "_mentee_best_weights", None)
-        self.epoch = 0
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] | None = None
 
     # The curriculum behind the object API ----------------------------------------
 
@@ -310,7 +238,7 @@ class Mentee(nn.Module):
 
     def create_train_objects(
         self,
-        lr: float = _DEFAULT_LR,
+        lr: float = DEFAULT_LR,
         step_size: int = 10,
         gamma: float = 0.1,
         *,
@@ -327,26 +255,41 @@ class Mentee(nn.Module):
         Adam and ``StepLR(step_size, gamma)`` by default. ``scheduler`` may be
         a ``torch.optim.lr_scheduler`` class (with ``scheduler_kwargs``; it is
         recorded in checkpoints) or any factory ``optimizer -> scheduler``
-        (pass it again to :meth:`resume_training`).
+        (pass it again to :meth:`resume_training`). A schedule run goes on
+        with the new objects at the next :meth:`fit`.
 
         Returns:
             ``{"optimizer": ..., "lr_scheduler": ...}``
         """
-        if scheduler is None:
-            recipe: SchedulerRecipe | None = SchedulerRecipe(
-                qualified_name(torch_schedulers.StepLR), {"step_size": step_size, "gamma": gamma}
-            )
-        elif isinstance(scheduler, type) and issubclass(scheduler, torch_schedulers.LRScheduler):
-            recipe = SchedulerRecipe(qualified_name(scheduler), dict(scheduler_kwargs or {}))
-        elif callable(scheduler):
-            if scheduler_kwargs:
-                raise ValueError("scheduler_kwargs go with a scheduler class, not a factory")
-            recipe = None
-        else:
-            raise TypeError(
-                f"scheduler must be an LRScheduler class or a factory, got {scheduler!r}"
-            )
-        factory = _scheduler_factory(recipe) if recipe is not None else scheduler
+        curriculum, recipe = self._unbuilt_train_objects(
+            lr,
+            step_size,
+            gamma,
+            optimizer=optimizer,
+            optimizer_kwargs=optimizer_kwargs,
+            scheduler=scheduler,
+            scheduler_kwargs=scheduler_kwargs,
+            coalesce=coalesce,
+        )
+        curriculum.build()
+        self._use_train_objects(curriculum, recipe)
+        return {"optimizer": curriculum.optimizer, "lr_scheduler": curriculum.scheduler}
+
+    def _unbuilt_train_objects(
+        self,
+        lr: float = DEFAULT_LR,
+        step_size: int = 10,
+        gamma: float = 0.1,
+        *,
+        optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: Mapping[str, Any] | None = None,
+        scheduler: Any = None,
+        scheduler_kwargs: Mapping[str, Any] | None = None,
+        coalesce: bool = False,
+    ) -> tuple[Curriculum, SchedulerRecipe | None]:
+        """A Curriculum with this model's state, not built and not yet the model's."""
+        recipe = scheduler_recipe(scheduler, scheduler_kwargs, step_size=step_size, gamma=gamma)
+        factory = scheduler_factory(recipe) if recipe is not None else scheduler
         curriculum = Curriculum(
             self,
             lr,
@@ -356,123 +299,11 @@ class Mentee(nn.Module):
             coalesce=coalesce,
             state=self.curriculum_state,
         )
-        curriculum.build()
+        return curriculum, recipe
+
+    def _use_train_objects(self, curriculum: Curriculum, recipe: SchedulerRecipe | None) -> None:
         object.__setattr__(self, "_mentee_curriculum", curriculum)
         object.__setattr__(self, "_mentee_scheduler_recipe", recipe)
-        return {"optimizer": curriculum.optimizer, "lr_scheduler": curriculum.scheduler}
-
-    # Steps ------------------------------------------------------------------------
-
-    def _require_trainer(self) -> Trainer:
-        trainer = self.trainer
-        if trainer is None:
-            raise TypeError(
-                f"{type(self).__name__} has no trainer: set self.trainer = Classifier() "
-                "(or Regressor()) in __init__, or override training_step/validation_step"
-            )
-        return trainer
-
-    def training_step(self, batch: Any) -> Any:
-        """Loss and metrics of one training batch; the trainer's by default.
-
-        May return a loss tensor, a dict with ``"loss"``, or ``(loss, metrics_dict)``.
-        """
-        return self._require_trainer().training_step(self.forward_module, batch)
-
-    def validation_step(self, batch: Any) -> Any:
-        """Metrics of one validation batch (as :meth:`training_step` returns them)."""
-        return self._require_trainer().validation_step(self.forward_module, batch)
-
-    # fit --------------------------------------------------------------------------
-
-    def fit(
-        self,
-        train_data: Iterable[Any],
-        val_data: Iterable[Any] | None = None,
-        epochs: int = 1,
-        checkpoint_path: str | os.PathLike[str] | None = None,
-        *,
-        lr: float | None = None,
-        batch_size: int = 32,
-        progress: bool = True,
-    ) -> Mentee:
-        """Train for ``epochs`` more epochs (the number this call runs); returns self.
-
-        ``train_data``/``val_data``: a DataLoader, a Dataset (batched with
-        ``batch_size``, shuffled for training) or any re-iterable of batches.
-        Batches move to the model's device. Each epoch: train, validate, step
-        the scheduler (ReduceLROnPlateau gets the validation loss, or the
-        training loss without validation data), append a record to
-        :attr:`history`, track the best epoch by the trainer's principal
-        metric, and save a checkpoint when ``checkpoint_path`` is given.
-
-        Without training objects, ``fit`` creates them as
-        ``create_train_objects(lr)`` does (``lr`` defaults to 1e-3). With
-        training objects, ``lr`` may only repeat their global lr: a new lr is
-        a new phase, ``create_train_objects(lr=...)``.
-
-        Raises:
-            TypeError: ``epochs`` is not an int, or the data cannot be iterated as asked.
-            ValueError: ``epochs < 0``, an invalid ``lr``, or an ``lr`` other
-                than the live optimizer's global lr (nothing changes).
-        """
-        if isinstance(epochs, bool) or not isinstance(epochs, int):
-            raise TypeError(f"epochs must be an int, got {epochs!r}")
-        if epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {epochs}")
-        curriculum = self._curriculum()
-        if lr is not None:
-            lr = validate_lr(lr)
-            if curriculum.optimizer is not None and lr != curriculum.lr:
-                raise ValueError(
-                    f"fit(lr={lr:g}): the optimizer was built with global lr {curriculum.lr:g}; "
-                    "fit's lr only sets up missing training objects. Start a new phase at "
-                    "another lr with create_train_objects(lr=...)"
-                )
-        train_batches = batches(train_data, shuffle=True, batch_size=batch_size, epochs=epochs)
-        val_batches = (
-            None
-            if val_data is None
-            else batches(val_data, shuffle=False, batch_size=batch_size, epochs=epochs)
-        )
-        if curriculum.optimizer is None:
-            self.create_train_objects(lr=_DEFAULT_LR if lr is None else lr)
-        trainer = self.trainer or Trainer()
-
-        def at_epoch_end(record: dict[str, Any]) -> None:
-            self._track_best(trainer, record["val"] or record["train"])
-            if checkpoint_path is not None and _is_main_process():
-                self.save(checkpoint_path)
-
-        run_epochs(
-            self,
-            train_batches,
-            val_batches,
-            epochs,
-            trainer=trainer,
-            progress=progress,
-            hooks=FitHooks(at_epoch_end=at_epoch_end),
-        )
-        return self
-
-    def _track_best(self, trainer: Trainer, metrics: Mapping[str, float]) -> None:
-        name, mode = trainer.best_metric(metrics)
-        value = metrics[name]
-        best = self.best
-        # A best epoch by another metric (another trainer) cannot be compared.
-        previous = best["value"] if best is not None and best.get("metric") == name else None
-        if trainer.is_better(value, previous, mode=mode):
-            self.best = {"epoch": self.epoch, "metric": name, "mode": mode, "value": value}
-            weights = {key: tensor.detach().clone() for key, tensor in self.state_dict().items()}
-            object.__setattr__(self, "_mentee_best_weights", weights)
-
-    def load_best_weights(self) -> Mentee:
-        """Load the weights of the best epoch seen by :meth:`fit` (returns self)."""
-        weights = self.__dict__.get("_mentee_best_weights")
-        if weights is None:
-            raise RuntimeError("no best epoch yet: fit() records one per epoch")
-        self.load_state_dict(weights)
-        return self
 
     # Checkpoints --------------------------------------------------------------------
 
@@ -483,7 +314,8 @@ class Mentee(nn.Module):
         lr_scheduler: Any = None,
     ) -> None:
         """Write a checkpoint: weights, curriculum, optimizer, scheduler, history,
-        best weights, random number generators.
+        best weights, random number generators, and the schedule run (see
+        :attr:`schedule_runner`).
 
         A path is written atomically (a crash leaves the previous file whole);
         a binary file object (``open(..., "wb")``, ``io.BytesIO``) gets the
@@ -497,7 +329,8 @@ class Mentee(nn.Module):
                 :func:`mentor_fn.save_distributed_checkpoint` on every rank); or
                 contents that would not resume (the field is named). Nothing is
                 written.
-            TypeError: ``path_or_file`` is neither a path nor a binary file.
+            TypeError: ``path_or_file`` is neither a path nor a binary file, or
+                the schedule is not serializable (a user's own callable).
             OSError: the file could not be written (e.g. the disk is full).
         """
         self._check_optimizer_argument(optimizer)
@@ -511,30 +344,21 @@ class Mentee(nn.Module):
                 "this model is sharded (FSDP2): one file cannot hold it; call "
                 "mentor_fn.save_distributed_checkpoint(directory, model.curriculum) on every rank"
             )
+        runner = self.schedule_runner
         checkpoint = MenteeCheckpoint(
             model_class=qualified_name(_user_class(type(self))),
-            constructor=self._constructor_arguments(),
+            constructor=constructor_arguments(self),
             weights=self.state_dict(),
             curriculum=self._curriculum().state_dict(),
             scheduler_recipe=self.__dict__.get("_mentee_scheduler_recipe"),
             epoch=self.epoch,
             history=self.history,
             best=self.best,
-            best_weights=self.__dict__.get("_mentee_best_weights"),
+            best_weights=self._best_weights(),
             random_states=RandomStates.capture(),
+            schedule=None if runner is None else runner.saved(),
         )
         write_mentee_checkpoint(path_or_file, checkpoint)
-
-    def _constructor_arguments(self) -> ConstructorArguments | None:
-        """The arguments that rebuild this model, or None when none can be saved."""
-        recorded = self.__dict__.get("_mentee_constructor")
-        explicit = self.__dict__.get("_mentee_explicit_constructor")
-        if recorded is None and explicit is None:
-            return ConstructorArguments((), {})
-        for candidate in (recorded, explicit):
-            if candidate is not None and is_plain_data((candidate.args, dict(candidate.kwargs))):
-                return candidate
-        return None  # resume() then explains that the model must be built by hand
 
     @classmethod
     def resume(
@@ -542,7 +366,8 @@ class Mentee(nn.Module):
     ) -> Mentee:
         """Rebuild the model from a checkpoint: weights, curriculum state, history.
 
-        No optimizer is built (use :meth:`resume_training` to continue training).
+        No optimizer is built and no schedule run restored (use
+        :meth:`resume_training` to continue training).
 
         Args:
             path: the checkpoint file.
@@ -557,12 +382,9 @@ class Mentee(nn.Module):
         """
         target = cls._model_class_argument(model_class)
         checkpoint = read_mentee_checkpoint(path)
-        model = _model_from(checkpoint, target)
-        try:
-            curriculum = Curriculum(model, checkpoint.global_lr, state=checkpoint.state)
-        except ValueError as error:
-            raise CheckpointError(f"checkpoint {checkpoint.path!r}: {error}") from None
-        object.__setattr__(model, "_mentee_curriculum", curriculum)
+        model = cast(Mentee, model_from(checkpoint, target))
+        curriculum = resumed_curriculum(model, checkpoint, with_optimizer=False)
+        model._restore_run(checkpoint, curriculum, None)
         return model
 
     @classmethod
@@ -574,16 +396,19 @@ class Mentee(nn.Module):
         *,
         optimizer: type[torch.optim.Optimizer] | None = None,
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        schedule: Schedule | None = None,
+        allow_schedule_change: bool = False,
     ) -> tuple[Mentee, torch.optim.Optimizer | None, Any]:
         """Rebuild model, optimizer and scheduler from a checkpoint and continue.
 
         The optimizer comes back in exactly the saved layout (inert groups of
         layers frozen after the build included) with its per-parameter state,
-        the scheduler with its progress, and the random number generators as
-        saved (torch's CPU and CUDA ones, Python's ``random``, and numpy's
-        global one when the saving program had imported numpy), so the
-        continued run is bit-for-bit the uninterrupted one. An optimizer
-        class outside ``torch.optim`` or a scheduler factory that was not a
+        the scheduler with its progress, the schedule run :meth:`fit` followed
+        at its cursor, and the random number generators as saved (torch's CPU
+        and CUDA ones, Python's ``random``, and numpy's global one when the
+        saving program had imported numpy), so the continued run is
+        bit-for-bit the uninterrupted one. An optimizer class outside
+        ``torch.optim`` or a scheduler factory that was not a
         ``torch.optim.lr_scheduler`` class must be passed again.
 
         Args:
@@ -592,6 +417,10 @@ class Mentee(nn.Module):
             device: where to move the model before the optimizer state is loaded.
             optimizer: the optimizer class, when it is not one of ``torch.optim``'s.
             scheduler: the scheduler factory, when it was not a scheduler class.
+            schedule: the schedule the file's run followed (checked against the
+                saved one); by default the saved one.
+            allow_schedule_change: continue the saved run with ``schedule``, a
+                different schedule, from the saved cursor (which must fit it).
 
         Returns:
             ``(model, optimizer, lr_scheduler)`` (both None when the file was
@@ -600,45 +429,28 @@ class Mentee(nn.Module):
         Raises:
             TypeError: ``model_class`` is not a subclass of this class.
             CheckpointError: the file is unusable, does not fit the model
-                class, or needs the optimizer class or scheduler factory passed.
+                class, or needs the optimizer class or scheduler factory
+                passed; ``schedule`` differs from the saved one without
+                ``allow_schedule_change`` (refused before anything is built),
+                or its phases do not fit the saved cursor and state.
         """
         target = cls._model_class_argument(model_class)
         checkpoint = read_mentee_checkpoint(path)
-        model = _model_from(checkpoint, target)
+        check_resume_schedule(checkpoint, schedule, allow_schedule_change)
+        model = cast(Mentee, model_from(checkpoint, target))
         if device is not None:
             model.to(device)
-        where = checkpoint.path
-        scheduler_recipe = checkpoint.scheduler_recipe
-        try:
-            if not checkpoint.has_optimizer:
-                curriculum = Curriculum(model, checkpoint.global_lr, state=checkpoint.state)
-            else:
-                factory = scheduler
-                if factory is None and scheduler_recipe is not None:
-                    factory = _scheduler_factory(scheduler_recipe, where)
-                if factory is None and checkpoint.has_scheduler_state:
-                    raise CheckpointError(
-                        f"checkpoint {where!r} was trained with a custom scheduler factory: "
-                        "pass it again as resume_training(path, scheduler=...)"
-                    )
-                curriculum = Curriculum(
-                    model,
-                    checkpoint.global_lr,
-                    optimizer=optimizer
-                    or _torch_class(torch.optim, checkpoint.optimizer_name, where),
-                    optimizer_kwargs=checkpoint.optimizer_kwargs,
-                    scheduler=factory,
-                    coalesce=checkpoint.coalesce,
-                )
-                curriculum.load_state_dict(checkpoint.curriculum)
-        except CheckpointError:
-            raise
-        except (KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(f"checkpoint {where!r} cannot be resumed: {error}") from None
-        object.__setattr__(model, "_mentee_curriculum", curriculum)
-        object.__setattr__(model, "_mentee_scheduler_recipe", scheduler_recipe)
+        curriculum = resumed_curriculum(model, checkpoint, optimizer=optimizer, scheduler=scheduler)
+        model._restore_run(checkpoint, curriculum, resumed_runner(curriculum, checkpoint, schedule))
         checkpoint.random_states.restore()
         return model, curriculum.optimizer, curriculum.scheduler
+
+    def _restore_run(
+        self, checkpoint: MenteeCheckpoint, curriculum: Curriculum, runner: ScheduleRunner | None
+    ) -> None:
+        """Take the run from a checkpoint: training objects, epochs, history, best, schedule."""
+        self._use_train_objects(curriculum, checkpoint.scheduler_recipe)
+        self._restore_record(checkpoint, runner)
 
     @classmethod
     def _model_class_argument(cls, model_class: object) -> type[Mentee] | None:
@@ -657,68 +469,6 @@ class Mentee(nn.Module):
         return model_class
 
 
-def _model_from(checkpoint: MenteeCheckpoint, model_class: type[Mentee] | None) -> Mentee:
-    """The model a checkpoint describes, its weights loaded; no curriculum attached.
-
-    The class is built on the ``meta`` device first and compared with the
-    saved weights, so arguments that would allocate absurd memory are refused
-    before any real allocation. A constructor that cannot run on ``meta``
-    (data-dependent code, ``.item()``) is built for real and then compared.
-    """
-    where = checkpoint.path
-    if model_class is None:
-        found = _REGISTRY.get(checkpoint.model_class)
-        if found is None:
-            raise CheckpointError(
-                f"checkpoint {where!r} holds a {checkpoint.model_class}, which is not "
-                "defined in this process: import it, or call YourClass.resume(path)"
-            )
-        model_class = found
-    constructor = checkpoint.constructor
-    if constructor is None:
-        raise CheckpointError(
-            f"checkpoint {where!r}: the constructor arguments of {checkpoint.model_class} "
-            "were not plain data and could not be saved: build the model yourself and "
-            "load the weights (mentor_fn.load_checkpoint)"
-        )
-    try:
-        with torch.device("meta"):
-            probe: Mentee | None = model_class(*constructor.args, **constructor.kwargs)
-    except Exception:
-        probe = None  # checked after the real build instead
-    if probe is not None:
-        checkpoint.check_fits(_layers.layer_names(probe), probe.state_dict())
-        del probe
-    try:
-        model = model_class(*constructor.args, **constructor.kwargs)
-    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as error:
-        shown = ", ".join(
-            [*map(repr, constructor.args), *(f"{k}={v!r}" for k, v in constructor.kwargs.items())]
-        )
-        raise CheckpointError(
-            f"checkpoint {where!r}: {model_class.__name__}({shown}) failed: "
-            f"{type(error).__name__}: {error}"
-        ) from error
-    checkpoint.check_fits(_layers.layer_names(model), model.state_dict())
-    try:
-        model.load_state_dict(checkpoint.weights)
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {where!r}: the weights do not load: {error}") from None
-    model.epoch = checkpoint.epoch
-    model.history = list(checkpoint.history)
-    model.best = None if checkpoint.best is None else dict(checkpoint.best)
-    object.__setattr__(model, "_mentee_best_weights", checkpoint.best_weights)
-    return model
-
-
-def _is_main_process() -> bool:
-    """Rank 0 of an initialized process group, or a single process."""
-    distributed = torch.distributed
-    if distributed.is_available() and distributed.is_initialized():
-        return distributed.get_rank() == 0
-    return True
-
-
 def _is_sharded(parameter: torch.Tensor) -> bool:
     # No DTensor can exist unless torch.distributed.tensor was imported.
     module = sys.modules.get("torch.distributed.tensor")
@@ -731,20 +481,3 @@ def _user_class(model_class: type[Mentee]) -> type[Mentee]:
         if issubclass(candidate, Mentee) and not candidate.__module__.startswith("torch."):
             return candidate
     return model_class
-
-
-def _torch_class(namespace: Any, name: str, path: str) -> Any:
-    """A class of torch's own namespace by qualified name: never imports anything."""
-    found = class_in_namespace(namespace, name)
-    if found is None:
-        raise CheckpointError(
-            f"checkpoint {path!r} names {name!r}, which is not in {namespace.__name__}: "
-            "pass the class or factory to resume_training"
-        )
-    return found
-
-
-def _scheduler_factory(recipe: SchedulerRecipe, path: str = "") -> Callable[[Any], Any]:
-    scheduler_class = _torch_class(torch_schedulers, recipe.name, path)
-    kwargs = dict(recipe.kwargs)
-    return lambda optimizer: scheduler_class(optimizer, **kwargs)

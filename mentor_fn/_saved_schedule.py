@@ -128,8 +128,13 @@ def _read(field: str, read: Any, data: Mapping[str, Any]) -> Any:
         raise SavedScheduleError(field, str(error)) from None
 
 
-def check_agreement(expected: CurriculumState, actual: CurriculumState, phase: Phase) -> None:
-    """Raise ValueError, naming the layers, unless ``actual`` resolves like ``expected``."""
+def check_agreement(
+    expected: CurriculumState, actual: CurriculumState, phase: Phase, *, hint: str = ""
+) -> None:
+    """Raise ValueError, naming the layers, unless ``actual`` resolves like ``expected``.
+
+    ``hint`` ends the message (by default: load the curriculum's state first).
+    """
     expected_values = zip(expected.resolved_frozen(), expected.resolved_coefficients())
     actual_values = zip(actual.resolved_frozen(), actual.resolved_coefficients())
     differences = [
@@ -142,6 +147,6 @@ def check_agreement(expected: CurriculumState, actual: CurriculumState, phase: P
         shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
         raise ValueError(
             f"the curriculum's state is not the schedule's state in phase {phase.name!r} at the "
-            f"saved cursor ({len(differences)} layer(s) differ: {shown}). Load the curriculum's "
-            "own state dict from the same checkpoint first"
+            f"cursor ({len(differences)} layer(s) differ: {shown}). "
+            + (hint or "Load the curriculum's own state dict from the same checkpoint first")
         )

@@ -298,22 +298,38 @@ class ScheduleRunner:
         for index in range(cursor.phase):
             target = apply_phase(self._schedule.phases[index], target)
         target, ramp = self._prepare(cursor.phase, target)
-        # The same state as schedule.state_at(cursor, initial), from the parts kept for steps.
-        expected = target if ramp is None else ramp.state((cursor.steps + 1) / ramp.warmup_steps)
+        expected = _expected_state(cursor, target, ramp)
         check_agreement(expected, self._curriculum.state, self._schedule.phases[cursor.phase])
         self._initial = initial
         self._commit(cursor, target, ramp)
 
-    def moved_to(self, curriculum: Curriculum) -> ScheduleRunner:
-        """The same run on another Curriculum of the same model, at the same cursor.
+    def check_state(self, hint: str = "") -> None:
+        """Raise ValueError unless the Curriculum's state is the schedule's at the cursor.
 
-        For a Curriculum that replaced this runner's (``Mentee.create_train_objects``
-        makes a new one): its state is taken as it is, like the state between
-        two calls of :meth:`step`; the next phase change applies the schedule's.
+        It differs only when the state was changed by other means since the
+        runner last set it (the next phase change or warmup step would
+        overwrite that change). ``hint`` ends the message.
 
         Raises:
             RuntimeError: the runner has not started.
-            ValueError: the Curriculum's model has other layers.
+        """
+        if self._cursor is None or self._target is None:
+            raise RuntimeError("call start() (or load_state_dict()) before check_state()")
+        expected = _expected_state(self._cursor, self._target, self._ramp)
+        phase = self._schedule.phases[self._cursor.phase]
+        check_agreement(expected, self._curriculum.state, phase, hint=hint)
+
+    def moved_to(self, curriculum: Curriculum, hint: str = "") -> ScheduleRunner:
+        """The same run on another Curriculum of the same model, at the same cursor.
+
+        For a Curriculum that replaced this runner's (``Mentee.create_train_objects``
+        makes a new one, with the same state).
+
+        Raises:
+            RuntimeError: the runner has not started.
+            ValueError: the Curriculum's model has other layers, or its state
+                is not the schedule's at the cursor (see :meth:`check_state`;
+                ``hint`` ends the message).
         """
         if self._cursor is None or self._initial is None:
             raise RuntimeError("call start() (or load_state_dict()) before moved_to()")
@@ -322,6 +338,7 @@ class ScheduleRunner:
         moved._initial = self._initial
         moved._cursor, moved._target, moved._ramp = self._cursor, self._target, self._ramp
         moved._warmup_steps = self._warmup_steps
+        moved.check_state(hint)
         return moved
 
     def _owned(self, state: CurriculumState) -> CurriculumState:
@@ -343,6 +360,13 @@ def _live_lr(optimizer: Any) -> float:
         if group.get("layers") == () and not group["params"]:
             return float(group["lr"])
     raise RuntimeError("the Curriculum's optimizer has no reference group (layers == ())")
+
+
+def _expected_state(
+    cursor: ScheduleCursor, target: CurriculumState, ramp: WarmupRamp | None
+) -> CurriculumState:
+    """The state at ``cursor``: ``schedule.state_at``, from the parts kept for steps."""
+    return target if ramp is None else ramp.state((cursor.steps + 1) / ramp.warmup_steps)
 
 
 def _entry_state(target: CurriculumState, ramp: WarmupRamp | None) -> CurriculumState:
