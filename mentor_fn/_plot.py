@@ -2,7 +2,9 @@
 
 One figure: the effective lr of each layer over the epochs (log scale), a lane
 per layer showing when it was trainable or frozen, and below them the training
-and validation metrics. Drawn with matplotlib's object API on the Agg canvas:
+and validation metrics. Phases are named from the history records (``fit``
+with a schedule names each epoch's phase); for a run that follows a schedule,
+the planned end of the current phase is marked when the schedule knows it. Drawn with matplotlib's object API on the Agg canvas:
 no pyplot, no global backend change, so it is safe inside any program. The
 image format follows the output's suffix (``.png``, ``.svg``, ``.pdf``,
 ``.jpg``... whatever matplotlib writes; PNG without a suffix).
@@ -92,7 +94,12 @@ def plot_checkpoint(checkpoint: str | os.PathLike[str], output: str | os.PathLik
     state = saved.state
     layers = [layer for layer in state.layers if layer in state.parameter_owners]
     title = f"{saved.model_class.rpartition('.')[2]}: {Path(checkpoint).name}"
-    return plot_timeline(saved.history, output, layers=layers, title=title)
+    planned = None
+    if saved.schedule is not None:
+        end = saved.schedule.schedule.planned_end(saved.schedule.cursor, epoch=saved.epoch)
+        if end is not None:
+            planned = (end, saved.schedule.phase.name)
+    return plot_timeline(saved.history, output, layers=layers, title=title, planned_end=planned)
 
 
 def runs(keys: Sequence[Key]) -> list[tuple[int, int, Key]]:
@@ -138,6 +145,7 @@ def plot_timeline(
     *,
     layers: Sequence[str] | None = None,
     title: str | None = None,
+    planned_end: tuple[int, str] | None = None,
 ) -> Path:
     """Draw the curriculum timeline of ``history`` (Mentee.history records) to an image.
 
@@ -149,6 +157,8 @@ def plot_timeline(
             follows its suffix (PNG without one).
         layers: the layers to draw, in order (default: those in the history).
         title: the figure's title.
+        planned_end: ``(epoch, phase)``: the epoch count at which the current
+            phase ``phase`` ends at the latest (marked past the last record).
 
     Returns:
         The path written.
@@ -346,11 +356,19 @@ def plot_timeline(
         metric_axis.set_title(", ".join(other_metrics), fontsize=10, loc="left")
 
     bottom = axes[-1]
-    bottom.set_xlim(0, count)
+    end: float = count
+    if planned_end is not None:
+        end = _mark_planned_end(axes, lr_axis, history, planned_end)
+    bottom.set_xlim(0, end)
     located = MaxNLocator(nbins=min(count, 20), integer=True).tick_values(1, count)
     ticks = [int(tick) for tick in located if 1 <= tick <= count]
-    bottom.set_xticks([tick - 0.5 for tick in ticks])
-    bottom.set_xticklabels([str(history[tick - 1]["epoch"]) for tick in ticks])
+    positions = [tick - 0.5 for tick in ticks]
+    tick_labels = [str(history[tick - 1]["epoch"]) for tick in ticks]
+    if end > count:
+        positions.append(end - 0.5)
+        tick_labels.append(str(planned_end[0]) if planned_end is not None else "")
+    bottom.set_xticks(positions)
+    bottom.set_xticklabels(tick_labels)
     bottom.set_xlabel("epoch")
     for axis in axes:
         axis.tick_params(axis="x", labelbottom=axis is bottom)
@@ -358,6 +376,36 @@ def plot_timeline(
     path = Path(output)
     figure.savefig(path, dpi=110, format=file_format)
     return path
+
+
+def _mark_planned_end(
+    axes: Sequence[Any],
+    lr_axis: Any,
+    history: Sequence[Mapping[str, Any]],
+    planned_end: tuple[int, str],
+) -> float:
+    """Shade the epochs still planned for the current phase and mark its end;
+    returns where the x axis ends."""
+    epoch, phase = planned_end
+    count = len(history)
+    end = count + max(0, epoch - int(history[-1]["epoch"]))
+    if end <= count:
+        return count
+    for axis in axes:
+        axis.axvspan(count, end, color="#e8f0fa", zorder=0, linewidth=0)
+        axis.axvline(end, color="#1f4e99", linestyle=":", linewidth=1.5, zorder=1)
+    lr_axis.text(
+        end,
+        1.015,
+        f"planned end of {phase}",
+        transform=lr_axis.get_xaxis_transform(),
+        ha="right",
+        va="bottom",
+        fontsize=8.5,
+        color="#1f4e99",
+        clip_on=False,
+    )
+    return end
 
 
 def _metric_panel(

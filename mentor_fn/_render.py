@@ -13,8 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._checkpoint_values import MenteeCheckpoint
 from ._layers import walk_model
-from ._mentee_checkpoint import MenteeCheckpoint, read_mentee_checkpoint
+from ._mentee_checkpoint import read_mentee_checkpoint
+from ._schedule_text import schedule_lines
 from ._state import CurriculumState
 
 __all__ = [
@@ -231,7 +233,8 @@ def history_table(history: Sequence[Mapping[str, Any]], owners: int) -> str:
 
 
 def inspect_text(path: str | os.PathLike[str]) -> str:
-    """The text ``python -m mentor_fn inspect`` prints for a checkpoint.
+    """The text ``python -m mentor_fn inspect`` prints for a checkpoint: the
+    per-layer table, the schedule run (when ``fit`` followed one) and the history.
 
     Raises:
         CheckpointError: the file is missing, unreadable, foreign or malformed.
@@ -262,5 +265,7 @@ def inspect_text(path: str | os.PathLike[str]) -> str:
             "(layers with no optimizer group: parameters counted from the saved weights, "
             "floating-point buffers included)"
         )
+    if checkpoint.schedule is not None:
+        lines += ["", *schedule_lines(checkpoint.schedule, epoch=checkpoint.epoch)]
     lines += ["", "history:", history_table(checkpoint.history, len(rows))]
     return "\n".join(lines)
