@@ -1,0 +1,10 @@
+"""mentor_fn inside the training frameworks people already use.
+
+* :mod:`mentor_fn.integrations.lightning` (``pip install 'mentor_fn[lightning]'``):
+  ``CurriculumCallback`` for Lightning's ``Trainer``.
+* :mod:`mentor_fn.integrations.transformers` (``pip install 'mentor_fn[transformers]'``):
+  ``CurriculumCallback`` for the transformers ``Trainer``.
+
+Each adapter imports its framework; this package imports neither (nor does
+``import mentor_fn``), so the frameworks stay optional.
+"""

@@ -1,0 +1,463 @@
+"""mentor_fn.integrations.lightning: a curriculum run through Lightning's own loop.
+
+Real Lightning Trainers on a tiny model (a few batches per epoch): resume from
+Lightning's checkpoints equals the uninterrupted run bit for bit, frozen
+layers never move, the invariant holds at every step and phase change, and
+a 2-process DDP run through an unfreeze equals a single process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("lightning")
+
+import lightning_workers as workers
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.optim import lr_scheduler
+
+import mentor_fn as mf
+from mentor_fn.integrations.lightning import CurriculumCallback
+
+pl = workers.pl
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: a second intra-op thread only spins on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def phased_schedule() -> mf.Schedule:
+    """Head until val_loss plateaus; the top block with a warmup (a rebuild); then
+    everything with layer-wise decay on a fresh optimizer, warming up over 6 steps."""
+    return mf.Schedule(
+        [
+            mf.Phase(
+                "head",
+                mf.freeze("backbone"),
+                until=mf.plateau("val_loss", patience=1, min_delta=0.05),
+            ),
+            mf.Phase("top", mf.unfreeze("backbone.2"), until=mf.after_steps(5), warmup_steps=3),
+            mf.Phase(
+                "all",
+                mf.chain(mf.unfreeze("backbone"), mf.layerwise_lr_decay(0.5)),
+                optimizer="fresh",
+                lr=0.02,
+                warmup_steps=6,
+            ),
+        ]
+    )
+
+
+class PhaseLog(pl.Callback):
+    """Records (global step, phase) after every batch (after the curriculum's callback)."""
+
+    def __init__(self, callback: CurriculumCallback) -> None:
+        self.callback = callback
+        self.phases: list[tuple[int, str]] = []
+
+    def on_train_batch_end(self, trainer: Any, module: Any, *args: Any) -> None:
+        assert self.callback.runner is not None and self.callback.runner.phase is not None
+        self.phases.append((trainer.global_step, self.callback.runner.phase.name))
+
+
+def fit(
+    folder: Path,
+    epochs: int,
+    *,
+    schedule: mf.Schedule,
+    ckpt_path: Path | None = None,
+    save: bool = False,
+    optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
+    optimizer_kwargs: dict[str, Any] | None = None,
+    probes: Callable[[CurriculumCallback], list[pl.Callback]] = lambda callback: [],
+    **options: Any,
+) -> tuple[workers.Regression, CurriculumCallback, list[pl.Callback]]:
+    """Fit the Regression module with ``schedule``; ``probes`` are callbacks run after
+    the curriculum's. Returns the module, the curriculum's callback and the probes."""
+    model = workers.Regression()
+    curriculum = mf.Curriculum(
+        model,
+        0.05,
+        optimizer=optimizer,
+        optimizer_kwargs=optimizer_kwargs,
+        scheduler=lambda o: lr_scheduler.StepLR(o, 1, 0.7),
+    )
+    callback = CurriculumCallback(curriculum, schedule)
+    extra = probes(callback)
+    callbacks: list[pl.Callback] = [callback, *extra]
+    if save:
+        # One checkpoint per epoch at the epoch's end (Lightning's default
+        # moment, after the curriculum's epoch end) and one right after
+        # validation, before it.
+        callbacks.append(ModelCheckpoint(folder / "end", save_top_k=-1, filename="{epoch}"))
+        callbacks.append(
+            ModelCheckpoint(
+                folder / "val",
+                save_top_k=-1,
+                filename="{epoch}",
+                save_on_train_epoch_end=False,
+                mode="max",  # unused without a monitor: only another state key than the first
+            )
+        )
+    trainer = workers.trainer(epochs, callbacks, str(folder), enable_checkpointing=save, **options)
+    trainer.fit(
+        model,
+        workers.loader(None),
+        workers.loader(None),
+        ckpt_path=None if ckpt_path is None else str(ckpt_path),
+    )
+    return model, callback, extra
+
+
+def assert_same_run(first: CurriculumCallback, second: CurriculumCallback) -> None:
+    """Same parameters, optimizer state and layout, scheduler state and cursor, bit for bit."""
+    one, two = first.curriculum, second.curriculum
+    assert one is not None and two is not None
+    for (name, value), other in zip(one.model.named_parameters(), two.model.parameters()):
+        assert torch.equal(value, other), name
+    saved, resumed = one.optimizer.state_dict(), two.optimizer.state_dict()
+    assert saved["param_groups"] == resumed["param_groups"]
+    assert saved["state"].keys() == resumed["state"].keys()
+    for index, values in saved["state"].items():
+        for key, value in values.items():
+            assert torch.equal(value, resumed["state"][index][key]), (index, key)
+    assert one.scheduler.state_dict() == two.scheduler.state_dict()
+    assert first.runner.cursor == second.runner.cursor  # type: ignore[union-attr]
+    assert one.state == two.state
+
+
+# Importing ------------------------------------------------------------------------------
+
+
+def test_import_mentor_fn_imports_no_framework():
+    # A fresh interpreter: this one has imported Lightning already.
+    code = textwrap.dedent(
+        """
+        import sys
+        import mentor_fn, mentor_fn.integrations
+        heavy = [m for m in ("lightning", "pytorch_lightning", "transformers", "accelerate")
+                 if m in sys.modules]
+        print(heavy)
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
+
+
+def test_without_lightning_the_import_error_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lightning", None)  # what an uninstalled package looks like
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
+    monkeypatch.delitem(sys.modules, "mentor_fn.integrations.lightning")
+    with pytest.raises(ImportError, match=r"pip install 'mentor_fn\[lightning\]'"):
+        import mentor_fn.integrations.lightning  # noqa: F401
+
+
+# Resume -------------------------------------------------------------------------------------
+
+
+def test_resumed_runs_equal_the_uninterrupted_run_bit_for_bit(tmp_path):
+    schedule = phased_schedule()
+    _, whole, _ = fit(tmp_path, 6, schedule=schedule, save=True)
+    assert whole.runner.phase.name == "all"  # type: ignore[union-attr]
+    # Where the uninterrupted run was at each epoch's end decides what each
+    # checkpoint covers: the plateau, mid-warmup, the fresh phase.
+    checkpoints = {
+        # after validation, before the epoch end that fed the plateau its first
+        # value: the resumed run applies it with the saved val_loss
+        "val/epoch=0.ckpt",
+        # at the end of the epoch where the plateau ended the head phase
+        "end/epoch=1.ckpt",
+        # after validation, mid-warmup of the top block
+        "val/epoch=2.ckpt",
+        # at an epoch end in the fresh phase, mid-warmup
+        "end/epoch=3.ckpt",
+    }
+    for checkpoint in sorted(checkpoints):
+        _, resumed, _ = fit(
+            tmp_path / "resumed", 6, schedule=schedule, ckpt_path=tmp_path / checkpoint
+        )
+        assert_same_run(whole, resumed)
+
+
+def test_the_checkpoint_loads_without_running_code_and_holds_the_run(tmp_path):
+    fit(tmp_path, 4, schedule=phased_schedule(), save=True)
+    checkpoint = torch.load(tmp_path / "end" / "epoch=3.ckpt", weights_only=True)
+    (saved,) = checkpoint["optimizer_states"]
+    assert saved["format"] == "mentor_fn.integrations.CurriculumRun"
+    assert saved["schedule"]["cursor"]["phase"] == 1  # the top block, mid-phase
+    # optimizer state by parameter name, not by position
+    assert set(saved["curriculum"]["optimizer"]["state"]) == {
+        "head.weight",
+        "head.bias",
+        "backbone.2.weight",
+        "backbone.2.bias",
+    }
+    assert checkpoint["callbacks"]["CurriculumCallback"]["last_epoch_end"] == 3
+
+
+def test_a_checkpoint_from_a_run_without_the_callback_is_refused(tmp_path):
+    model = workers.Regression()
+    model.configure_optimizers = lambda: torch.optim.Adam(model.parameters())  # type: ignore[method-assign]
+    plain = workers.trainer(1, [], str(tmp_path), enable_checkpointing=True)
+    plain.fit(model, workers.loader(None))
+    plain.save_checkpoint(tmp_path / "plain.ckpt")
+    with pytest.raises(ValueError, match="saved without the curriculum callback"):
+        fit(tmp_path, 2, schedule=phased_schedule(), ckpt_path=tmp_path / "plain.ckpt")
+
+
+# Frozen layers and the invariant ---------------------------------------------------------------
+
+
+class InvariantProbe(pl.Callback):
+    """After every batch and epoch end (after the curriculum's callback): the invariant,
+    against one flat group with the same optimizer and scheduler stepped alongside."""
+
+    def __init__(self, callback: CurriculumCallback) -> None:
+        self.callback = callback
+        self.checks = 0
+        self.flat = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=0.05)
+        self.flat_scheduler = lr_scheduler.StepLR(self.flat, 1, 0.7)
+
+    def check(self, module: nn.Module) -> None:
+        from mentor_fn.testing import check_flags, check_lrs, check_partition
+
+        curriculum = self.callback.curriculum
+        assert curriculum is not None and curriculum.optimizer is not None
+        check_flags(curriculum.state, module)
+        check_partition(curriculum.optimizer, curriculum.state, module)
+        check_lrs(curriculum, self.flat.param_groups[0])
+        self.checks += 1
+
+    def on_train_batch_end(self, trainer: Any, module: Any, *args: Any) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self.flat.step()  # no gradient: only keeps the scheduler's step order
+            self.flat_scheduler.step()  # Lightning stepped the epoch scheduler at this batch
+        self.check(module)
+
+    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+        self.check(module)
+
+
+class Snapshots(pl.Callback):
+    """The parameters at each phase's start."""
+
+    def __init__(self, callback: CurriculumCallback) -> None:
+        self.callback = callback
+        self.at_phase: dict[str, dict[str, torch.Tensor]] = {}
+
+    def on_train_batch_start(self, trainer: Any, module: Any, *args: Any) -> None:
+        name = self.callback.runner.phase.name  # type: ignore[union-attr]
+        if name not in self.at_phase:
+            self.at_phase[name] = {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def test_frozen_layers_never_move_and_the_invariant_holds_at_every_step(tmp_path):
+    # AdamW with weight decay and gradient clipping: a frozen parameter that any
+    # of them touched would move. backbone.0 never trains; the head trains,
+    # then is frozen while the whole backbone (keeping its decay) goes on.
+    schedule = mf.Schedule(
+        [
+            mf.Phase("top", mf.freeze("backbone.0"), until=mf.after_epochs(1)),
+            mf.Phase(
+                "no head",
+                mf.chain(mf.freeze("head"), mf.layerwise_lr_decay(0.5, patterns="backbone.*")),
+                until=mf.after_steps(3),
+                warmup_steps=2,
+            ),
+            mf.Phase("head again", mf.unfreeze("head")),
+        ]
+    )
+    initial = {k: v.detach().clone() for k, v in workers.Regression().named_parameters()}
+    model, callback, (probe, snapshots) = fit(
+        tmp_path,
+        4,
+        schedule=schedule,
+        optimizer=torch.optim.AdamW,
+        optimizer_kwargs={"weight_decay": 0.1},
+        probes=lambda callback: [InvariantProbe(callback), Snapshots(callback)],
+        gradient_clip_val=0.5,
+    )
+
+    assert callback.runner.phase.name == "head again"  # type: ignore[union-attr]
+    assert probe.checks == 4 * 2 + 4  # every batch and every epoch end
+    final = dict(model.named_parameters())
+    for name in ("backbone.0.weight", "backbone.0.bias"):
+        assert torch.equal(final[name], initial[name]), name
+        assert final[name].grad is None
+    # frozen from the start of "no head" to the start of "head again"
+    for name in ("head.weight", "head.bias"):
+        before, after = snapshots.at_phase["no head"][name], snapshots.at_phase["head again"][name]
+        assert torch.equal(before, after), name
+        assert not torch.equal(snapshots.at_phase["head again"][name], final[name])
+
+
+# Steps, schedulers, misuse --------------------------------------------------------------------
+
+
+def test_gradient_accumulation_counts_optimizer_steps_not_batches(tmp_path):
+    schedule = mf.Schedule(
+        [
+            mf.Phase("head", mf.freeze("backbone"), until=mf.after_steps(2)),
+            mf.Phase("all", mf.unfreeze("backbone"), warmup_steps=2),
+        ]
+    )
+    _, callback, (log,) = fit(
+        tmp_path,
+        3,
+        schedule=schedule,
+        probes=lambda callback: [PhaseLog(callback)],
+        accumulate_grad_batches=2,  # 2 batches per epoch: one optimizer step per epoch
+    )
+    assert log.phases == [
+        (0, "head"),
+        (1, "head"),
+        (1, "head"),
+        (2, "all"),  # after the second optimizer step, on the fourth batch
+        (2, "all"),
+        (3, "all"),
+    ]
+    assert callback.runner.cursor.steps == 1  # type: ignore[union-attr]
+
+
+def plateau_scheduler(optimizer: torch.optim.Optimizer) -> lr_scheduler.ReduceLROnPlateau:
+    return lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=0, factor=0.5, eps=0)
+
+
+def test_reduce_lr_on_plateau_is_stepped_by_lightning_with_the_monitored_metric(tmp_path):
+    class Record(pl.Callback):
+        def __init__(self) -> None:
+            self.val_losses: list[float] = []
+
+        def on_validation_end(self, trainer: Any, module: Any) -> None:
+            self.val_losses.append(float(trainer.callback_metrics["val_loss"]))
+
+    model = workers.Regression()
+    curriculum = mf.Curriculum(
+        model,
+        0.05,
+        # mode "max" on a falling loss: no improvement, so a reduction per epoch
+        scheduler=lambda o: plateau_scheduler(o),
+    )
+    callback = CurriculumCallback(
+        curriculum,
+        mf.Schedule([mf.Phase("decayed", mf.layerwise_lr_decay(0.5))]),
+        lr_scheduler_config={"monitor": "val_loss"},
+    )
+    record = Record()
+    trainer = workers.trainer(5, [callback, record], str(tmp_path))
+    trainer.fit(model, workers.loader(None), workers.loader(None))
+
+    (config,) = trainer.lr_scheduler_configs
+    assert config.reduce_on_plateau and isinstance(config.scheduler, lr_scheduler.ReduceLROnPlateau)
+    flat = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=0.05)
+    flat_scheduler = plateau_scheduler(flat)
+    for loss in record.val_losses:
+        flat_scheduler.step(loss)
+    assert flat.param_groups[0]["lr"] == 0.05 * 0.5**4  # reduced after epochs 2-5
+    from mentor_fn.testing import check_lrs
+
+    check_lrs(curriculum, flat.param_groups[0])
+
+
+class Held(pl.Callback):
+    """What Lightning holds as the optimizer and scheduler, and the curriculum's objects
+    at the start of training."""
+
+    def __init__(self, callback: CurriculumCallback) -> None:
+        self.callback = callback
+
+    def on_train_start(self, trainer: Any, module: Any) -> None:
+        self.first_optimizer = self.callback.curriculum.optimizer  # type: ignore[union-attr]
+
+    def on_train_end(self, trainer: Any, module: Any) -> None:
+        self.optimizer = trainer.optimizers[0]
+        self.lightning_optimizer = trainer.strategy._lightning_optimizers[0]
+        self.scheduler = trainer.lr_scheduler_configs[0].scheduler
+
+
+def test_lightning_reaches_the_new_optimizer_and_scheduler_after_a_fresh_phase(tmp_path):
+    _, callback, (held,) = fit(
+        tmp_path, 6, schedule=phased_schedule(), probes=lambda callback: [Held(callback)]
+    )
+    curriculum = callback.curriculum
+    assert curriculum is not None and curriculum.optimizer is not None
+    assert callback.runner.phase.name == "all"  # type: ignore[union-attr]
+    assert curriculum.optimizer is not held.first_optimizer  # the fresh phase made new objects
+    for handle in (held.optimizer, held.lightning_optimizer):
+        assert handle.param_groups is curriculum.optimizer.param_groups
+        assert handle.state is curriculum.optimizer.state
+    assert held.scheduler.get_last_lr() == curriculum.scheduler.get_last_lr()
+    assert held.scheduler.last_epoch == curriculum.scheduler.last_epoch
+
+
+def test_configure_optimizers_must_hand_lightning_the_curriculum(tmp_path):
+    model = workers.Regression()
+    model.configure_optimizers = lambda: torch.optim.Adam(model.parameters())  # type: ignore[method-assign]
+    callback = CurriculumCallback(mf.Curriculum(model, 0.05))
+    with pytest.raises(RuntimeError, match="curriculum_optimizers"):
+        workers.trainer(1, [callback], str(tmp_path)).fit(model, workers.loader(None))
+
+
+def test_a_curriculum_on_another_module_is_refused(tmp_path):
+    model = workers.Regression()
+    callback = CurriculumCallback(mf.Curriculum(workers.Regression(), 0.05))
+    with pytest.raises(ValueError, match="on the LightningModule being fitted"):
+        workers.trainer(1, [callback], str(tmp_path)).fit(model, workers.loader(None))
+
+
+def test_a_factory_makes_the_curriculum_from_the_module(tmp_path):
+    model = workers.Regression()
+    callback = CurriculumCallback(lambda module: mf.Curriculum(module, 0.05))
+    assert callback.curriculum is None
+    workers.trainer(1, [callback], str(tmp_path)).fit(model, workers.loader(None))
+    assert callback.curriculum is not None and callback.curriculum.model is model
+
+
+def test_bad_arguments_are_refused_naming_them():
+    with pytest.raises(TypeError, match="curriculum must be"):
+        CurriculumCallback(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="schedule must be"):
+        CurriculumCallback(lambda module: None, "phases")  # type: ignore[arg-type, return-value]
+    with pytest.raises(ValueError, match="must not hold 'scheduler'"):
+        CurriculumCallback(lambda module: None, lr_scheduler_config={"scheduler": 1})  # type: ignore[arg-type, return-value]
+
+
+# DDP ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_ddp_ranks_stay_identical_through_an_unfreeze_and_equal_one_process(tmp_path):
+    from distributed_harness import run_world
+
+    reference = workers.fit(None, str(tmp_path))
+    assert reference["phase"] == "all"
+    results = run_world(workers.ddp_runs, str(tmp_path), deadline=120.0)
+    assert [result["whole"]["global_rank"] for result in results] == [0, 1]
+    first, second = (result["whole"] for result in results)
+    for name, expected in reference["parameters"].items():
+        # Ranks are bit-identical; the reference differs by reduction order only.
+        assert torch.equal(first["parameters"][name], second["parameters"][name]), name
+        torch.testing.assert_close(first["parameters"][name], expected, rtol=1e-5, atol=1e-6)
+    assert first["lrs"] == pytest.approx(reference["lrs"], rel=1e-12)
+    for result in results:
+        # stopped after 2 epochs, saved by rank 0, resumed on both: the same run
+        for name, value in result["whole"]["parameters"].items():
+            assert torch.equal(value, result["resumed"]["parameters"][name]), name
+        assert "find_unused_parameters=True" in result["refused"]
