@@ -9,6 +9,13 @@ import torch
 
 __all__ = ["first_difference"]
 
+_SAME_WIDTH_INTEGERS = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
 
 def first_difference(expected: Any, actual: Any, path: str = "") -> str | None:
     """Where ``actual`` first differs from ``expected``, or None if bit-for-bit equal.
@@ -63,12 +70,21 @@ def _tensor_difference(expected: Any, actual: Any, path: str) -> str | None:
     where = path or "top level"
     if not (isinstance(expected, torch.Tensor) and isinstance(actual, torch.Tensor)):
         return f"{where}: expected {_short(expected)}, got {_short(actual)}"
-    if expected.dtype != actual.dtype or expected.shape != actual.shape:
+    if (
+        expected.dtype != actual.dtype
+        or expected.shape != actual.shape
+        or expected.device != actual.device
+    ):
         return f"{where}: expected {_short(expected)}, got {_short(actual)}"
+    # The usual case in one comparison: the bits, seen as integers of the same width.
+    bits = _SAME_WIDTH_INTEGERS.get(expected.dtype)
+    if bits is None:
+        if torch.equal(expected, actual):
+            return None
+    elif torch.equal(expected.detach().view(bits), actual.detach().view(bits)):
+        return None
     a = expected.detach().cpu().contiguous().reshape(-1)
     b = actual.detach().cpu().contiguous().reshape(-1)
-    if a.numel() == 0 or torch.equal(a.view(torch.uint8), b.view(torch.uint8)):
-        return None
     if a.is_floating_point():
         differing = (
             a.view(torch.uint8).reshape(a.numel(), -1) != b.view(torch.uint8).reshape(b.numel(), -1)
@@ -89,5 +105,5 @@ def _tensor_difference(expected: Any, actual: Any, path: str) -> str | None:
 
 def _short(value: Any) -> str:
     if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)} on {value.device}"
     return f"{value!r} ({type(value).__name__})"
