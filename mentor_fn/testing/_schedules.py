@@ -27,7 +27,7 @@ def conditions(*, metrics: Sequence[str] = ("val_loss",)) -> st.SearchStrategy[C
         ...     assert condition_from_dict(condition.to_dict()) == condition
         >>> test_plain_data()
     """
-    leaves = [
+    leaves: list[st.SearchStrategy[Condition]] = [
         st.builds(after_epochs, st.integers(1, 3)),
         st.builds(after_steps, st.integers(1, 20)),
     ]
