@@ -22,6 +22,8 @@ __all__ = [
     "is_reference_group",
     "param_groups",
     "requires_grad_map",
+    "resolved_coefficients",
+    "resolved_frozen",
     "unit_groups_of_walk",
     "walk_for_state",
 ]
@@ -34,6 +36,21 @@ def walk_for_state(state: CurriculumState, model: nn.Module) -> ModelLayers:
     walked = walk_model(model)
     check_same_layers(state.layers, walked.layers, "the model")
     return walked
+
+
+def resolved_frozen(state: CurriculumState) -> tuple[bool, ...]:
+    """``state.resolved_frozen()``; without frozen rules, all False at once.
+
+    A fresh state (the one a Curriculum derives at its first use) has no rule:
+    every layer resolves to the default, and saying so directly saves a pass
+    over the layers at every first build.
+    """
+    return state.resolved_frozen() if state.frozen else (False,) * len(state.layers)
+
+
+def resolved_coefficients(state: CurriculumState) -> tuple[float, ...]:
+    """``state.resolved_coefficients()``; without coefficient rules, all 1.0 at once."""
+    return state.resolved_coefficients() if state.coefficients else (1.0,) * len(state.layers)
 
 
 def validate_lr(lr: object) -> float:
@@ -98,8 +115,8 @@ def unit_groups_of_walk(
     once per layer. The second list holds each group's coefficient in
     ``state``, for the caller to apply.
     """
-    frozen = state.resolved_frozen()
-    coefficients = state.resolved_coefficients()
+    frozen = resolved_frozen(state)
+    coefficients = resolved_coefficients(state)
     layers = walked.layers
     new_group = template.copy
     groups: list[dict[str, Any]] = []

@@ -112,10 +112,11 @@ class ModelLayers:
     Attributes:
         layers: layer names in traversal order (root parameters first).
         parameters: for each layer, the parameters it owns, in registration order.
-        local_names: for each layer, the names its parameters are registered
-            under on their module (``"weight"``); :meth:`named_parameters` gives
-            the full names. Kept apart because the full names are only needed
-            to save and load, and making them costs a string per parameter.
+        modules: for each layer, the module that registers its parameters
+            (the root for a root parameter's layer). Names are read from it
+            only when asked for (:attr:`local_names`, :meth:`named_parameters`):
+            building the optimizer needs none, and recording them costs a
+            tenth of the traversal.
         root_parameter_count: how many leading layers are parameters
             registered directly on the root (their layer name is their name).
         wrappers: the wrapper modules (DDP, compile, ...) looked through, in
@@ -124,7 +125,7 @@ class ModelLayers:
 
     layers: tuple[str, ...]
     parameters: tuple[tuple[nn.Parameter, ...], ...]
-    local_names: tuple[tuple[str, ...], ...]
+    modules: tuple[nn.Module, ...]
     root_parameter_count: int
     wrappers: tuple[nn.Module, ...] = ()
 
@@ -144,6 +145,20 @@ class ModelLayers:
             for parameters in self.parameters
         )
 
+    @property
+    def local_names(self) -> tuple[tuple[str, ...], ...]:
+        """For each layer, the names its parameters are registered under on their module.
+
+        Read from the modules now: the model must not have changed since the walk.
+
+        Raises:
+            RuntimeError: a parameter is no longer registered on its module.
+        """
+        return tuple(
+            _registered_names(module, parameters, layer)
+            for layer, module, parameters in zip(self.layers, self.modules, self.parameters)
+        )
+
     def named_parameters(self) -> Iterator[tuple[str, str, nn.Parameter]]:
         """Yield ``(layer, full parameter name, parameter)`` for every owned parameter.
 
@@ -159,6 +174,24 @@ class ModelLayers:
             else:
                 for name, parameter in zip(names, parameters):
                     yield layer, f"{layer}.{name}", parameter
+
+
+def _registered_names(
+    module: nn.Module, parameters: tuple[nn.Parameter, ...], layer: str
+) -> tuple[str, ...]:
+    if not parameters:
+        return ()
+    names: dict[int, str] = {}
+    for name, parameter in module._parameters.items():
+        if parameter is not None:
+            names.setdefault(id(parameter), name)  # the first name, as the walk kept
+    try:
+        return tuple(names[id(parameter)] for parameter in parameters)
+    except KeyError:
+        raise RuntimeError(
+            f"a parameter of layer {layer!r} is no longer registered on its module: the model "
+            "changed after it was walked"
+        ) from None
 
 
 def walk_model(model: nn.Module) -> ModelLayers:
@@ -177,7 +210,7 @@ def walk_model(model: nn.Module) -> ModelLayers:
     seen_parameters: set[int] = set()
     layers: list[str] = []
     parameters_of: list[tuple[nn.Parameter, ...]] = []
-    names_of: list[tuple[str, ...]] = []
+    modules_of: list[nn.Module] = []
 
     for name, parameter in root._parameters.items():
         if parameter is None or identity(parameter) in seen_parameters:
@@ -185,7 +218,7 @@ def walk_model(model: nn.Module) -> ModelLayers:
         seen_parameters.add(identity(parameter))
         layers.append(name)
         parameters_of.append((parameter,))
-        names_of.append((name,))
+        modules_of.append(root)
     root_parameter_count = len(layers)
 
     # Pre-order traversal. A module is appended when first visited and taken
@@ -215,12 +248,12 @@ def walk_model(model: nn.Module) -> ModelLayers:
         seen_modules.add(key)
         slot = len(layers)
         layers.append(path)
+        modules_of.append(module)
         registered = module._parameters
         registers = False
         if registered:
             mine: list[nn.Parameter] = []
-            names: list[str] = []
-            for parameter_name, parameter in registered.items():
+            for parameter in registered.values():
                 if parameter is None:
                     continue
                 registers = True
@@ -228,12 +261,9 @@ def walk_model(model: nn.Module) -> ModelLayers:
                 if key not in seen_parameters:
                     seen_parameters.add(key)
                     mine.append(parameter)
-                    names.append(parameter_name)
             parameters_of.append(tuple(mine))
-            names_of.append(tuple(names))
         else:
             parameters_of.append(no_parameters)
-            names_of.append(no_parameters)
         children = module._modules
         if children:
             prefix = path + "."
@@ -241,7 +271,7 @@ def walk_model(model: nn.Module) -> ModelLayers:
                 if child is not None and visit(prefix + name, child):
                     registers = True
         if not registers:
-            del layers[slot:], parameters_of[slot:], names_of[slot:]
+            del layers[slot:], parameters_of[slot:], modules_of[slot:]
         return registers
 
     for name, child in root._modules.items():
@@ -250,7 +280,7 @@ def walk_model(model: nn.Module) -> ModelLayers:
     return ModelLayers(
         layers=tuple(layers),
         parameters=tuple(parameters_of),
-        local_names=tuple(names_of),
+        modules=tuple(modules_of),
         root_parameter_count=root_parameter_count,
         wrappers=tuple(passed),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._groups import walk_for_state
+from ._groups import resolved_frozen, walk_for_state
 from ._layers import ModelLayers
 from ._state import CurriculumState
 
@@ -30,7 +30,7 @@ def apply_requires_grad_of_walk(state: CurriculumState, walked: ModelLayers) -> 
 
     Returns the trainable parameters, in traversal order (each once).
     """
-    frozen = state.resolved_frozen()
+    frozen = resolved_frozen(state)
     trainable_parameters: list[nn.Parameter] = []
     for position, parameters in enumerate(walked.parameters):
         if frozen[position]:
