@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -163,6 +164,91 @@ def test_plot_timeline_of_a_regressor_without_phases(tmp_path):
     model.fit(data, data, epochs=2, progress=False)
     output = plot_timeline(model.history, tmp_path / "regressor.png")
     _png_size(output)
+
+
+# a run that follows a schedule ----------------------------------------------------
+
+
+class Scheduled(mf.Mentee):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4))
+        self.head = nn.Linear(4, 2)
+        self.trainer = mf.Classifier()
+
+    def forward(self, x):
+        return self.head(self.body(x).relu())
+
+
+SCHEDULE = mf.Schedule(
+    [
+        mf.Phase("head", mf.freeze("body"), until=mf.after_epochs(2)),
+        mf.Phase(
+            "top",
+            mf.unfreeze(r"body\.2"),
+            until=mf.any_of(mf.plateau("val_loss", patience=2), mf.after_epochs(4)),
+            warmup_steps=5,
+        ),
+        mf.Phase("all", mf.unfreeze("body"), lr=1e-3, optimizer="fresh"),
+    ]
+)
+
+
+def scheduled_checkpoint(folder: Path, epochs: int, schedule: mf.Schedule = SCHEDULE) -> Path:
+    torch.manual_seed(0)
+    data = [(torch.rand(4, 3), torch.tensor([0, 1, 0, 1])) for _ in range(2)]
+    path = folder / "scheduled.ckpt"
+    Scheduled().fit(data, data, epochs, path, schedule=schedule, lr=1e-2, progress=False)
+    return path
+
+
+def test_inspect_shows_the_schedule_and_where_the_run_stands(tmp_path, capsys):
+    path = scheduled_checkpoint(tmp_path, 3)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    schedule = out.split("schedule: ")[1].split("history:")[0]
+    assert schedule.startswith(f"3 phase(s), fingerprint {SCHEDULE.fingerprint()[:16]}")
+    assert "  1. head: freeze('body'); until after_epochs(2)" in schedule
+    assert (
+        "> 2. top: unfreeze('body\\\\.2'), warmup 5 steps; until any_of(plateau('val_loss', "
+        "mode='min', patience=2, min_delta=0), after_epochs(4))" in schedule
+    )
+    assert "  3. all: unfreeze('body'), lr 0.001, fresh optimizer; to the end" in schedule
+    assert "now: phase 'top' (2 of 3), 1 epoch and 2 optimizer steps in the phase" in schedule
+    assert "warmup: step 2 of 5 done" in schedule
+    assert re.search(
+        r"until: any_of: plateau\('val_loss'\): best [\d.]+, 0 of 2 epoch\(s\) without "
+        r"improvement; after_epochs\(4\): 1 of 4 epochs done",
+        schedule,
+    )
+    assert "planned end of the phase: after epoch 6 at the latest" in schedule
+    history = out.split("history:")[1]
+    assert history.split()[:2] == ["epoch", "phase"]
+    assert [line.split()[1] for line in history.strip().splitlines()[2:]] == ["head", "head", "top"]
+
+
+def test_inspect_a_finished_schedule(tmp_path):
+    finished = mf.Schedule([mf.Phase("only", mf.freeze("body"), until=mf.after_steps(2))])
+    text = inspect_checkpoint(scheduled_checkpoint(tmp_path, 2, finished))
+    assert "now: finished; the last phase 'only' ended at its until" in text
+    assert "planned end" not in text
+
+
+def test_plot_marks_the_planned_end_of_the_current_phase(tmp_path, monkeypatch):
+    import mentor_fn._plot as plot_module
+
+    path = scheduled_checkpoint(tmp_path, 3)
+    drawn: dict = {}
+    real = plot_module.plot_timeline
+
+    def recording(history, output, **options):
+        drawn.update(options, phases=[record["phase"] for record in history])
+        return real(history, output, **options)
+
+    monkeypatch.setattr(plot_module, "plot_timeline", recording)
+    assert main(["plot", str(path), "-o", str(tmp_path / "t.png")]) == 0
+    assert drawn["planned_end"] == (6, "top") and drawn["phases"] == ["head", "head", "top"]
+    _png_size(tmp_path / "t.png")
 
 
 # errors: one line on stderr, exit status 2, no traceback --------------------------

@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch import nn
 
+import mentor_fn as mf
 from mentor_fn import CheckpointError, Classifier, Mentee
 from mentor_fn._cli import main
 from mentor_fn._mentee_checkpoint import (
@@ -150,8 +151,17 @@ DAMAGED = {
 def test_damaged_file_is_one_checkpoint_error_and_one_cli_line(
     name, good_contents, tmp_path, capsys
 ):
-    damage, expected = DAMAGED[name]
-    contents = copy.deepcopy(good_contents)
+    check_damage(good_contents, *DAMAGED[name], tmp_path, capsys)
+
+
+def check_damage(
+    good: dict[str, Any],
+    damage: Callable[[dict[str, Any]], None],
+    expected: str,
+    tmp_path: Any,
+    capsys: Any,
+) -> None:
+    contents = copy.deepcopy(good)
     damage(contents)
     path = tmp_path / "damaged.ckpt"
     torch.save(contents, path)
@@ -171,6 +181,90 @@ def test_damaged_file_is_one_checkpoint_error_and_one_cli_line(
     assert not (tmp_path / "t.png").exists()
 
 
+SCHEDULE = mf.Schedule(
+    [
+        mf.Phase("probe", mf.freeze("body"), until=mf.after_epochs(1)),
+        mf.Phase(
+            "all",
+            mf.unfreeze("body"),
+            until=mf.any_of(mf.plateau("val_loss"), mf.after_epochs(3)),
+            warmup_steps=2,
+        ),
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def scheduled_contents(tmp_path_factory) -> dict[str, Any]:
+    path = tmp_path_factory.mktemp("scheduled") / "scheduled.ckpt"
+    Net().fit(data(), data(), 2, path, schedule=SCHEDULE, lr=0.01, progress=False)
+    return torch.load(path, weights_only=True)
+
+
+def _cursor_in_the_first_phase(contents: dict[str, Any]) -> None:
+    cursor = contents["schedule"]["cursor"]
+    cursor.update(phase=0, epochs=0, steps=1, progress=None)
+
+
+SCHEDULE_DAMAGED = {
+    "section a number": (setting("schedule", value=3), "schedule must be a dict"),
+    "section of another format": (
+        setting("schedule", "format", value="x"),
+        "schedule is not readable: not a mentor_fn ScheduleRunner state dict",
+    ),
+    "cursor steps negative": (
+        setting("schedule", "cursor", "steps", value=-1),
+        "schedule['cursor'] is not readable: ScheduleCursor.steps must be an int >= 0",
+    ),
+    "cursor phase out of range": (
+        setting("schedule", "cursor", "phase", value=7),
+        "schedule['cursor'] is not readable: does not fit the saved schedule: cursor phase 7",
+    ),
+    "cursor in another phase than the state": (
+        _cursor_in_the_first_phase,
+        "schedule['cursor'] does not fit the saved curriculum",
+    ),
+    "fingerprint altered": (
+        setting("schedule", "fingerprint", value="0" * 64),
+        "schedule['fingerprint'] is not readable: '000",
+    ),
+    "phases a str": (
+        setting("schedule", "schedule", "phases", value="x"),
+        "schedule['schedule'] is not readable: malformed Schedule dict: 'phases' must be a list",
+    ),
+    "unknown transition": (
+        setting("schedule", "schedule", "phases", 0, "transition", "kind", value="melt"),
+        "schedule['schedule'] is not readable: malformed Schedule dict: phases[0]",
+    ),
+    "initial state": (
+        setting("schedule", "initial_state", value={"layers": 1}),
+        "schedule['initial_state'] is not readable",
+    ),
+    "record phase an int": (
+        setting("history", 0, "phase", value=1),
+        "history[0]['phase'] must be a str",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEDULE_DAMAGED))
+def test_a_damaged_schedule_section_is_one_checkpoint_error_naming_the_field(
+    name, scheduled_contents, tmp_path, capsys
+):
+    check_damage(scheduled_contents, *SCHEDULE_DAMAGED[name], tmp_path, capsys)
+
+
+def test_the_scheduled_file_reads_back_and_resumes(scheduled_contents, tmp_path):
+    path = tmp_path / "scheduled.ckpt"
+    torch.save(scheduled_contents, path)
+    saved = read_mentee_checkpoint(path).schedule
+    assert saved is not None and saved.schedule == SCHEDULE and saved.phase.name == "all"
+    assert saved.cursor.epochs == 1 and saved.fingerprint == SCHEDULE.fingerprint()
+    model, _, _ = Net.resume_training(path)
+    assert model.schedule_runner.cursor == saved.cursor
+    assert [record["phase"] for record in model.history] == ["probe", "all"]
+
+
 def test_the_good_file_reads_back_as_saved(good_contents, tmp_path):
     path = tmp_path / "good.ckpt"
     torch.save(good_contents, path)
@@ -188,7 +282,7 @@ def test_the_good_file_reads_back_as_saved(good_contents, tmp_path):
 
 def test_older_files_without_the_optional_sections_still_resume(good_contents, tmp_path):
     contents = copy.deepcopy(good_contents)
-    for key in ("cuda_rng_states", "python_rng_state", "numpy_rng_state"):
+    for key in ("cuda_rng_states", "python_rng_state", "numpy_rng_state", "schedule"):
         contents.pop(key, None)
     path = tmp_path / "older.ckpt"
     torch.save(contents, path)

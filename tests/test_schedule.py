@@ -565,6 +565,7 @@ def test_cursor_round_trips_and_validates():
         "_warmup",
         "_saved_schedule",
         "_schedule_runner",
+        "_schedule_text",
         "_recipes",
     ],
 )

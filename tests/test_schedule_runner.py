@@ -531,3 +531,28 @@ def test_an_unserializable_schedule_fails_at_save_time():
     runner.start()  # runs fine
     with pytest.raises(TypeError, match=re.escape("custom")):
         runner.state_dict()
+
+
+def test_moved_to_another_curriculum_goes_on_at_the_same_cursor():
+    uninterrupted = started()
+    run(*uninterrupted, 6)  # mid-warmup
+    curriculum, runner = uninterrupted
+    other = make_curriculum(curriculum.model)
+    other.load_state_dict(curriculum.state_dict())
+    moved = runner.moved_to(other)
+    assert moved.cursor == runner.cursor and moved.curriculum is other
+    assert moved.initial_state == runner.initial_state and moved.schedule is runner.schedule
+    run(other, moved, 8, start=6)
+    assert moved.phase.name in ("all", "last")
+    with pytest.raises(RuntimeError, match="start"):
+        ScheduleRunner(other, RESUME_SCHEDULE).moved_to(other)
+
+
+def test_check_state_names_a_change_made_by_other_means():
+    curriculum, runner = started()
+    runner.check_state()
+    curriculum.unfreeze("backbone", reset_optimizer_if_needed=True)
+    with pytest.raises(ValueError, match=r"'backbone.0'.*frozen=True.*hands off"):
+        runner.check_state("hands off")
+    with pytest.raises(ValueError, match="hands off"):
+        runner.moved_to(make_curriculum(curriculum.model), "hands off")
