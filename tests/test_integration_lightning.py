@@ -30,6 +30,11 @@ from mentor_fn.integrations.lightning import CurriculumCallback
 
 pl = workers.pl
 
+# Lightning's advice about tiny runs (few batches, no workers, no logger) is noise here.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning"
+)
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -334,6 +339,41 @@ def test_gradient_accumulation_counts_optimizer_steps_not_batches(tmp_path):
         (3, "all"),
     ]
     assert callback.runner.cursor.steps == 1  # type: ignore[union-attr]
+
+
+class ManualRegression(workers.Regression):
+    """Manual optimization: two optimizer steps per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_index: int) -> None:
+        optimizer = self.optimizers()
+        inputs, targets = batch
+        for _ in range(2):
+            optimizer.zero_grad()
+            self.manual_backward(nn.functional.mse_loss(self(inputs), targets))
+            optimizer.step()
+
+
+def test_manual_optimization_counts_its_optimizer_steps_at_each_batch_end(tmp_path):
+    schedule = mf.Schedule(
+        [
+            mf.Phase("head", mf.freeze("backbone"), until=mf.after_steps(3)),
+            mf.Phase("all", mf.unfreeze("backbone")),
+        ]
+    )
+    model = ManualRegression()
+    initial = model.backbone[0].weight.detach().clone()
+    callback = CurriculumCallback(mf.Curriculum(model, 0.05), schedule)
+    log = PhaseLog(callback)
+    workers.trainer(2, [callback, log], str(tmp_path)).fit(model, workers.loader(None))
+    # steps 3 and 4 were taken in batch 2; at its end the third ended the head
+    # phase and the fourth counted in the next
+    assert log.phases == [(2, "head"), (4, "all"), (6, "all"), (8, "all")]
+    assert callback.runner.cursor.steps == 5  # type: ignore[union-attr]
+    assert not torch.equal(model.backbone[0].weight, initial)
 
 
 def plateau_scheduler(optimizer: torch.optim.Optimizer) -> lr_scheduler.ReduceLROnPlateau:

@@ -1,6 +1,6 @@
 """Curriculum learning in Lightning: a Callback that owns a Curriculum and its schedule.
 
-``pip install 'mentor_fn[lightning]'``. Two lines in your code::
+``pip install 'mentor_fn[lightning]'``. In your code::
 
     callback = CurriculumCallback(mf.Curriculum(model, lr=1e-3), schedule)
     trainer = L.Trainer(callbacks=[callback], ...)
@@ -15,10 +15,11 @@ What the callback does, at each point of Lightning's loop:
   fresh optimizer and scheduler from the curriculum; Lightning gets stable
   handles on them (``LiveOptimizer``, ``LiveScheduler``), so a phase change
   that makes new objects never leaves Lightning holding stale ones.
-* after each optimizer step (``on_train_batch_end``, when
-  ``trainer.global_step`` has moved: gradient accumulation and manual
-  optimization count optimizer steps, not batches): ``runner.step()``, which
-  ramps warmups and ends step-counted phases.
+* after each optimizer step (``on_train_batch_end``, once per step
+  ``trainer.global_step`` has moved: gradient accumulation counts optimizer
+  steps, not batches; several steps in one batch under manual optimization
+  are counted at that batch's end): ``runner.step()``, which ramps warmups
+  and ends step-counted phases.
 * at each training epoch's end (after validation): ``runner.epoch_end`` with
   ``trainer.callback_metrics``; under DDP every rank uses rank 0's metrics,
   so all ranks change phase together.
@@ -28,8 +29,14 @@ What the callback does, at each point of Lightning's loop:
   ``trainer.fit(model, ckpt_path=...)`` Lightning calls ``configure_optimizers``
   and then loads that state through the handle, which restores the saved
   layout before the saved optimizer state: never by position into phase 0's
-  layout. Epoch-end checkpoints taken before the callback's epoch end (the
-  default ``ModelCheckpoint`` saves after validation) are caught up on resume.
+  layout. ``ModelCheckpoint`` saves at the epoch's end by default, after the
+  callback's epoch end. A checkpoint written after validation but before it
+  (``save_on_train_epoch_end=False``, validation several times per epoch)
+  holds Lightning's metrics of that moment, and the resumed run applies the
+  epoch end with them: validation metrics are exact; a training metric
+  aggregated over the epoch (``on_epoch=True`` in ``training_step``) is not
+  aggregated yet at that point, so a ``plateau`` on one resumes exactly only
+  from checkpoints written at the epoch's end.
 * DDP (``DDPStrategy(find_unused_parameters=True)``): DDP registers only the
   parameters that require grad when it wraps the model, so the callback makes
   every parameter trainable before Lightning wraps it (``setup``) and the
@@ -289,9 +296,16 @@ def curriculum_optimizers(module: pl.LightningModule) -> dict[str, Any]:
 
 def _check_ddp_wrapper(trainer: pl.Trainer) -> None:
     wrapper = trainer.strategy.model
-    if isinstance(wrapper, DistributedDataParallel) and not wrapper.find_unused_parameters:
+    if not isinstance(wrapper, DistributedDataParallel):
+        return
+    if not wrapper.find_unused_parameters:
         raise ValueError(
             "CurriculumCallback under DDP needs DDPStrategy(find_unused_parameters=True) (or "
             "strategy='ddp_find_unused_parameters_true'): frozen layers produce no gradient, "
             "and without it DDP's next gradient reduction fails"
+        )
+    if wrapper.static_graph:
+        raise ValueError(
+            "CurriculumCallback under DDP needs DDPStrategy(static_graph=False): each phase "
+            "change changes which parameters get gradients"
         )
