@@ -14,7 +14,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.
 
 def test_the_quick_starts_are_there():
     names = {path.name for path in EXAMPLES}
-    assert {"quickstart.py", "curriculum_loop.py", "mentee_finetune.py"} <= names
+    assert set(QUICK_STARTS) <= names
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[path.name for path in EXAMPLES])
@@ -28,7 +28,14 @@ def test_example_runs(script: Path, tmp_path: Path):
 
 
 README = EXAMPLES[0].parent.parent / "README.md"
-QUICK_STARTS = ["quickstart.py", "curriculum_loop.py", "mentee_finetune.py"]
+QUICK_STARTS = [
+    "quickstart.py",
+    "curriculum_loop.py",
+    "mentee_finetune.py",
+    "schedule_loop.py",
+    "schedule_fit.py",
+    "schedule_recipe.py",
+]
 
 
 def _code(script: Path) -> str:
