@@ -2,10 +2,13 @@
 
 A subclass writes ``__init__`` and ``forward`` (and sets ``self.trainer``);
 freezing, coefficients, the optimizer, ``fit``, checkpoints and resume come
-from here. The parts live in their own modules: constructor recording
-(``_mentee_construction``), the training loop (``_fit``), a schedule driving
-fit (``_mentee_schedule``), the checkpoint layout (``_mentee_checkpoint``)
-and rebuilding from it (``_mentee_resume``).
+from here: this module holds the model's curriculum and training objects and
+saves and resumes it. The other parts live in their own modules: ``fit`` and
+the run's record in its base class (``_mentee_fit``; the loop itself is
+``_fit``'s), a schedule driving fit (``_mentee_schedule``), constructor
+recording (``_mentee_construction``), the training objects' scheduler
+(``_train_objects``), the checkpoint layout (``_mentee_checkpoint``) and
+rebuilding from it (``_mentee_resume``).
 """
 
 from __future__ import annotations
