@@ -145,6 +145,29 @@ def test_the_first_phase_is_entered_before_the_training_objects_are_built():
     assert groups[-1]["lr"] == 0.02 and model.curriculum.lr == 0.02
 
 
+def test_a_fresh_first_phase_from_no_training_objects():
+    fresh = mf.Schedule(
+        [
+            mf.Phase(
+                "probe",
+                mf.freeze("body"),
+                optimizer="fresh",
+                lr_scale=0.5,
+                until=mf.after_epochs(1),
+            ),
+            mf.Phase("all", mf.unfreeze("body"), optimizer="fresh"),
+        ]
+    )
+    torch.manual_seed(0)
+    model = Net().fit(TRAIN, VAL, 1, schedule=fresh, lr=0.02, **FIT)
+    assert model.curriculum.lr == 0.01 and model.history[0]["lr"] == {"head": 0.01}
+    first = model.optimizer
+    assert [group["layers"] for group in first.param_groups] == [("head",), ()]
+    assert int(first.state[model.head.weight]["step"]) == 2  # built once, before the first step
+    model.fit(TRAIN, VAL, 2, **FIT)
+    assert model.optimizer is not first and model.history[-1]["frozen"] == []
+
+
 def test_a_schedule_starts_on_live_training_objects_too():
     torch.manual_seed(0)
     model = Net()
