@@ -600,13 +600,14 @@ class Curriculum:
             )
         optimizer, scheduler = None, None
         if saved_optimizer is not None:
-            parameters = {name: parameter for _, name, parameter in walked.named_parameters()}
+            named = list(walked.named_parameters())
+            parameters = {name: parameter for _, name, parameter in named}
             check_saved_optimizer(saved_optimizer, parameters, recipe)
             frozen = dict(zip(new.layers, new.resolved_frozen()))
             check_saved_layout(
                 saved_optimizer["param_groups"],
                 new.layers,
-                [name for layer, name, _ in walked.named_parameters() if not frozen[layer]],
+                [name for layer, name, _ in named if not frozen[layer]],
             )
             optimizer = load_optimizer_state(recipe, saved_optimizer, parameters)
             if saved_scheduler is not None:

@@ -9,6 +9,7 @@ transparent, detected by its type.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -145,11 +146,12 @@ class ModelLayers:
             for parameters in self.parameters
         )
 
-    @property
+    @functools.cached_property
     def local_names(self) -> tuple[tuple[str, ...], ...]:
         """For each layer, the names its parameters are registered under on their module.
 
-        Read from the modules now: the model must not have changed since the walk.
+        Read from the modules on first access: the model must not have changed
+        since the walk.
 
         Raises:
             RuntimeError: a parameter is no longer registered on its module.

@@ -208,16 +208,19 @@ def check_saved_optimizer(
     expectations.update(dict.fromkeys(GROUP_LR_KEYS, 0.0))
     seen: set[str] = set()
     for number, group in enumerate(groups):
-        where = f"optimizer.param_groups[{number}]"
         names = group.get("params")
         if not _is_list_of_str(names):
-            raise ValueError(f"field '{where}.params': expected a list of parameter names")
+            raise ValueError(f"field '{_group(number)}.params': expected a list of parameter names")
         unknown = [name for name in names if name not in parameters]
         if unknown:
-            raise ValueError(f"field '{where}.params' names unknown parameters: {unknown[:8]}")
+            raise ValueError(
+                f"field '{_group(number)}.params' names unknown parameters: {unknown[:8]}"
+            )
         again = [name for name in names if name in seen]
         if again:
-            raise ValueError(f"field '{where}.params': {again[:8]} already in an earlier group")
+            raise ValueError(
+                f"field '{_group(number)}.params': {again[:8]} already in an earlier group"
+            )
         seen.update(names)
         for key, value in group.items():
             expected = expectations.get(key)
@@ -225,7 +228,7 @@ def check_saved_optimizer(
                 continue  # nothing to check, or the usual case (inlined: once per group and key)
             if value is None and key in GROUP_LR_KEYS and key != "lr":
                 continue  # a scheduler's key the group does not use
-            _same_structure(value, expected, f"{where}.{key}")
+            _same_structure(value, expected, f"{_group(number)}.{key}")
     unknown = [name for name in state if name not in parameters]
     if unknown:
         raise ValueError(f"field 'optimizer.state' names unknown parameters: {unknown[:8]}")
@@ -261,16 +264,16 @@ def check_saved_layout(
     known = set(layers)
     has_reference = False
     for number, group in enumerate(groups):
-        where = f"optimizer.param_groups[{number}]"
-        group_layers = group.get("layers") or ()
+        group_layers = group.get("layers")
         if not _is_list_of_str(group_layers):
             raise ValueError(
-                f"field '{where}.layers': expected the list of layer names a Curriculum "
+                f"field '{_group(number)}.layers': expected the list of layer names a Curriculum "
                 f"records in each group, got {group_layers!r:.80}"
             )
+        assert group_layers is not None
         unknown = [layer for layer in group_layers if layer not in known]
         if unknown:
-            raise ValueError(f"field '{where}.layers' names unknown layers: {unknown[:8]}")
+            raise ValueError(f"field '{_group(number)}.layers' names unknown layers: {unknown[:8]}")
         coefficient = group.get("coefficient")
         if type(coefficient) is not float and (
             isinstance(coefficient, bool) or not isinstance(coefficient, numbers.Real)
@@ -278,7 +281,7 @@ def check_saved_layout(
             coefficient = None  # the ABC check only for what is not a float already
         if coefficient is None or not 0 <= float(coefficient) < float("inf"):
             raise ValueError(
-                f"field '{where}.coefficient': expected a finite number >= 0, "
+                f"field '{_group(number)}.coefficient': expected a finite number >= 0, "
                 f"got {group.get('coefficient')!r}"
             )
         has_reference = has_reference or is_reference_group(group)
@@ -303,6 +306,11 @@ def _defaults(recipe: OptimizerRecipe, like: torch.Tensor) -> dict[str, Any]:
     except Exception:
         return {}
     return {key: value for key, value in scratch.param_groups[0].items() if key != "params"}
+
+
+def _group(number: int) -> str:
+    # Only in messages: made when raising, not once per group.
+    return f"optimizer.param_groups[{number}]"
 
 
 def _is_list_of_str(value: object) -> bool:

@@ -265,6 +265,7 @@ def test_a_layout_without_reference_group_is_named():
         ("amsgrad", 0, r"param_groups\[0\]\.amsgrad': expected a bool, got a number"),
         ("coefficient", -1.0, r"param_groups\[0\]\.coefficient': expected a finite number >= 0"),
         ("layers", ["nope"], r"param_groups\[0\]\.layers' names unknown layers"),
+        ("layers", None, r"param_groups\[0\]\.layers': expected the list of layer names"),
     ],
 )
 def test_group_values_of_the_wrong_kind_are_named(key, value, match):
