@@ -39,6 +39,7 @@ OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
     "Adadelta": (torch.optim.Adadelta, {}),
     "ASGD": (torch.optim.ASGD, {}),
     "Rprop": (torch.optim.Rprop, {}),
+    "Adafactor": (torch.optim.Adafactor, {}),
 }
 LOOP = {"foreach": False}
 FORMS = {"foreach": {"foreach": True}, "fused": {"fused": True}}
