@@ -153,7 +153,7 @@ def test_a_fresh_first_phase_from_no_training_objects():
                 mf.freeze("body"),
                 optimizer="fresh",
                 lr_scale=0.5,
-                until=mf.after_epochs(1),
+                until=mf.after_epochs(2),
             ),
             mf.Phase("all", mf.unfreeze("body"), optimizer="fresh"),
         ]
