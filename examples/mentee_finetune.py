@@ -49,5 +49,5 @@ with tempfile.TemporaryDirectory() as folder:
     print(f"epoch {model.epoch}: coefficients {dict(model._lr_coefficients)}")
     model.fit(train, val, epochs=1)
     for record in model.history:
-        lrs = ", ".join(f"{layer} {lr:.0e}" for layer, lr in record["lr"].items())
+        lrs = ", ".join(f"{layer} {lr:.3g}" for layer, lr in record["lr"].items())
         print(f"epoch {record['epoch']}: val accuracy {record['val']['accuracy']:.0%}; lr {lrs}")

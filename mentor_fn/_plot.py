@@ -4,8 +4,11 @@ One figure: the effective lr of each layer over the epochs (log scale), a lane
 per layer showing when it was trainable or frozen, and below them the training
 and validation metrics. Phases are named from the history records (``fit``
 with a schedule names each epoch's phase); for a run that follows a schedule,
-the planned end of the current phase is marked when the schedule knows it. Drawn with matplotlib's object API on the Agg canvas:
-no pyplot, no global backend change, so it is safe inside any program. The
+the planned end of the current phase is marked when the schedule knows it.
+Records that carry a baseline (:func:`attach_baseline`: the validation
+metrics a comparison run reached at the same epoch) add its validation curve
+to the metric panels, dashed grey. Drawn with matplotlib's object API on the
+Agg canvas: no pyplot, no global backend change, so it is safe inside any program. The
 image format follows the output's suffix (``.png``, ``.svg``, ``.pdf``,
 ``.jpg``... whatever matplotlib writes; PNG without a suffix).
 """
@@ -22,7 +25,9 @@ from ._checkpoint import CheckpointError
 from ._mentee_checkpoint import read_mentee_checkpoint
 
 __all__ = [
+    "BASELINE",
     "ImageFormatError",
+    "attach_baseline",
     "default_plot_path",
     "image_format",
     "plot_checkpoint",
@@ -40,6 +45,27 @@ class ImageFormatError(ValueError):
 TRAIN_COLOR = "#1f77b4"
 VAL_COLOR = "#d62728"
 FROZEN_COLOR = "#b0b0b0"
+BASELINE_COLOR = "#8c8c8c"
+BASELINE = "baseline"
+"""The record key of a baseline: ``{"name": str, "val": {metric: value}}``."""
+
+
+def attach_baseline(
+    history: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]], name: str
+) -> list[dict[str, Any]]:
+    """``history``'s records, each with the validation metrics ``baseline`` reached at its epoch.
+
+    The records are copies (plain data, saved with a checkpoint's history);
+    an epoch the baseline did not reach, or did not validate, gets none.
+    """
+    validated = {record["epoch"]: dict(record["val"]) for record in baseline if record.get("val")}
+    annotated = []
+    for record in history:
+        copy = dict(record)
+        if record["epoch"] in validated:
+            copy[BASELINE] = {"name": name, "val": validated[record["epoch"]]}
+        annotated.append(copy)
+    return annotated
 
 
 def _matplotlib() -> Any:
@@ -152,7 +178,9 @@ def plot_timeline(
     Args:
         history: records with ``epoch``, ``train``, ``val``, ``lr`` (layer ->
             effective lr, trainable layers) and ``frozen`` (frozen layers);
-            an optional ``phase`` name labels the spans.
+            an optional ``phase`` name labels the spans, an optional
+            ``baseline`` (see :func:`attach_baseline`) adds a comparison
+            run's validation curve.
         output: the image file to write (its folder must exist); the format
             follows its suffix (PNG without one).
         layers: the layers to draw, in order (default: those in the history).
@@ -444,5 +472,29 @@ def _metric_panel(
             label=label,
             zorder=3,
         )
+    _baseline_curve(axis, history, centers, name, label_prefix=label_prefix)
     axis.grid(axis="y", color="#dddddd", linewidth=0.8, zorder=0)
     axis.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8.5, frameon=False)
+
+
+def _baseline_curve(
+    axis: Any,
+    history: Sequence[Mapping[str, Any]],
+    centers: Sequence[float],
+    name: str,
+    *,
+    label_prefix: bool,
+) -> None:
+    """The baseline's validation ``name``, dashed grey, where the records carry it."""
+    points = []
+    label = None
+    for x, record in zip(centers, history):
+        baseline = record.get(BASELINE)
+        if isinstance(baseline, Mapping) and name in (baseline.get("val") or {}):
+            points.append((x, float(baseline["val"][name])))
+            what = f"val {name}" if label_prefix else "validation"
+            label = f"{what}, {baseline.get('name') or 'baseline'}"
+    if not points:
+        return
+    xs, ys = zip(*points)
+    axis.plot(xs, ys, color=BASELINE_COLOR, linestyle="--", linewidth=1.6, label=label, zorder=2)

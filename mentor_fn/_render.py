@@ -27,6 +27,7 @@ __all__ = [
     "layer_table",
     "live_layer_rows",
     "saved_layer_rows",
+    "text_table",
 ]
 
 
@@ -122,7 +123,7 @@ def _format_lr(lr: float | None) -> str:
     return "-" if lr is None else f"{lr:.2e}"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str) -> str:
+def text_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str) -> str:
     """Aligned columns; ``align`` has one letter per column, ``l`` or ``r``."""
     rows = [list(header), *map(list, rows)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -168,7 +169,7 @@ def layer_table(rows: Sequence[LayerRow], *, trainable_column: bool = False) -> 
             f"{trainable:,} of {total:,}" if trainable_column else f"{total:,}",
         ]
     )
-    return _table(["layer", "frozen", "coefficient", "effective lr", last], body, "llrrr")
+    return text_table(["layer", "frozen", "coefficient", "effective lr", last], body, "llrrr")
 
 
 def _format_metric(name: str, value: Any) -> str:
@@ -186,16 +187,24 @@ def _lr_span(learning_rates: Mapping[str, float]) -> str:
     return _format_lr(low) if math.isclose(low, high) else f"{low:.1e}..{high:.1e}"
 
 
-def epoch_line(record: Mapping[str, Any]) -> str:
-    """One self-describing line for a history record (printed as epochs finish)."""
+def epoch_line(record: Mapping[str, Any], *, show_time: bool = True) -> str:
+    """One self-describing line for a history record (printed as epochs finish).
+
+    The record's phase, when it has one, follows the epoch number. Without
+    ``show_time`` the line leaves out the epoch's wall time, so that a run
+    prints the same text each time it runs.
+    """
     parts = [f"epoch {record['epoch']:>3}"]
+    if "phase" in record:
+        parts.append(str(record["phase"]))
     for split in ("train", "val"):
         metrics = record.get(split) or {}
         if metrics:
             values = " ".join(f"{k} {_format_metric(k, v)}" for k, v in metrics.items())
             parts.append(f"{split} {values}")
     parts.append(f"lr {_lr_span(record.get('lr', {}))}")
-    parts.append(f"{record.get('time', 0.0):.1f} s")
+    if show_time:
+        parts.append(f"{record.get('time', 0.0):.1f} s")
     return " | ".join(parts)
 
 
@@ -229,7 +238,7 @@ def history_table(history: Sequence[Mapping[str, Any]], owners: int) -> str:
         ]
         body.append(row)
     align = "r" + ("l" if with_phase else "") + "r" * (len(header) - 1 - with_phase)
-    return _table(header, body, align)
+    return text_table(header, body, align)
 
 
 def inspect_text(path: str | os.PathLike[str]) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import io
 import re
 import subprocess
 import sys
@@ -11,11 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from demo_run import default_demo
 from torch import nn
 
 import mentor_fn as mf
+from mentor_fn import _cli as cli_module
 from mentor_fn._cli import main
-from mentor_fn._demo import PHASES, DigitsCNN, run_demo
+from mentor_fn._demo_model import DigitsCNN
+from mentor_fn._demo_runs import TRANSFER_EPOCHS
 from mentor_fn._plot import default_plot_path, image_format, plot_timeline
 from mentor_fn._render import inspect_text as inspect_checkpoint
 
@@ -25,8 +27,8 @@ LAYERS = [f"backbone.block{b}.conv{c}" for b in (1, 2, 3) for c in (1, 2)] + ["h
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("demo")
-    return run_demo(epochs=1, output=output, quiet=True, stream=io.StringIO()).checkpoint
+    """The checkpoint of the session's default demo run (tests/demo_run.py)."""
+    return default_demo(tmp_path_factory).result.checkpoint
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -53,26 +55,26 @@ def test_inspect_prints_the_layer_table_and_the_history(checkpoint, capsys):
     table = out.split("history:")[0]
     for layer in LAYERS:
         assert f"\n{layer} " in table
-    assert "mentor_fn._demo.DigitsCNN" in out
+    assert "mentor_fn._demo_model.DigitsCNN" in out
     total = sum(parameter.numel() for parameter in DigitsCNN().parameters())
     assert f"{total:,}" in table
     history = out.split("history:")[1].strip().splitlines()
-    assert len(history) == 2 + len(PHASES)  # header, rule, one line per epoch
-    for phase in PHASES:
-        assert phase.name in out
+    assert len(history) == 2 + TRANSFER_EPOCHS  # header, rule, one line per epoch
+    assert [line.split()[1] for line in history[2:]] == ["probe"] * 4 + ["fine_tune"] * 8
     assert "val accuracy" in history[0]
 
 
-def test_inspect_shows_the_saved_lr_and_coefficients(checkpoint, capsys):
+def test_inspect_shows_the_saved_lr_and_the_schedule(checkpoint, capsys):
     main(["inspect", str(checkpoint)])
     out = capsys.readouterr().out
     contents = mf.load_checkpoint(checkpoint)
     groups = contents["curriculum"]["optimizer"]["param_groups"]
-    head_lr = next(group["lr"] for group in groups if tuple(group["layers"]) == ("head",))
-    head_row = next(line for line in out.splitlines() if line.startswith("head "))
-    assert f"{head_lr:.2e}" in head_row
-    block1 = next(line for line in out.splitlines() if line.startswith("backbone.block1.conv1"))
-    assert "0.512" in block1  # 0.8 ** 3: the layer-wise lr decay of the blocks
+    table = out.split("history:")[0]
+    for group in groups:
+        for layer in group["layers"]:
+            row = next(line for line in table.splitlines() if line.startswith(f"{layer} "))
+            assert row.split()[1:4] == ["no", "1", f"{group['lr']:.2e}"]
+    assert "now: phase 'fine_tune' (2 of 2)" in out
 
 
 def test_inspect_in_a_fresh_process(checkpoint):
@@ -142,6 +144,16 @@ def test_plot_default_output_is_beside_the_checkpoint(checkpoint, capsys):
     completed = _cli("plot", str(checkpoint))
     assert completed.returncode == 0, completed.stderr
     _png_size(expected)
+
+
+def test_plot_of_the_demo_names_the_phases_and_draws_the_baseline(checkpoint, tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    output = tmp_path / "timeline.svg"
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text in the SVG
+        assert main(["plot", str(checkpoint), "-o", str(output)]) == 0
+    svg = output.read_text()
+    for text in ("probe", "fine_tune", "validation, plain fine-tuning"):
+        assert f">{text}<" in svg, text
 
 
 def test_plot_timeline_of_a_regressor_without_phases(tmp_path):
@@ -282,8 +294,9 @@ ERRORS = {
     "no command": ([], "choose a command"),
     "unknown command": (["train"], "invalid choice"),
     "unknown option": (["demo", "--fast"], "unrecognized arguments: --fast"),
-    "epochs zero": (["demo", "--epochs", "0"], "positive integer"),
-    "epochs not a number": (["demo", "--epochs", "many"], "positive integer"),
+    "epochs are the protocol's": (["demo", "--epochs", "3"], "unrecognized arguments: --epochs"),
+    "seeds zero": (["demo", "--seeds", "0"], "positive integer"),
+    "seeds not a number": (["demo", "--seeds", "many"], "positive integer"),
     "seed not a number": (["demo", "--seed", "x"], "integer"),
     "inspect without a file": (["inspect"], "required: CHECKPOINT"),
 }
@@ -319,6 +332,49 @@ def test_errors_in_a_fresh_process(argv):
     assert completed.returncode == 2
     assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "called"),
+    [
+        (["demo"], ("run_demo", {"output": "mentor_fn_demo", "seed": 0, "quiet": False})),
+        (
+            ["demo", "--seeds", "1", "-q", "-o", "x"],
+            ("run_demo", {"output": "x", "seed": 0, "quiet": True}),
+        ),
+        (
+            ["demo", "--seeds", "3", "--seed", "5"],
+            ("run_demo_seeds", {"count": 3, "first_seed": 5, "quiet": False}),
+        ),
+        (
+            ["demo", "--seeds", "10", "--quiet"],
+            ("run_demo_seeds", {"count": 10, "first_seed": 0, "quiet": True}),
+        ),
+    ],
+)
+def test_demo_options_choose_the_run(argv, called, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        cli_module, "run_demo", lambda **options: calls.append(("run_demo", options))
+    )
+
+    def seeds(count, **options):
+        calls.append(("run_demo_seeds", {"count": count, **options}))
+
+    monkeypatch.setattr(cli_module, "run_demo_seeds", seeds)
+    assert main(argv) == 0
+    assert calls == [called]
+
+
+def test_the_readme_plots_into_a_folder_git_ignores():
+    root = Path(__file__).resolve().parent.parent
+    commands = re.findall(
+        r"python -m mentor_fn plot \S+ -o (\S+)", (root / "README.md").read_text()
+    )
+    assert commands
+    ignored = [line.strip("/") for line in (root / ".gitignore").read_text().splitlines()]
+    for output in commands:
+        assert Path(output).parts[0] in ignored, output
 
 
 def test_help_and_version_exit_0(capsys):
