@@ -22,7 +22,7 @@ from typing import NoReturn
 from . import __version__
 from ._checkpoint import CheckpointError
 from ._demo import DEFAULT_OUTPUT, DEFAULT_SEED, run_demo, run_demo_seeds
-from ._demo_data import SHOTS_PER_CLASS
+from ._demo_data import ROTATION_DEGREES, SHOTS_PER_CLASS
 from ._plot import ImageFormatError, default_plot_path, plot_checkpoint
 from ._render import inspect_text
 
@@ -74,10 +74,10 @@ def _parser() -> _Parser:
         "demo",
         help="does a curriculum earn its place? lp_ft vs plain fine-tuning on 8x8 digits",
         description="Pretrain a small CNN on scikit-learn's 8x8 digits, transfer it to the "
-        f"same digits rotated by 90 degrees from {SHOTS_PER_CLASS} labelled images per digit, "
-        "with the lp_ft "
-        "curriculum and with plain fine-tuning on the same budget, and print what each "
-        "transfer gains on the rotated digits and keeps of the upright ones. One seed writes "
+        f"same digits rotated by {ROTATION_DEGREES:g} degrees from {SHOTS_PER_CLASS} labelled "
+        "images per digit, with the lp_ft curriculum and with plain fine-tuning on the same "
+        "budget, and print what each transfer gains on the rotated digits and keeps of the "
+        "upright ones. One seed writes "
         "a checkpoint and a timeline PNG; --seeds N prints the mean and spread over N seeds. "
         "Needs: pip install 'mentor_fn[demo]'.",
     )

@@ -2,7 +2,8 @@
 
 ``python -m mentor_fn demo`` (or :func:`run_demo`) pretrains
 :class:`DigitsCNN` on scikit-learn's 8x8 digits, then transfers it to the
-same digits rotated by 90 degrees from 10 labelled images per digit, twice:
+same digits rotated by 15 degrees (``ROTATION_DEGREES``, chosen by the premise
+rule of docs/demo-protocol.md) from 10 labelled images per digit, twice:
 with the ``lp_ft`` curriculum (a linear probe, then full fine-tuning; driven
 by ``Mentee.fit(..., schedule=...)``) and with plain fine-tuning, on the same
 budget. It prints each epoch and a table of what each transfer gained on the
@@ -26,7 +27,7 @@ from typing import Any, TextIO
 
 import torch
 
-from ._demo_data import MISSING_EXTRA, SHOTS_PER_CLASS, load_tasks
+from ._demo_data import MISSING_EXTRA, ROTATION_DEGREES, SHOTS_PER_CLASS, load_tasks
 from ._demo_model import DigitsCNN
 from ._demo_report import SeedsSummary, seed_table, seeds_table, summarize
 from ._demo_runs import (
@@ -153,9 +154,9 @@ def _run(folder: Path, seed: int, say: _Printer, *, progress: bool) -> DemoResul
         "(stratified by digit)\n"
         f"source task: the ten digits upright, {len(tasks.source.train)} training / "
         f"{len(tasks.source.val)} validation images\n"
-        f"target task: the ten digits rotated by 90 degrees, {SHOTS_PER_CLASS} labelled "
-        f"images per digit ({len(tasks.target.train)}), {len(tasks.target.val)} "
-        "validation images"
+        f"target task: the ten digits rotated by {ROTATION_DEGREES:g} degrees, "
+        f"{SHOTS_PER_CLASS} labelled images per digit ({len(tasks.target.train)}), "
+        f"{len(tasks.target.val)} validation images"
     )
     result = run_seed(seed, _printing_watch(say, progress=progress))
 
