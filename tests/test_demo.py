@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import io
-import math
 import re
 import sys
 from pathlib import Path
@@ -23,7 +22,14 @@ from demo_run import DemoRun, default_demo
 import mentor_fn as mf
 from mentor_fn import _demo
 from mentor_fn import _demo_runs as runs
-from mentor_fn._demo_data import CLASSES, SHOTS_PER_CLASS, SOURCE_TRAIN_FRACTION, load_tasks
+from mentor_fn._demo_data import (
+    CLASSES,
+    ROTATION_DEGREES,
+    SHOTS_PER_CLASS,
+    SOURCE_TRAIN_FRACTION,
+    load_tasks,
+    rotate,
+)
 from mentor_fn._demo_model import DigitsCNN
 from mentor_fn._demo_report import (
     COLUMNS,
@@ -37,6 +43,7 @@ from mentor_fn._demo_runs import Accuracies, SeedResult, Transfer
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+PROTOCOL = ROOT / "docs" / "demo-protocol.md"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WALL_TIME = re.compile(r"\b\d+\.\d s\b")
 """A wall time, as the demo prints it ("in 7.1 s"): the only thing that differs between runs."""
@@ -49,13 +56,17 @@ def demo(tmp_path_factory) -> DemoRun:
     return default_demo(tmp_path_factory)
 
 
-def _update_script() -> ModuleType:
-    path = ROOT / "tools" / "update_demo_docs.py"
-    spec = importlib.util.spec_from_file_location("update_demo_docs", path)
+def _tool(name: str) -> ModuleType:
+    path = ROOT / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _update_script() -> ModuleType:
+    return _tool("update_demo_docs")
 
 
 def _without_wall_time(text: str) -> list[str]:
@@ -75,11 +86,27 @@ def test_every_image_is_used_once_upright_in_the_source_and_rotated_in_the_targe
     tasks = load_tasks(0)
     source = torch.cat([tasks.source.train.tensors[0], tasks.source.val.tensors[0]])
     target = torch.cat([tasks.target.train.tensors[0], tasks.target.val.tensors[0]])
-    upright_again = torch.rot90(target, k=-1, dims=(2, 3))
     images, _ = load_digits(return_X_y=True)
     everything = torch.as_tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16
+    # Rotation is not invertible (corners leave the frame): find each target
+    # image's upright original among the rotated originals.
+    rotated = rotate(everything, ROTATION_DEGREES).flatten(1)
+    distances = torch.cdist(target.flatten(1), rotated, compute_mode="donot_use_mm_for_euclid_dist")
+    nearest = distances.min(dim=1)
+    assert nearest.values.max() == 0  # the same pixels
+    upright_again = everything[nearest.indices]
     assert _rows(torch.cat([source, upright_again])) == _rows(everything)
-    assert not torch.equal(target, upright_again)
+    assert not torch.allclose(target, upright_again, atol=0.1)
+
+
+def test_rotation_is_counterclockwise_bilinear_and_exact_at_right_angles():
+    images = load_tasks(0).source.val.tensors[0]
+    assert torch.allclose(rotate(images, 0), images, atol=1e-6)
+    assert torch.allclose(rotate(images, 90), torch.rot90(images, 1, dims=(2, 3)), atol=1e-6)
+    assert torch.allclose(rotate(images, 180), torch.rot90(images, 2, dims=(2, 3)), atol=1e-6)
+    turned = rotate(images, ROTATION_DEGREES)
+    assert turned.shape == images.shape and turned.min() >= 0 and turned.max() <= 1 + 1e-6
+    assert not torch.allclose(turned, images, atol=0.1)
 
 
 def test_the_halves_are_stratified_and_the_target_has_ten_labels_per_digit():
@@ -107,6 +134,37 @@ def test_two_runs_given_the_same_seed_see_the_same_batches():
     torch.manual_seed(2)  # the global generator plays no part
     second = [labels for _, labels in runs._loaders(split, 5)[0]]
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+# The premise rule (docs/demo-protocol.md, tools/choose_demo_angle.py) ----------------
+
+
+def test_the_rule_chooses_the_largest_qualifying_angle():
+    choose = _tool("choose_demo_angle").choose_angle
+    assert choose({15: 0.8, 30: 0.5, 45: 0.49}) == 30  # at least 50%: 30 qualifies
+    assert choose({15: 0.8, 30: 0.4, 45: 0.6, 60: 0.2}) == 45  # not only the first run of them
+    assert choose({15: 0.3, 30: 0.2}) is None
+
+
+def _angle_table() -> dict[int, list[str]]:
+    """docs/demo-protocol.md's angle table: angle -> its cells (seeds..., mean, verdict)."""
+    section = PROTOCOL.read_text().split("## The angle table\n")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if re.match(r"\| \d+ \|", line)]
+    return {int(cells[0]): cells[1:] for cells in (row.strip("| ").split(" | ") for row in rows)}
+
+
+def test_the_demo_angle_is_the_one_the_recorded_table_chooses(demo):
+    tool = _tool("choose_demo_angle")
+    table = _angle_table()
+    assert tuple(table) == tool.ANGLES
+    means = {angle: float(cells[-2].rstrip("%")) / 100 for angle, cells in table.items()}
+    for angle, cells in table.items():
+        assert cells[-1] == ("yes" if means[angle] >= tool.THRESHOLD else "no")
+    assert tool.choose_angle(means) == ROTATION_DEGREES
+    assert f"**Chosen angle: {ROTATION_DEGREES} degrees**" in PROTOCOL.read_text()
+    # The table came from the demo's own pretraining: seed 0's cell at the chosen
+    # angle is the default run's no-transfer target accuracy.
+    assert table[ROTATION_DEGREES][0] == f"{demo.result.result.pretrained.target:.1%}"
 
 
 # The default run -----------------------------------------------------------------
@@ -271,29 +329,44 @@ def test_the_readme_seeds_block_is_what_the_command_prints(seeds_block):
     assert command in readme
 
 
+def _demo_section() -> str:
+    return " ".join(README.read_text().split("## The demo\n")[1].split("\n## ")[0].split())
+
+
 def test_the_readme_says_what_the_blocks_show(seeds_block):
-    """The README's reading of the results ("far behind on every seed", "keeps no
-    more", "about chance", "confidently wrong") holds for the blocks it reads."""
+    """The README's reading of the results holds for the blocks it reads: the
+    premise holds ("already gets 78%"), lp_ft is "about 2 points behind" and
+    "ahead on only 1 of 10 seeds", a gap "smaller than the spread", "about as
+    much" forgetting, and seed 0 "forgets less"."""
     summary = _parse_seeds_block(seeds_block)
     cells = summary.cells
-    curriculum, baseline = cells[("curriculum", "target")], cells[("baseline", "target")]
-    assert summary.curriculum_ahead_target == 0
-    assert curriculum.mean + curriculum.std < baseline.mean - baseline.std
-    kept, plain = cells[("curriculum", "source")], cells[("baseline", "source")]
-    assert abs(kept.mean - plain.mean) < min(kept.std, plain.std)
+    section = _demo_section()
+    assert "the curriculum does not earn its place, though the gap is small" in section
     pretrained = cells[("pretrained", "target")]
-    assert abs(pretrained.mean - 100 / CLASSES) < 2 * max(pretrained.std, 1.0)
+    assert pretrained.mean >= 50
+    assert f"already gets {pretrained.mean:.0f}% of the rotated digits right" in section
+    curriculum, baseline = cells[("curriculum", "target")], cells[("baseline", "target")]
+    gap = baseline.mean - curriculum.mean
+    assert gap > 0 and f"about {gap:.0f} points behind plain fine-tuning" in section
+    assert gap < min(curriculum.std, baseline.std)  # "smaller than the spread over seeds"
+    ahead, count = summary.curriculum_ahead_target, summary.count
+    assert ahead <= count // 5  # "only", "almost always the same way"
+    assert f"ahead on only {ahead} of {count} seeds" in section
+    forgets, plain = cells[("curriculum", "forgetting")], cells[("baseline", "forgetting")]
+    assert abs(forgets.mean - plain.mean) < min(forgets.std, plain.std)  # "about as much"
     default_run = _update_script().read_block(README.read_text(), "demo-output")
-    first_probe = next(line for line in default_run.splitlines() if "| probe |" in line)
-    loss = float(re.search(r"train loss (\d+\.\d+)", first_probe)[1])
-    assert loss > 2 * math.log(CLASSES)  # far worse than a uniform guess
-    readme = README.read_text()
-    assert "on this protocol the curriculum does not earn its" in readme
+    forgetting = {
+        row: float(re.search(r"(-?\d+\.\d) pts", line)[1])
+        for line in default_run.splitlines()
+        for row, label in ROWS.items()
+        if line.startswith(label) and row != "pretrained"
+    }
+    assert forgetting["curriculum"] < forgetting["baseline"]  # "seed 0 ... forgets less"
+    assert "[docs/demo-protocol.md](docs/demo-protocol.md)" in section
 
 
 def test_the_readme_writes_out_the_protocol_the_code_runs():
-    section = README.read_text().split("## The demo\n")[1].split("\n## ")[0]
-    protocol = section.split("<!-- demo-output")[0]
+    protocol = _demo_section().split("<!-- demo-output")[0]
     parameters = sum(parameter.numel() for parameter in DigitsCNN().parameters())
     for text in (
         f"{parameters // 1000}k parameters",
@@ -302,9 +375,10 @@ def test_the_readme_writes_out_the_protocol_the_code_runs():
         f"ExponentialLR(gamma={runs.GAMMA})",
         f"{runs.PRETRAIN_EPOCHS} epochs, batch {runs.BATCH_SIZE}",
         f"{SHOTS_PER_CLASS} labelled images per digit ({SHOTS_PER_CLASS * CLASSES})",
+        f"rotated by {ROTATION_DEGREES} degrees",
         f"{runs.TRANSFER_EPOCHS} epochs, batch {runs.BATCH_SIZE}",
         f'mf.lp_ft("head", probe_epochs={runs.PROBE_EPOCHS})',
         f"for {runs.PROBE_EPOCHS} epochs",
         f"at {runs.LR_RATIO} x the global lr",
     ):
-        assert text in " ".join(protocol.split()), text
+        assert text in protocol, text
