@@ -7,6 +7,10 @@ order. Run from the repository root::
     python -m benchmarks                    # the full runs (minutes)
     python -m benchmarks --quick            # small sizes: a smoke test (seconds)
     python -m benchmarks --only curriculum  # the modules whose name contains a word
+    python -m benchmarks --save docs/benchmarks   # also write each one's output there
+
+``--save DIR`` writes what each benchmark printed to ``DIR/<name>.txt``: the
+README quotes its tables from those files, and a test keeps the two equal.
 
 Exit status: 0 when every benchmark ran and met its targets; 1 when one
 crashed or (without ``--quick``) missed a target. With ``--quick`` the
@@ -16,7 +20,9 @@ timings are too small to judge, so only crashes count.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import pkgutil
 import sys
 import time
@@ -55,6 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run only the benchmarks whose module name contains WORD (repeatable)",
     )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write each benchmark's output to DIR/<name>.txt (the README quotes them)",
+    )
     args = parser.parse_args(argv)
 
     names = discover()
@@ -73,9 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         print(f"\n{'=' * 78}\n{name}{' (quick)' if args.quick else ''}\n{'=' * 78}", flush=True)
         started = time.perf_counter()
+        printed = _Tee(sys.stdout)
         try:
-            module = importlib.import_module(f"{__package__ or 'benchmarks'}.{name}")
-            status = module.main(["--quick"] if args.quick else [])
+            with contextlib.redirect_stdout(printed):
+                module = importlib.import_module(f"{__package__ or 'benchmarks'}.{name}")
+                status = module.main(["--quick"] if args.quick else [])
         except Exception:
             traceback.print_exc()
             outcome = "crashed"
@@ -83,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcome = "targets met" if status in (0, None) else "target missed"
         sys.stdout.flush()
         results.append((name, outcome, time.perf_counter() - started))
+        if args.save is not None and outcome != "crashed":
+            args.save.mkdir(parents=True, exist_ok=True)
+            (args.save / f"{name}.txt").write_text(printed.text())
 
     print(f"\n{'=' * 78}\nsummary{' (quick: timings not judged)' if args.quick else ''}")
     for name, outcome, seconds in results:
@@ -90,6 +108,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     crashed = any(outcome == "crashed" for _, outcome, _ in results)
     missed = any(outcome == "target missed" for _, outcome, _ in results)
     return 1 if crashed or (missed and not args.quick) else 0
+
+
+class _Tee(io.TextIOBase):
+    """Writes through to ``stream`` and keeps a copy of the text."""
+
+    def __init__(self, stream: io.TextIOBase | object) -> None:
+        self._stream = stream
+        self._copy = io.StringIO()
+
+    def write(self, text: str) -> int:
+        self._copy.write(text)
+        return self._stream.write(text)  # type: ignore[attr-defined,no-any-return]
+
+    def flush(self) -> None:
+        self._stream.flush()  # type: ignore[attr-defined]
+
+    def text(self) -> str:
+        return self._copy.getvalue()
 
 
 if __name__ == "__main__":
