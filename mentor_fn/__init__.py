@@ -38,6 +38,7 @@ from ._transitions import (
     layerwise_lr_decay,
     layerwise_lr_spread,
     set_lr_coefficient,
+    set_norm_policy,
     transition_from_dict,
     unfreeze,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "save_distributed_checkpoint",
     "select_layers",
     "set_lr_coefficient",
+    "set_norm_policy",
     "transition_from_dict",
     "unfreeze",
     "unwrap_model",

@@ -8,21 +8,22 @@ swapped in last.
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ._curriculum_state_dict import curriculum_state_dict, restore, saved_state
 from ._ddp import check_ddp_wrappers
 from ._fresh_starts import FreshStarts
 from ._garbage_collector import collector_paused
 from ._groups import (
-    groups_of_walk,
+    Halves,
+    decay_halves,
     is_reference_group,
     unit_groups_of_walk,
     walk_for_state,
@@ -30,44 +31,27 @@ from ._groups import (
 from ._layers import (
     ModelLayers,
     Patterns,
+    bare_named_modules,
     check_same_layers,
     lookups_hold,
     registration_lookups,
+    unwrap_model,
     walk_model,
     wrappers_around,
 )
-from ._optimizer import (
-    build_optimizer,
-    fresh_state,
-    load_optimizer_state,
-    optimizer_on_one_group,
-    optimizer_state_by_name,
-)
+from ._norm_hooks import attach_norm_policy, modules_with_running_statistics
+from ._optimizer import optimizer_on_one_group
 from ._optimizer_recipe import OptimizerRecipe
 from ._plan import NoChange, Patch, Plan, Rebuild, layout_of, plan
+from ._plan_execution import apply_patch, rebuilt_optimizer, reference_group, reference_index
 from ._requires_grad import apply_requires_grad_of_walk
-from ._saved_state import (
-    check_saved_layout,
-    check_saved_optimizer,
-    check_saved_scheduler,
-    scheduler_classes,
-)
-from ._schedulers import (
-    GROUP_LR_KEYS,
-    Scheduler,
-    remap_scheduler_groups,
-    retarget_scheduler,
-    scale_group,
-    scaled_copy,
-)
-from ._state import CurriculumState
+from ._schedulers import Scheduler, scale_group
+from ._state import CurriculumState, validate_coefficient
 from ._transitions import freeze, set_lr_coefficient, unfreeze
+from ._weight_decay import NoWeightDecayRule
 
 __all__ = ["Curriculum", "is_reference_group"]
 
-_FORMAT_NAME = "mentor_fn.Curriculum"
-_FORMAT_VERSION = 1
-_FIELDS = ("state", "recipe", "optimizer", "scheduler")
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 Target = CurriculumState | Callable[[CurriculumState], CurriculumState]
 
@@ -100,6 +84,21 @@ class Curriculum:
             included), called by :meth:`build`.
         coalesce: one group per distinct coefficient instead of per layer.
         state: the initial state (default: everything trainable at 1.0).
+        weight_decay: the weight decay of the parameters no
+            ``no_weight_decay`` rule excludes: ``optimizer_kwargs["weight_decay"]``
+            by another name (give it once), kept in :attr:`recipe`.
+        no_weight_decay: rules naming the parameters that get no weight decay
+            (``"bias"``, ``"norm"``, ``"embedding"``, ``"1d"``, a regex on the
+            full parameter name, or a callable; see :func:`param_groups`).
+            Each group then splits into a decay half and a no-decay half
+            (``weight_decay`` 0.0). Kept in :attr:`recipe` and saved; a
+            callable is saved by name only and must be passed again to load.
+
+    The state's norm policy is enforced here too: under ``"eval"``, the
+    normalization modules with running statistics inside frozen layers
+    compute as in eval mode (forward hooks that read this Curriculum's live
+    state, installed once per model; see
+    :meth:`CurriculumState.set_norm_policy`).
 
     Example:
         >>> import torch
@@ -125,10 +124,31 @@ class Curriculum:
         scheduler: SchedulerFactory | None = None,
         coalesce: bool = False,
         state: CurriculumState | None = None,
+        weight_decay: float | None = None,
+        no_weight_decay: Iterable[NoWeightDecayRule] = (),
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        recipe = OptimizerRecipe(optimizer, lr, optimizer_kwargs, coalesce)  # type: ignore[arg-type]
+        if weight_decay is not None:
+            decay = validate_coefficient(weight_decay, what="weight_decay")
+            if optimizer_kwargs is not None and "weight_decay" in optimizer_kwargs:
+                raise ValueError(
+                    f"weight_decay={weight_decay!r} and optimizer_kwargs['weight_decay']="
+                    f"{optimizer_kwargs['weight_decay']!r} are the same setting: give it once"
+                )
+            optimizer_kwargs = {**(optimizer_kwargs or {}), "weight_decay": decay}
+        if isinstance(no_weight_decay, str) or not isinstance(no_weight_decay, Iterable):
+            raise TypeError(
+                "no_weight_decay must be a collection of rules (kinds, regexes or callables), "
+                f"got {no_weight_decay!r}; write ({no_weight_decay!r},) for a single rule"
+            )
+        recipe = OptimizerRecipe(
+            optimizer,
+            lr,
+            optimizer_kwargs,  # type: ignore[arg-type]
+            coalesce,
+            tuple(no_weight_decay),
+        )
         if scheduler is not None and not callable(scheduler):
             raise TypeError(
                 f"scheduler must be a factory optimizer -> LRScheduler, got {scheduler!r}"
@@ -136,6 +156,7 @@ class Curriculum:
         if state is not None and not isinstance(state, CurriculumState):
             raise TypeError(f"state must be a CurriculumState, got {type(state).__name__}")
         self._model = model
+        self._bare_model = unwrap_model(model)  # what the norm hooks are keyed by
         self._recipe = recipe
         self._scheduler_factory = scheduler
         self._optimizer: torch.optim.Optimizer | None = None
@@ -153,8 +174,9 @@ class Curriculum:
             walked = walk_model(model)
             self._check_ddp(walked)
             check_same_layers(state.layers, walked.layers, "the model")
-            self._state = _with_layer_kinds(state, walked)
-            apply_requires_grad_of_walk(self._state, walked)
+            state = _with_layer_kinds(state, walked)
+            apply_requires_grad_of_walk(state, walked)
+            self._set_state(state)
 
     # Read-only views ------------------------------------------------------------
 
@@ -203,11 +225,29 @@ class Curriculum:
             return self._state, None
         walked = walk_model(self._model)
         self._check_ddp(walked)
-        state = CurriculumState(walked.layers, parameter_owners=walked.parameter_owners)
+        state = CurriculumState(
+            walked.layers,
+            parameter_owners=walked.parameter_owners,
+            norm_layers=walked.norm_layers,
+        )
         if apply_flags:
             apply_requires_grad_of_walk(state, walked)
-        self._state = state
+        self._set_state(state)
         return state, walked
+
+    def _set_state(self, state: CurriculumState) -> None:
+        """Swap in ``state``, and make this Curriculum the one the norm hooks read."""
+        self._state = state
+        attach_norm_policy(self._bare_model, self, self._norm_modules)
+
+    def _norm_modules(self) -> list[tuple[nn.Module, str]]:
+        assert self._state is not None
+        return modules_with_running_statistics(bare_named_modules(self._model), self._state.layers)
+
+    def _decay_halves(self, walked: ModelLayers) -> Halves | None:
+        """The walked model's parameters split by ``no_weight_decay``, or None without rules."""
+        rules = self._recipe.rules
+        return decay_halves(walked, rules) if rules else None
 
     def _check_ddp(self, walked: ModelLayers) -> None:
         if self._ddp_checked:
@@ -241,6 +281,7 @@ class Curriculum:
         if walked is None:
             walked = walk_for_state(state, self._model)
             state = _with_layer_kinds(state, walked)
+        halves = self._decay_halves(walked)
         trainable = apply_requires_grad_of_walk(state, walked)
         recipe = self._recipe
         optimizer = optimizer_on_one_group(
@@ -248,9 +289,9 @@ class Curriculum:
             trainable,
             group_count=2 if trainable else 1,  # with the reference group
         )
-        reference = {**optimizer.param_groups[0], **_reference_group(recipe.lr)}
+        reference = {**optimizer.param_groups[0], **reference_group(recipe.lr)}
         groups, coefficients = unit_groups_of_walk(
-            state, walked, coalesce=recipe.coalesce, template=reference
+            state, walked, coalesce=recipe.coalesce, template=reference, halves=halves
         )
         groups.append(reference)
         optimizer.param_groups = groups
@@ -260,7 +301,8 @@ class Curriculum:
                 scale_group(optimizer, scheduler, index, coefficient)
                 optimizer.param_groups[index]["coefficient"] = coefficient
         self._guard_against_stale_parameters(optimizer)
-        self._optimizer, self._scheduler, self._state = optimizer, scheduler, state
+        self._optimizer, self._scheduler = optimizer, scheduler
+        self._set_state(state)
         self._fresh_starts = FreshStarts(optimizer)
         return optimizer
 
@@ -347,7 +389,7 @@ class Curriculum:
             walked = walk_for_state(new, self._model)
         if self._optimizer is None:
             apply_requires_grad_of_walk(new, walked)
-            self._state = new
+            self._set_state(new)
             return NoChange()
         self._check_parameters_among(
             {id(parameter) for parameters in walked.parameters for parameter in parameters}
@@ -366,7 +408,7 @@ class Curriculum:
         elif isinstance(decision, Patch):
             self._patch(decision, walked)
         apply_requires_grad_of_walk(new, walked)
-        self._state = new
+        self._set_state(new)
         return decision
 
     def freeze(self, patterns: Patterns, *, reset_optimizer_if_needed: bool = False) -> Plan:
@@ -406,51 +448,24 @@ class Curriculum:
         )
 
     def _patch(self, decision: Patch, walked: ModelLayers) -> None:
-        optimizer = self._optimizer
-        assert optimizer is not None and self._fresh_starts is not None
-        reactivated_parameters: list[torch.Tensor] = []
-        if decision.reactivated:
-            reactivated = set(decision.reactivated)
-            reactivated_parameters = [
-                parameter
-                for layer, _, parameter in walked.named_parameters()
-                if layer in reactivated
-            ]
-        fresh = fresh_state(self._recipe, reactivated_parameters)
-        for scale in decision.scales:
-            scale_group(optimizer, self._scheduler, scale.group, scale.ratio)
-            optimizer.param_groups[scale.group]["coefficient"] = scale.new
-        for parameter in reactivated_parameters:
-            optimizer.state.pop(parameter, None)
-            if parameter in fresh:
-                optimizer.state[parameter] = fresh[parameter]
-        self._fresh_starts.add(reactivated_parameters)
+        assert self._optimizer is not None and self._fresh_starts is not None
+        reactivated = apply_patch(
+            self._optimizer, self._scheduler, decision, walked=walked, recipe=self._recipe
+        )
+        self._fresh_starts.add(reactivated)
 
     def _rebuild(self, old: CurriculumState, new: CurriculumState, walked: ModelLayers) -> None:
         """Rebuild the optimizer for ``new`` (``walked``: the model, walked for it)."""
-        old_optimizer = self._optimizer
-        assert old_optimizer is not None
-        reference_index = _reference_index(old_optimizer)
-        reference = old_optimizer.param_groups[reference_index]
-        groups = groups_of_walk(new, walked, self._recipe.lr, coalesce=self._recipe.coalesce)
-        template = {key: value for key, value in reference.items() if key != "params"}
-        lr_keys = [key for key in GROUP_LR_KEYS if reference.get(key) is not None]
-        derived = []
-        for group in groups:
-            coefficient = group["coefficient"]
-            entry = {**template, **group}
-            for key in lr_keys:
-                entry[key] = scaled_copy(reference[key], coefficient)
-            derived.append(entry)
-        derived.append({**template, "params": []})
-        optimizer = build_optimizer(self._recipe, derived)
-        # Committing from here on: nothing below can fail on valid objects.
-        _carry_state(old_optimizer, optimizer, walked, old, new)
-        if self._scheduler is not None:
-            sources = [(reference_index, group["coefficient"]) for group in groups]
-            sources.append((reference_index, 1.0))
-            remap_scheduler_groups(self._scheduler, sources)
-            retarget_scheduler(self._scheduler, optimizer)
+        assert self._optimizer is not None
+        optimizer = rebuilt_optimizer(
+            self._optimizer,
+            self._scheduler,
+            recipe=self._recipe,
+            old=old,
+            new=new,
+            walked=walked,
+            halves=self._decay_halves(walked),
+        )
         self._guard_against_stale_parameters(optimizer)
         self._optimizer = optimizer
         self._fresh_starts = FreshStarts(optimizer)
@@ -491,7 +506,7 @@ class Curriculum:
             self._recipe = self._recipe.with_lr(new_lr)
             return
         self._settle()
-        live = float(optimizer.param_groups[_reference_index(optimizer)]["lr"])
+        live = float(optimizer.param_groups[reference_index(optimizer)]["lr"])
         if live == 0:
             raise RuntimeError(
                 "set_lr: the reference group's lr is 0 (a scheduler drove it there, or the "
@@ -512,28 +527,18 @@ class Curriculum:
         position. Tensors are referenced, not copied (as in torch); save it
         with ``torch.save`` before training on. ``scheduler_classes`` names
         the scheduler's class (and its nested schedulers'), so loading into
-        another kind of scheduler is refused.
+        another kind of scheduler is refused. A callable ``no_weight_decay``
+        rule is recorded by its qualified name: loading needs it passed again.
         """
         self._settle()
         self.check_parameters()
-        state = self.state
-        optimizer_state = None
-        if self._optimizer is not None:
-            names = {
-                id(parameter): name
-                for _, name, parameter in walk_model(self._model).named_parameters()
-            }
-            optimizer_state = optimizer_state_by_name(self._optimizer, names)
-        scheduler = self._scheduler
-        return {
-            "format": _FORMAT_NAME,
-            "version": _FORMAT_VERSION,
-            "state": state.to_dict(),
-            "recipe": self._recipe.to_dict(),
-            "optimizer": optimizer_state,
-            "scheduler": None if scheduler is None else scheduler.state_dict(),
-            "scheduler_classes": None if scheduler is None else scheduler_classes(scheduler),
-        }
+        return curriculum_state_dict(
+            self.state,
+            recipe=self._recipe,
+            optimizer=self._optimizer,
+            scheduler=self._scheduler,
+            walked=walk_model(self._model) if self._optimizer is not None else None,
+        )
 
     @collector_paused
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -541,86 +546,34 @@ class Curriculum:
         saved layout (groups, per-parameter state by name), then the scheduler.
 
         Works on a Curriculum that was never built. Linear in the number of
-        parameters.
+        parameters. The saved recipe replaces this Curriculum's (lr, optimizer
+        arguments, ``coalesce``, ``no_weight_decay``), except that callable
+        ``no_weight_decay`` rules, saved by name only, come from this one.
 
         Raises:
             ValueError: naming the field, and nothing changed, for a malformed
                 dict (a field missing or of the wrong kind), a model with other
                 layers, another optimizer class, optimizer state of other
                 shapes than the model's parameters (saved from another model),
-                a layout that leaves a trainable parameter out, or scheduler
+                a layout that leaves a trainable parameter out, scheduler
                 state that the scheduler factory's scheduler does not have
-                (another class, other fields, junk).
+                (another class, other fields, junk), or saved callable
+                ``no_weight_decay`` rules that this Curriculum was not given
+                (the same qualified names, in the same order).
         """
-        if not isinstance(state_dict, Mapping) or state_dict.get("format") != _FORMAT_NAME:
-            raise ValueError("not a mentor_fn Curriculum state dict (format key missing or wrong)")
-        if state_dict.get("version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"unsupported Curriculum state dict version {state_dict.get('version')!r}; "
-                f"this mentor_fn reads version {_FORMAT_VERSION}"
-            )
-        missing = [field for field in _FIELDS if field not in state_dict]
-        if missing:
-            raise ValueError(
-                f"malformed Curriculum state dict: field(s) {', '.join(map(repr, missing))} missing"
-            )
-        try:
-            new = CurriculumState.from_dict(state_dict["state"])
-        except (TypeError, ValueError, KeyError) as error:
-            raise ValueError(f"field 'state': {error}") from None
+        new = saved_state(state_dict)
         walked = walk_model(self._model)
         self._check_ddp(walked)
         check_same_layers(new.layers, walked.layers, "the model")
         new = _with_layer_kinds(new, walked)
-        try:
-            recipe = OptimizerRecipe.from_dict(
-                state_dict["recipe"], optimizer_class=self._recipe.optimizer_class
-            )
-        except ValueError as error:
-            raise ValueError(f"field 'recipe': {error}") from None
-        saved_optimizer, saved_scheduler = state_dict["optimizer"], state_dict["scheduler"]
-        if saved_optimizer is None and saved_scheduler is not None:
-            raise ValueError("field 'scheduler': scheduler state without optimizer state")
-        if saved_scheduler is not None and self._scheduler_factory is None:
-            raise ValueError(
-                "field 'scheduler': the state dict holds scheduler state, but this Curriculum "
-                "has no scheduler factory"
-            )
-        if saved_optimizer is not None and saved_scheduler is None and self._scheduler_factory:
-            raise ValueError(
-                "field 'scheduler': the state dict holds no scheduler state, but this "
-                "Curriculum has a scheduler factory"
-            )
-        saved_classes = state_dict.get("scheduler_classes")
-        if saved_classes is not None and not (
-            isinstance(saved_classes, list) and all(isinstance(c, str) for c in saved_classes)
-        ):
-            raise ValueError(
-                f"field 'scheduler_classes': expected a list of class names, got {saved_classes!r}"
-            )
-        optimizer, scheduler = None, None
-        if saved_optimizer is not None:
-            named = list(walked.named_parameters())
-            parameters = {name: parameter for _, name, parameter in named}
-            check_saved_optimizer(saved_optimizer, parameters, recipe)
-            frozen = dict(zip(new.layers, new.resolved_frozen()))
-            check_saved_layout(
-                saved_optimizer["param_groups"],
-                new.layers,
-                [name for layer, name, _ in named if not frozen[layer]],
-            )
-            optimizer = load_optimizer_state(recipe, saved_optimizer, parameters)
-            if saved_scheduler is not None:
-                scheduler = self._make_scheduler(optimizer)
-                check_saved_scheduler(saved_scheduler, scheduler, saved_classes=saved_classes)
-                # A copy: some schedulers (CyclicLR) pop fields from what they load.
-                scheduler.load_state_dict(copy.deepcopy(saved_scheduler))
-                # Constructing the scheduler rewrote lrs; the saved values win.
-                for group, saved_group in zip(
-                    optimizer.param_groups, saved_optimizer["param_groups"], strict=True
-                ):
-                    group.update({k: v for k, v in saved_group.items() if k != "params"})
-        fresh_starts = None
+        restored = restore(
+            state_dict,
+            state=new,
+            walked=walked,
+            recipe=self._recipe,
+            make_scheduler=None if self._scheduler_factory is None else self._make_scheduler,
+        )
+        optimizer, fresh_starts = restored.optimizer, None
         if optimizer is not None:
             self._guard_against_stale_parameters(optimizer)
             fresh_starts = FreshStarts(optimizer)
@@ -630,9 +583,10 @@ class Curriculum:
                 parameter for group in optimizer.param_groups for parameter in group["params"]
             )
         apply_requires_grad_of_walk(new, walked)
-        self._state = new
-        self._recipe = recipe
-        self._optimizer, self._scheduler, self._fresh_starts = optimizer, scheduler, fresh_starts
+        self._recipe = restored.recipe
+        self._optimizer, self._scheduler = optimizer, restored.scheduler
+        self._fresh_starts = fresh_starts
+        self._set_state(new)
 
     def _settle(self) -> None:
         """Undo what an optimizer step that raised may have left (see FreshStarts)."""
@@ -660,39 +614,7 @@ def _positive_lr(lr: object) -> float:
 
 
 def _with_layer_kinds(state: CurriculumState, walked: ModelLayers) -> CurriculumState:
-    """``state`` with the parameter owners of the model as walked (norm layers kept)."""
+    """``state`` with the layer kinds of the model as walked (parameter owners, norm layers)."""
     return state.with_layer_kinds(
-        parameter_owners=walked.parameter_owners, norm_layers=state.norm_layers
+        parameter_owners=walked.parameter_owners, norm_layers=walked.norm_layers
     )
-
-
-def _reference_group(lr: float) -> dict[str, Any]:
-    return {"params": [], "lr": lr, "layers": (), "coefficient": 1.0}
-
-
-def _reference_index(optimizer: torch.optim.Optimizer) -> int:
-    for index in range(len(optimizer.param_groups) - 1, -1, -1):
-        if is_reference_group(optimizer.param_groups[index]):
-            return index
-    raise RuntimeError(
-        "the optimizer has no mentor_fn reference group (was it replaced or rebuilt by hand?); "
-        "call build() to derive a new one"
-    )
-
-
-def _carry_state(
-    old: torch.optim.Optimizer,
-    new: torch.optim.Optimizer,
-    walked: ModelLayers,
-    old_state: CurriculumState,
-    new_state: CurriculumState,
-) -> None:
-    """Keep the per-parameter state of parameters trainable before and after."""
-    old_frozen, new_frozen = old_state.resolved_frozen(), new_state.resolved_frozen()
-    for position, parameters in enumerate(walked.parameters):
-        if old_frozen[position] or new_frozen[position]:
-            continue
-        for parameter in parameters:
-            values = old.state.get(parameter)
-            if values:
-                new.state[parameter] = values

@@ -18,8 +18,11 @@ from itertools import islice
 
 from torch import nn
 
+from ._weight_decay import is_normalization
+
 __all__ = [
     "ModelLayers",
+    "bare_named_modules",
     "layer_names",
     "select_layers",
     "short_list",
@@ -136,6 +139,25 @@ class ModelLayers:
         return frozenset(
             name for name, parameters in zip(self.layers, self.parameters) if parameters
         )
+
+    @functools.cached_property
+    def norm_layers(self) -> frozenset[str]:
+        """Layers whose module is a normalization module, by type (BatchNorm, LayerNorm, ...).
+
+        A parameter registered on the root is a layer of its own, never a
+        norm layer, even when the root itself is a normalization module.
+        """
+        is_norm_type: dict[type, bool] = {}  # one isinstance check per module type
+        found = []
+        for position in range(self.root_parameter_count, len(self.layers)):
+            module = self.modules[position]
+            module_type = type(module)
+            is_norm = is_norm_type.get(module_type)
+            if is_norm is None:
+                is_norm = is_norm_type[module_type] = is_normalization(module)
+            if is_norm:
+                found.append(self.layers[position])
+        return frozenset(found)
 
     @property
     def owned(self) -> tuple[tuple[tuple[str, nn.Parameter], ...], ...]:
@@ -286,6 +308,34 @@ def walk_model(model: nn.Module) -> ModelLayers:
         root_parameter_count=root_parameter_count,
         wrappers=tuple(passed),
     )
+
+
+def bare_named_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Every module below ``model``'s bare root once, at its first path, wrappers looked through.
+
+    Paths are spelled as layer names are (``"backbone.0"``, never
+    ``"module.backbone.0"`` or ``"_orig_mod.backbone.0"``), in
+    ``named_modules()`` order; a wrapper held by a child is looked through
+    too. The root itself is not yielded.
+    """
+    wrappers = _wrapper_types()
+    root = _unwrap(model, wrappers)
+    seen = {identity(root)}
+    # An explicit stack, children pushed in reverse: pre-order, as named_modules().
+    stack = [(name, child) for name, child in reversed(root._modules.items()) if child is not None]
+    while stack:
+        path, module = stack.pop()
+        module = _unwrap(module, wrappers)
+        key = identity(module)
+        if key in seen:
+            continue
+        seen.add(key)
+        yield path, module
+        stack.extend(
+            (f"{path}.{name}", child)
+            for name, child in reversed(module._modules.items())
+            if child is not None
+        )
 
 
 def wrappers_around(model: nn.Module) -> tuple[nn.Module, ...]:

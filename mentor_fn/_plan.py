@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ._groups import DECAY_KEY
 from ._layers import short_list
 from ._state import CurriculumState
 
@@ -37,10 +38,22 @@ class GroupLayout:
         layers: the layer names of the group, or None for a group that was not
             derived by mentor_fn (no ``layers`` key).
         coefficient: the coefficient the group's lr currently reflects, or None.
+        applies_weight_decay: which half of its layers' parameters the group
+            holds when groups are split by weight decay (True: those that
+            decay; False: those the ``no_weight_decay`` rules exclude), or
+            None when they are not split.
     """
 
     layers: tuple[str, ...] | None
     coefficient: float | None
+    applies_weight_decay: bool | None = None
+
+    def describe(self, number: int) -> str:
+        """``optimizer group 3``, with its half when split: ``(no-decay half)``."""
+        if self.applies_weight_decay is None:
+            return f"optimizer group {number}"
+        half = "decay" if self.applies_weight_decay else "no-decay"
+        return f"optimizer group {number} ({half} half)"
 
 
 @dataclass(frozen=True)
@@ -92,17 +105,20 @@ def layout_of(
     """The layout of a live optimizer (or of a list of group dicts).
 
     Reads the ``layers`` and ``coefficient`` keys that :func:`param_groups`
-    puts in every group.
+    puts in every group, and ``applies_weight_decay`` where groups are split
+    by weight decay.
     """
     groups = optimizer.param_groups if isinstance(optimizer, torch.optim.Optimizer) else optimizer
     layout = []
     for group in groups:
         layers = group.get("layers")
         coefficient = group.get("coefficient")
+        applies = group.get(DECAY_KEY)
         layout.append(
             GroupLayout(
                 tuple(layers) if layers is not None else None,
                 float(coefficient) if coefficient is not None else None,
+                bool(applies) if applies is not None else None,
             )
         )
     return tuple(layout)
@@ -111,11 +127,17 @@ def layout_of(
 def plan(layout: Iterable[GroupLayout], old: CurriculumState, new: CurriculumState) -> Plan:
     """How to move an optimizer with ``layout``, derived under ``old``, to ``new``.
 
-    * :class:`Patch` when every layer that owns parameters and is trainable in
-      ``new`` already has a group, every group's layers still share one
-      coefficient, and no changed group goes from coefficient 0 to non-zero;
+    * :class:`Patch` when every layer that owns parameters and trains in
+      ``new`` (``new.resolved_trainable()``) already has a group, every
+      group's layers still share one coefficient, and no changed group goes
+      from coefficient 0 to non-zero;
     * :class:`NoChange` when such a patch would do nothing;
     * :class:`Rebuild` otherwise, with the reasons.
+
+    Groups split by weight decay: a layer may be in two groups when one holds
+    its decay half and the other its no-decay half; each half is scaled on
+    its own, so a coefficient change patches both, and the halves of a
+    frozen layer stay in place, inert, like any group of a frozen layer.
 
     Raises:
         ValueError: ``old`` and ``new`` are states of different layers.
@@ -126,12 +148,15 @@ def plan(layout: Iterable[GroupLayout], old: CurriculumState, new: CurriculumSta
         raise ValueError("plan: old and new states have different layers")
     groups = tuple(layout)
     index = new.layer_positions
-    new_frozen = new.resolved_frozen()
+    new_trainable = new.resolved_trainable()
     new_coefficients = new.resolved_coefficients()
-    old_frozen = old.resolved_frozen()
+    old_trainable = old.resolved_trainable()
 
     reasons: list[str] = []
-    group_of: dict[str, int] = {}
+    # layer -> the half of its first group (None: not split); a layer seen in
+    # both halves is in ``split``, so a third group is caught too.
+    half_of: dict[str, bool | None] = {}
+    split: set[str] = set()
     scales: list[GroupScale] = []
     for number, group in enumerate(groups):
         if group.layers is None or group.coefficient is None:
@@ -140,15 +165,27 @@ def plan(layout: Iterable[GroupLayout], old: CurriculumState, new: CurriculumSta
                 "(it has no 'layers'/'coefficient' keys)"
             )
             continue
+        applies = group.applies_weight_decay
         coefficients = set()
         for layer in group.layers:
             position = index.get(layer)
             if position is None:
-                reasons.append(f"optimizer group {number} covers unknown layer {layer!r}")
+                reasons.append(f"{group.describe(number)} covers unknown layer {layer!r}")
                 continue
-            if layer in group_of:
-                reasons.append(f"layer {layer!r} is in two optimizer groups")
-            group_of[layer] = number
+            if layer in half_of:
+                first = half_of[layer]
+                if applies is None or first is None or first == applies or layer in split:
+                    reasons.append(
+                        f"layer {layer!r} is in two optimizer groups"
+                        + (
+                            f" of the same weight-decay half (again in {group.describe(number)})"
+                            if applies is not None and applies == first
+                            else ""
+                        )
+                    )
+                split.add(layer)
+            else:
+                half_of[layer] = applies
             coefficients.add(new_coefficients[position])
         if len(coefficients) > 1:
             detail = ", ".join(
@@ -157,7 +194,7 @@ def plan(layout: Iterable[GroupLayout], old: CurriculumState, new: CurriculumSta
                 if layer in index
             )
             reasons.append(
-                f"optimizer group {number} covers layers whose coefficients now differ "
+                f"{group.describe(number)} covers layers whose coefficients now differ "
                 f"({detail}); it must be split"
             )
         elif len(coefficients) == 1:
@@ -165,16 +202,17 @@ def plan(layout: Iterable[GroupLayout], old: CurriculumState, new: CurriculumSta
             if target != group.coefficient:
                 if group.coefficient == 0:
                     reasons.append(
-                        f"optimizer group {number} ({short_list(group.layers, limit=6)}) goes from "
-                        f"coefficient 0 to {target:g}: the ratio is undefined"
+                        f"{group.describe(number)} ({short_list(group.layers, limit=6)}) goes "
+                        f"from coefficient 0 to {target:g}: the ratio is undefined"
                     )
                 else:
                     scales.append(GroupScale(number, group.coefficient, target))
 
+    owners = new.parameter_owners
     missing = [
         layer
         for position, layer in enumerate(new.layers)
-        if not new_frozen[position] and layer in new.parameter_owners and layer not in group_of
+        if new_trainable[position] and layer in owners and layer not in half_of
     ]
     if missing:
         reasons.append(
@@ -187,7 +225,7 @@ def plan(layout: Iterable[GroupLayout], old: CurriculumState, new: CurriculumSta
     reactivated = tuple(
         layer
         for position, layer in enumerate(new.layers)
-        if old_frozen[position] and not new_frozen[position] and layer in group_of
+        if not old_trainable[position] and new_trainable[position] and layer in half_of
     )
     if not scales and not reactivated:
         return NoChange()

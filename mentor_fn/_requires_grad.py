@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._groups import resolved_frozen, walk_for_state
+from ._groups import resolved_trainable, walk_for_state, with_norm_layers_of
 from ._layers import ModelLayers
 from ._state import CurriculumState
 
@@ -19,10 +19,13 @@ __all__ = ["apply_requires_grad", "apply_requires_grad_of_walk"]
 def apply_requires_grad(state: CurriculumState, model: nn.Module) -> None:
     """Set ``requires_grad`` on every parameter of ``model`` as ``state`` says.
 
-    Parameters of frozen layers also lose their ``.grad``, so optimizers skip
-    them (an inert group stays inert) and no stale gradient is applied later.
+    A parameter trains when its owning layer does (``state.resolved_trainable()``:
+    not frozen, or a normalization layer under the ``"train"`` norm policy).
+    The others also lose their ``.grad``, so optimizers skip them (an inert
+    group stays inert) and no stale gradient is applied later.
     """
-    apply_requires_grad_of_walk(state, walk_for_state(state, model))
+    walked = walk_for_state(state, model)
+    apply_requires_grad_of_walk(with_norm_layers_of(state, walked), walked)
 
 
 def apply_requires_grad_of_walk(state: CurriculumState, walked: ModelLayers) -> list[nn.Parameter]:
@@ -30,10 +33,10 @@ def apply_requires_grad_of_walk(state: CurriculumState, walked: ModelLayers) -> 
 
     Returns the trainable parameters, in traversal order (each once).
     """
-    frozen = resolved_frozen(state)
+    trainable = resolved_trainable(state)
     trainable_parameters: list[nn.Parameter] = []
     for position, parameters in enumerate(walked.parameters):
-        if frozen[position]:
+        if not trainable[position]:
             for parameter in parameters:
                 if parameter.requires_grad:
                     parameter.requires_grad_(False)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ._groups import is_reference_group
+from ._groups import DECAY_KEY, is_reference_group
 from ._optimizer_recipe import OptimizerRecipe
 from ._qualified_names import qualified_name
 from ._schedulers import GROUP_LR_KEYS, iter_schedulers
@@ -257,7 +257,8 @@ def check_saved_layout(
     """Raise ValueError unless saved groups form a layout a Curriculum derives.
 
     Every group names its ``layers`` (known ones) and its ``coefficient`` (a
-    finite number >= 0); one is the reference group; every parameter named in
+    finite number >= 0), and, split by weight decay, its half (a bool); one
+    is the reference group; every parameter named in
     ``required`` (those of trainable layers) is in a group, so no trainable
     parameter is left out of the optimizer.
     """
@@ -283,6 +284,12 @@ def check_saved_layout(
             raise ValueError(
                 f"field '{_group(number)}.coefficient': expected a finite number >= 0, "
                 f"got {group.get('coefficient')!r}"
+            )
+        half = group.get(DECAY_KEY)
+        if half is not None and not isinstance(half, bool):
+            raise ValueError(
+                f"field '{_group(number)}.{DECAY_KEY}': expected a bool (which weight-decay "
+                f"half the group holds), got {half!r:.80}"
             )
         has_reference = has_reference or is_reference_group(group)
     if not has_reference:

@@ -22,7 +22,13 @@ from torch import nn
 
 from ._layers import Patterns, select_layers, walk_model
 
-__all__ = ["FORMAT_VERSION", "NORM_POLICIES", "CurriculumState", "validate_coefficient"]
+__all__ = [
+    "FORMAT_VERSION",
+    "NORM_POLICIES",
+    "CurriculumState",
+    "validate_coefficient",
+    "validate_norm_policy",
+]
 
 FORMAT_VERSION = 2
 """Version 2 added ``norm_layers`` and ``norm_policy``; version 1 dicts still load."""
@@ -242,7 +248,7 @@ class CurriculumState:
             tree,
             owners,
             norms,
-            _checked_norm_policy(norm_policy),
+            validate_norm_policy(norm_policy),
             tree.canonical(frozen_rules, False),
             tree.canonical(coefficient_rules, 1.0),
         )
@@ -285,9 +291,17 @@ class CurriculumState:
 
     @classmethod
     def from_model(cls, model: nn.Module) -> CurriculumState:
-        """A state with every layer of ``model`` trainable at coefficient 1.0."""
+        """A state with every layer of ``model`` trainable at coefficient 1.0.
+
+        It records the model's layer kinds: which layers own parameters and
+        which are normalization modules (for the ``"train"`` norm policy).
+        """
         walked = walk_model(model)
-        return cls(walked.layers, parameter_owners=walked.parameter_owners)
+        return cls(
+            walked.layers,
+            parameter_owners=walked.parameter_owners,
+            norm_layers=walked.norm_layers,
+        )
 
     def with_layer_kinds(
         self, *, parameter_owners: Iterable[str], norm_layers: Iterable[str] = ()
@@ -444,7 +458,7 @@ class CurriculumState:
         Raises:
             ValueError: another policy. TypeError: not a str.
         """
-        return self._replace(norm_policy=_checked_norm_policy(policy))
+        return self._replace(norm_policy=validate_norm_policy(policy))
 
     def set_coefficients(
         self, values: Mapping[int, float] | Mapping[str, float]
@@ -598,7 +612,12 @@ def _validate_flag(value: object, *, what: str) -> bool:
     return value
 
 
-def _checked_norm_policy(policy: object) -> str:
+def validate_norm_policy(policy: object) -> str:
+    """Return ``policy``, one of :data:`NORM_POLICIES`.
+
+    Raises:
+        TypeError: not a str. ValueError: another str.
+    """
     if not isinstance(policy, str):
         raise TypeError(f"norm_policy must be a str, got {type(policy).__name__}: {policy!r}")
     if policy not in NORM_POLICIES:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from ._layers import Patterns, normalize_patterns
-from ._state import CurriculumState, validate_coefficient
+from ._state import CurriculumState, validate_coefficient, validate_norm_policy
 
 __all__ = [
     "TRANSITION_KINDS",
@@ -31,6 +31,7 @@ __all__ = [
     "layerwise_lr_spread",
     "register_transition_kind",
     "set_lr_coefficient",
+    "set_norm_policy",
     "transition_from_dict",
     "transition_to_dict",
     "unfreeze",
@@ -133,28 +134,85 @@ class SetLrCoefficient:
 @register_transition_kind("layerwise_lr_decay")
 @dataclass(frozen=True)
 class LayerwiseLrDecay:
-    """Coefficient ``decay ** (n - 1 - i)`` for the i-th of n selected layers."""
+    """Coefficient ``decay ** (n - 1 - i)`` for the i-th of n ranks.
+
+    A rank is one selected layer (``patterns``, or every layer), or, with
+    ``groups``, every layer the i-th group's patterns select.
+    """
 
     kind: ClassVar[str]
     decay: float
     patterns: tuple[str, ...] | None
+    groups: tuple[tuple[str, ...], ...] | None = None
 
     def __call__(self, state: CurriculumState) -> CurriculumState:
+        if self.groups is not None:
+            return state.set_coefficients(self._coefficients_by_group(state))
         selected = state.layers if self.patterns is None else state.select(self.patterns)
         count = len(selected)
         return state.set_coefficients(
             {layer: self.decay ** (count - 1 - rank) for rank, layer in enumerate(selected)}
         )
 
+    def _coefficients_by_group(self, state: CurriculumState) -> dict[str, float]:
+        assert self.groups is not None
+        count = len(self.groups)
+        rank_of: dict[str, int] = {}
+        for rank, patterns in enumerate(self.groups):
+            for layer in state.select(patterns):
+                if rank_of.setdefault(layer, rank) != rank:
+                    raise ValueError(
+                        f"layerwise_lr_decay: layer {layer!r} is selected by group "
+                        f"{rank_of[layer]} ({list(self.groups[rank_of[layer]])}) and group "
+                        f"{rank} ({list(patterns)}); each layer may have one rank"
+                    )
+        return {layer: self.decay ** (count - 1 - rank) for layer, rank in rank_of.items()}
+
     def to_dict(self) -> dict[str, Any]:
         patterns = None if self.patterns is None else list(self.patterns)
-        return {"kind": self.kind, "decay": self.decay, "patterns": patterns}
+        data: dict[str, Any] = {"kind": self.kind, "decay": self.decay, "patterns": patterns}
+        if self.groups is not None:  # absent otherwise: older plain data stays the same
+            data["groups"] = [list(group) for group in self.groups]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerwiseLrDecay:
-        _check_keys(data, cls.kind, ("decay", "patterns"))
+        _check_keys(data, cls.kind, ("decay", "patterns"), optional=("groups",))
         patterns = None if data["patterns"] is None else _patterns_field(data, cls.kind)
-        return cls(_field(data, cls.kind, "decay", _validate_fraction), patterns)
+        groups = None
+        if "groups" in data:
+            items = data["groups"]
+            if not isinstance(items, (list, tuple)) or not items:
+                raise ValueError(
+                    f"malformed {cls.kind!r} transition dict: 'groups' must be a non-empty list "
+                    f"of pattern lists, got {items!r}"
+                )
+            groups = tuple(_patterns_field({"patterns": item}, cls.kind) for item in items)
+            if patterns is not None:
+                raise ValueError(
+                    f"malformed {cls.kind!r} transition dict: 'patterns' and 'groups' are exclusive"
+                )
+        return cls(_field(data, cls.kind, "decay", _validate_fraction), patterns, groups)
+
+
+@register_transition_kind("set_norm_policy")
+@dataclass(frozen=True)
+class SetNormPolicy:
+    """Set what normalization layers inside frozen layers do (``"stats"``, ``"eval"``, ``"train"``)."""
+
+    kind: ClassVar[str]
+    policy: str
+
+    def __call__(self, state: CurriculumState) -> CurriculumState:
+        return state.set_norm_policy(self.policy)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "policy": self.policy}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SetNormPolicy:
+        _check_keys(data, cls.kind, ("policy",))
+        return cls(_field(data, cls.kind, "policy", _validate_policy))
 
 
 @register_transition_kind("layerwise_lr_spread")
@@ -235,7 +293,12 @@ def set_lr_coefficient(coefficient: float, patterns: Patterns) -> SetLrCoefficie
     return SetLrCoefficient(validate_coefficient(coefficient), normalize_patterns(patterns))
 
 
-def layerwise_lr_decay(decay: float, *, patterns: Patterns | None = None) -> LayerwiseLrDecay:
+def layerwise_lr_decay(
+    decay: float,
+    *,
+    patterns: Patterns | None = None,
+    groups: Sequence[Patterns] | None = None,
+) -> LayerwiseLrDecay:
     """Layer-wise lr decay (LLRD) as one transition.
 
     The i-th of the n layers (all layers, or those matching ``patterns``, in
@@ -244,18 +307,51 @@ def layerwise_lr_decay(decay: float, *, patterns: Patterns | None = None) -> Lay
     slower. The result equals the seed's loop of ``set_lr_coefficient`` calls
     in layer order; frozen flags are unchanged.
 
+    With ``groups``, ranks are given explicitly: group i of the n groups (each
+    a pattern or a list of patterns) gets ``decay ** (n - 1 - i)`` on every
+    layer it selects (and, as every write, their subtrees). Several layers
+    then share a rank, as in timm's and BEiT's ViT recipe, where the
+    embeddings share the first and the final norm and the head the last::
+
+        layerwise_lr_decay(0.65, groups=[
+            "cls_token|pos_embed|patch_embed",
+            *(f"blocks.{i}" for i in range(12)),
+            "norm|head",
+        ])
+
     Args:
         decay: in (0, 1].
         patterns: restrict the decay to these layers (others keep their rules).
+        groups: the ranks, lowest first; exclusive with ``patterns``. A layer
+            selected by two groups is a ValueError when applied.
+
+    Raises:
+        TypeError: a pattern that is not a str.
+        ValueError: ``decay`` outside (0, 1], both ``patterns`` and
+            ``groups``, or no group.
 
     Example:
         >>> state = CurriculumState(("embed", "block", "head"))
         >>> layerwise_lr_decay(0.5)(state).resolved_coefficients()
         (0.25, 0.5, 1.0)
+        >>> layerwise_lr_decay(0.5, groups=["embed|block", "head"])(state).resolved_coefficients()
+        (0.5, 0.5, 1.0)
     """
+    checked_decay = _validate_fraction(decay, what="decay")
+    if groups is None:
+        return LayerwiseLrDecay(
+            checked_decay, None if patterns is None else normalize_patterns(patterns)
+        )
+    if patterns is not None:
+        raise ValueError("layerwise_lr_decay takes patterns or groups, not both")
+    if isinstance(groups, str) or not isinstance(groups, Sequence):
+        raise TypeError(
+            f"groups must be a sequence of patterns (each a str or a list of str), got {groups!r}"
+        )
+    if not groups:
+        raise ValueError("layerwise_lr_decay: groups must hold at least one group")
     return LayerwiseLrDecay(
-        _validate_fraction(decay, what="decay"),
-        None if patterns is None else normalize_patterns(patterns),
+        checked_decay, None, tuple(normalize_patterns(group) for group in groups)
     )
 
 
@@ -282,6 +378,23 @@ def layerwise_lr_spread(lowest: float, *, patterns: Patterns | None = None) -> L
         _validate_fraction(lowest, what="lowest"),
         None if patterns is None else normalize_patterns(patterns),
     )
+
+
+def set_norm_policy(policy: str) -> SetNormPolicy:
+    """Transition setting the norm policy: ``set_norm_policy(p)(s) == s.set_norm_policy(p)``.
+
+    See :meth:`CurriculumState.set_norm_policy` (``"stats"``, ``"eval"``,
+    ``"train"``).
+
+    Raises:
+        ValueError: another policy. TypeError: not a str.
+
+    Example:
+        >>> state = CurriculumState(("backbone", "head"))
+        >>> set_norm_policy("eval")(state).norm_policy
+        'eval'
+    """
+    return SetNormPolicy(validate_norm_policy(policy))
 
 
 def chain(*transitions: Transition) -> Chain:
@@ -345,11 +458,13 @@ def transition_from_dict(data: Mapping[str, Any]) -> Transition:
     return cls.from_dict(data)  # type: ignore[attr-defined]
 
 
-def _check_keys(data: Mapping[str, Any], kind: str, fields: tuple[str, ...]) -> None:
+def _check_keys(
+    data: Mapping[str, Any], kind: str, fields: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> None:
     expected = {"kind", *fields}
-    if set(data) != expected:
+    if not expected <= set(data) <= expected | set(optional):
         missing = sorted(expected - set(data))
-        extra = sorted(set(data) - expected, key=repr)
+        extra = sorted(set(data) - expected - set(optional), key=repr)
         raise ValueError(
             f"malformed {kind!r} transition dict: missing fields {missing}, unknown fields "
             f"{extra}; expected {sorted(expected)}"
@@ -366,11 +481,15 @@ def _patterns_field(data: Mapping[str, Any], kind: str) -> tuple[str, ...]:
     return tuple(patterns)
 
 
-def _field(data: Mapping[str, Any], kind: str, name: str, validate: Any) -> float:
+def _field(data: Mapping[str, Any], kind: str, name: str, validate: Any) -> Any:
     try:
         return validate(data[name], what=name)
     except (TypeError, ValueError) as error:
         raise ValueError(f"malformed {kind!r} transition dict: field {name!r}: {error}") from None
+
+
+def _validate_policy(value: object, *, what: str) -> str:
+    return validate_norm_policy(value)
 
 
 def _validate_fraction(value: object, *, what: str) -> float:

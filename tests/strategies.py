@@ -141,8 +141,9 @@ def replay_transition(
     Patterns select layers by ``re.fullmatch``; a write sets the selected
     layer and every dotted descendant; ``layerwise_lr_decay`` writes
     ``decay ** (n - 1 - i)`` on the i-th of the n selected layers in layer
-    order (ancestors first, so a descendant's own value wins); ``chain``
-    replays its parts left to right.
+    order (ancestors first, so a descendant's own value wins);
+    ``set_norm_policy`` changes neither; ``chain`` replays its parts left to
+    right.
     """
     frozen, coefficients = dict(frozen), dict(coefficients)
     kind = type(transition).__name__
@@ -167,6 +168,8 @@ def replay_transition(
     elif kind == "SetLrCoefficient":
         for chosen in selected(transition.patterns):
             write(coefficients, chosen, transition.coefficient)
+    elif kind == "SetNormPolicy":
+        pass  # neither frozen flags nor coefficients change
     elif kind == "LayerwiseLrDecay":
         chosen_layers = selected(transition.patterns)
         for rank, chosen in enumerate(chosen_layers):

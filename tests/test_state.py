@@ -341,6 +341,7 @@ def test_states_are_equal_iff_they_resolve_identically(pair):
             frozen=dict(zip(first.layers, first.resolved_frozen())),
             coefficients=dict(zip(first.layers, first.resolved_coefficients())),
             parameter_owners=first.parameter_owners,
+            norm_layers=first.norm_layers,
         )
         assert explicit == first
 

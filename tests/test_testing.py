@@ -549,7 +549,7 @@ def test_machine_catches_a_broken_curriculum(broken, complaint):
                 optimizer_kwargs=dict(self.optimizer_kwargs),
             )
 
-    quick = settings(FAST, max_examples=50, phases=[Phase.generate])
+    quick = settings(FAST, max_examples=100, phases=[Phase.generate])
     with pytest.raises(AssertionError, match=complaint):
         run_state_machine_as_test(Broken, settings=quick)
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .._curriculum import Curriculum
+from .._groups import DECAY_KEY
 from .._state import CurriculumState
 from ._views import ModelView, view_model
 
@@ -125,7 +126,9 @@ def check_partition(
 
     By identity, not by name ("trainable" as :func:`check_flags` reads it,
     norm policy included). Also: no parameter is in two groups; a group
-    holds exactly the parameters its ``layers`` own, and its ``coefficient``
+    holds exactly the parameters its ``layers`` own (groups split by weight
+    decay: a layer's two halves together hold them, each half in one group,
+    the no-decay half at ``weight_decay`` 0.0), and its ``coefficient``
     is what the state says for each of them; a parameter of a frozen layer
     may sit in an (inert) group, but with ``requires_grad`` False; at most one
     group is the parameter-less reference group (``layers == ()``,
@@ -156,7 +159,8 @@ def partition_agrees(
     for parameter in view.parameters.values():
         owned.setdefault(view.owners[id(parameter)], []).append(id(parameter))
     membership: dict[int, list[int]] = {id(p): [] for p in view.parameters.values()}
-    grouped_layers: dict[str, int] = {}
+    halves_of: dict[str, list[tuple[int, bool | None]]] = {}  # layer -> (group, half) pairs
+    split_present: dict[str, set[int]] = {}  # layer -> its parameters in its split groups
     reference_groups = []
     groups = optimizer.param_groups
     for index, group in enumerate(groups):
@@ -184,6 +188,14 @@ def partition_agrees(
                     f"{label} is a reference group but has coefficient {group.get('coefficient')!r}, not 1.0"
                 )
             continue
+        # Split by weight decay, a layer has a group per half: its decay
+        # half (True) and its no-decay half (False), with weight decay 0.0.
+        half = group.get(DECAY_KEY)
+        if half is False and group.get("weight_decay") != 0.0:
+            problems.append(
+                f"{label} holds a no-decay half, but its weight_decay is "
+                f"{group.get('weight_decay')!r}, not 0.0"
+            )
         for layer in layers:
             if layer not in owned:
                 known = (
@@ -191,9 +203,10 @@ def partition_agrees(
                 )
                 problems.append(f"{label}: layer {layer!r} {known}")
                 continue
-            if layer in grouped_layers:
-                problems.append(f"layer {layer!r} is in group {grouped_layers[layer]} and {label}")
-            grouped_layers.setdefault(layer, index)
+            earlier = halves_of.setdefault(layer, [])
+            if earlier and (half is None or len(earlier) > 1 or earlier[0][1] in (None, half)):
+                problems.append(f"layer {layer!r} is in group {earlier[0][0]} and {label}")
+            earlier.append((index, half))
             if state.coefficient(layer) != group.get("coefficient"):
                 problems.append(
                     f"{label} has coefficient {group.get('coefficient')!r}, but the state gives "
@@ -201,16 +214,28 @@ def partition_agrees(
                 )
         expected = {pid for layer in layers for pid in owned.get(layer, ())}
         present = {id(p) for p in params}
-        for name, parameter in view.parameters.items():
-            if id(parameter) in expected and id(parameter) not in present:
-                problems.append(
-                    f"{label} lacks {name!r}, owned by its layer {view.owners[id(parameter)]!r}"
-                )
+        if half is None:
+            for name, parameter in view.parameters.items():
+                if id(parameter) in expected and id(parameter) not in present:
+                    problems.append(
+                        f"{label} lacks {name!r}, owned by its layer {view.owners[id(parameter)]!r}"
+                    )
+        else:
+            for pid in present:
+                split_present.setdefault(view.owners.get(pid, ""), set()).add(pid)
         for parameter in params:
             if id(parameter) in view.owners and id(parameter) not in expected:
                 problems.append(f"{label} holds {view.describe(parameter)}, owned by another layer")
     if len(reference_groups) > 1:
         problems.append(f"more than one reference group (no layers): groups {reference_groups}")
+    for layer, entries in halves_of.items():
+        if entries[0][1] is None:
+            continue
+        where = " and ".join(_group_label(i, groups[i]) for i, _ in entries)
+        for name, parameter in view.parameters.items():
+            pid = id(parameter)
+            if view.owners[pid] == layer and pid not in split_present.get(layer, ()):
+                problems.append(f"{where} lack {name!r}, owned by their layer {layer!r}")
 
     for parameter in view.parameters.values():
         indices = membership[id(parameter)]

@@ -12,13 +12,14 @@ import hypothesis.strategies as st
 from torch import nn
 
 from .._layers import layer_names
-from .._state import CurriculumState
+from .._state import NORM_POLICIES, CurriculumState
 from .._transitions import (
     Transition,
     chain,
     freeze,
     layerwise_lr_decay,
     set_lr_coefficient,
+    set_norm_policy,
     unfreeze,
 )
 
@@ -39,7 +40,14 @@ COEFFICIENTS = (0.0, 0.1, 0.3, 0.5, 1.0, 2.0)
 DECAYS = (0.5, 0.8, 0.9)
 """Decays ``transitions`` draws for ``layerwise_lr_decay``."""
 
-TRANSITION_KINDS = ("freeze", "unfreeze", "set_lr_coefficient", "layerwise_lr_decay", "chain")
+TRANSITION_KINDS = (
+    "freeze",
+    "unfreeze",
+    "set_lr_coefficient",
+    "layerwise_lr_decay",
+    "set_norm_policy",
+    "chain",
+)
 
 Operation = Literal["freeze", "unfreeze", "set_lr_coefficient"]
 
@@ -200,8 +208,10 @@ def transitions(
     """Random mentor_fn transition values whose patterns match ``model``'s layers.
 
     ``freeze(p)``, ``unfreeze(p)``, ``set_lr_coefficient(c, p)``,
-    ``layerwise_lr_decay(d)`` (on every layer or on patterns) and ``chain``
-    of two or three of the others, with patterns from :func:`patterns`.
+    ``layerwise_lr_decay(d)`` (on every layer or on patterns),
+    ``set_norm_policy(policy)`` (``"stats"``, ``"eval"``, ``"train"``) and
+    ``chain`` of two or three of the others, with patterns from
+    :func:`patterns`.
     They print as the values they are (``Freeze(patterns=('head',))``).
 
     Args:
@@ -244,6 +254,7 @@ def _transitions_for(
             st.sampled_from(DECAYS),
             patterns=st.none() | matching,
         ),
+        "set_norm_policy": st.builds(set_norm_policy, st.sampled_from(NORM_POLICIES)),
     }
     drawn = [simple[kind] for kind in TRANSITION_KINDS if kind in kinds and kind in simple]
     if "chain" in kinds:
