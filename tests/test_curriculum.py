@@ -15,6 +15,7 @@ from torch.optim import lr_scheduler
 import mentor_fn as mf
 from mentor_fn._optimizer import build_optimizer
 from mentor_fn._optimizer_recipe import OptimizerRecipe
+from mentor_fn.testing import check_partition, check_resume
 
 
 def make_model(seed: int = 0) -> nn.Module:
@@ -590,3 +591,187 @@ def test_update_accepts_states_and_transitions_and_rejects_others():
         curriculum.update(lambda state: None)
     with pytest.raises(ValueError, match="matches no layer"):
         curriculum.freeze("nope")
+
+
+# Weight decay by parameter kind ---------------------------------------------------------------
+
+
+def make_normed_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential()
+    model.add_module(
+        "backbone", nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8))
+    )
+    model.add_module("head", nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 2)))
+    return model
+
+
+def halves(curriculum: mf.Curriculum) -> list[tuple[tuple[str, ...], object, float, float]]:
+    return [
+        (g["layers"], g.get("applies_weight_decay"), g["weight_decay"], g["lr"])
+        for g in curriculum.optimizer.param_groups
+    ]
+
+
+def decaying_curriculum(model: nn.Module, **kwargs) -> mf.Curriculum:
+    return mf.Curriculum(
+        model,
+        0.1,
+        optimizer=torch.optim.AdamW,
+        weight_decay=0.05,
+        no_weight_decay=("bias", "norm"),
+        **kwargs,
+    )
+
+
+def test_build_splits_each_layer_into_its_decay_halves():
+    curriculum = decaying_curriculum(make_normed_model())
+    curriculum.set_lr_coefficient(0.5, "backbone")
+    curriculum.build()
+    assert curriculum.recipe.weight_decay == 0.05
+    assert curriculum.recipe.no_weight_decay == ("bias", "norm")
+    assert halves(curriculum) == [
+        (("backbone.0",), True, 0.05, 0.05),
+        (("backbone.0",), False, 0.0, 0.05),
+        (("backbone.1",), False, 0.0, 0.05),
+        (("backbone.3",), True, 0.05, 0.05),
+        (("backbone.3",), False, 0.0, 0.05),
+        (("head.0",), False, 0.0, 0.1),
+        (("head.1",), True, 0.05, 0.1),
+        (("head.1",), False, 0.0, 0.1),
+        ((), None, 0.05, 0.1),
+    ]
+    check_partition(curriculum.optimizer, curriculum.state, curriculum.model)
+
+
+def test_a_rebuild_keeps_the_halves_their_decay_and_their_state():
+    curriculum = decaying_curriculum(
+        make_normed_model(), scheduler=lambda o: lr_scheduler.StepLR(o, step_size=1, gamma=0.5)
+    )
+    curriculum.freeze("backbone")
+    curriculum.build()
+    train_step(curriculum)
+    curriculum.scheduler.step()
+    head_state = {
+        k: v.clone() for k, v in curriculum.optimizer.state[curriculum.model.head[1].weight].items()
+    }
+    assert isinstance(curriculum.unfreeze("backbone", reset_optimizer_if_needed=True), mf.Rebuild)
+    assert halves(curriculum) == [
+        (("backbone.0",), True, 0.05, 0.05),
+        (("backbone.0",), False, 0.0, 0.05),
+        (("backbone.1",), False, 0.0, 0.05),
+        (("backbone.3",), True, 0.05, 0.05),
+        (("backbone.3",), False, 0.0, 0.05),
+        (("head.0",), False, 0.0, 0.05),
+        (("head.1",), True, 0.05, 0.05),
+        (("head.1",), False, 0.0, 0.05),
+        ((), None, 0.05, 0.05),
+    ]
+    kept = curriculum.optimizer.state[curriculum.model.head[1].weight]
+    assert all(torch.equal(kept[key], value) for key, value in head_state.items())
+    assert curriculum.set_lr_coefficient(0.1, "head.1") == mf.Patch(
+        (mf.GroupScale(6, 1.0, 0.1), mf.GroupScale(7, 1.0, 0.1))
+    )
+    check_partition(curriculum.optimizer, curriculum.state, curriculum.model)
+
+
+def test_weight_decay_is_optimizer_kwargs_weight_decay_given_once():
+    recipe = mf.Curriculum(make_model(), 0.1, weight_decay=0.01).recipe
+    assert recipe == OptimizerRecipe(torch.optim.Adam, 0.1, {"weight_decay": 0.01})
+    assert "no_weight_decay" not in recipe.to_dict()  # plain data as before rules existed
+    with pytest.raises(ValueError, match="same setting: give it once"):
+        mf.Curriculum(make_model(), 0.1, weight_decay=0.01, optimizer_kwargs={"weight_decay": 0.0})
+    with pytest.raises(ValueError, match="Rprop takes no weight_decay argument"):
+        mf.Curriculum(make_model(), 0.1, optimizer=torch.optim.Rprop, no_weight_decay=("bias",))
+    with pytest.raises(TypeError, match=r"write \('bias',\)"):
+        mf.Curriculum(make_model(), 0.1, no_weight_decay="bias")
+
+
+def test_a_regex_that_matches_nothing_is_refused_at_build_before_any_change():
+    curriculum = mf.Curriculum(make_model(), 0.1, no_weight_decay=(r"backbone\.0\.bais",))
+    with pytest.raises(ValueError, match=r"'backbone\\\\.0\\\\.bais' match no parameter"):
+        curriculum.build()
+    assert curriculum.optimizer is None
+
+
+def resumed_run(rules, *, load_rules=None) -> tuple[mf.Curriculum, mf.Curriculum]:
+    """A run with ``rules``, and a fresh Curriculum (given ``load_rules``) that loaded it."""
+    curriculum = mf.Curriculum(
+        make_normed_model(),
+        0.1,
+        optimizer=torch.optim.AdamW,
+        weight_decay=0.05,
+        no_weight_decay=rules,
+    )
+    curriculum.freeze("backbone")
+    curriculum.build()
+    train_step(curriculum)
+    buffer = io.BytesIO()
+    torch.save(curriculum.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    fresh = mf.Curriculum(
+        make_normed_model(1),
+        0.1,
+        optimizer=torch.optim.AdamW,
+        no_weight_decay=rules if load_rules is None else load_rules,
+    )
+    fresh.load_state_dict(saved)
+    return curriculum, fresh
+
+
+def is_bias(name, parameter, module):
+    return name.endswith("bias")
+
+
+def test_string_rules_are_saved_and_a_resumed_rebuild_splits_alike():
+    original, resumed = resumed_run(("bias", "norm"), load_rules=())
+    assert resumed.recipe == original.recipe
+    for curriculum in (original, resumed):
+        curriculum.unfreeze("backbone", reset_optimizer_if_needed=True)
+    assert halves(resumed) == halves(original)
+
+
+def test_a_callable_rule_is_saved_by_name_and_needed_again_to_load():
+    original, resumed = resumed_run(("norm", is_bias))
+    assert original.state_dict()["recipe"]["no_weight_decay"] == [
+        "norm",
+        {"callable": f"{__name__}.is_bias"},
+    ]
+    assert resumed.recipe == original.recipe
+    state_dict = original.state_dict()
+    fresh = mf.Curriculum(make_normed_model(1), 0.1, optimizer=torch.optim.AdamW)
+    with pytest.raises(
+        ValueError,
+        match=r"callable rules are \['test_curriculum\.is_bias'\], but this Curriculum has \[\]",
+    ):
+        fresh.load_state_dict(state_dict)
+    assert fresh.optimizer is None and fresh.recipe.no_weight_decay == ()
+
+
+def test_resume_with_split_groups_and_frozen_statistics_is_exact():
+    def make_run():
+        curriculum = mf.Curriculum(
+            make_normed_model(),
+            0.1,
+            optimizer=torch.optim.AdamW,
+            weight_decay=0.05,
+            no_weight_decay=("1d", is_bias),
+            scheduler=lambda o: lr_scheduler.ExponentialLR(o, gamma=0.9),
+        )
+        curriculum.update(mf.chain(mf.freeze("backbone"), mf.set_norm_policy("eval")))
+        curriculum.build()
+        return curriculum
+
+    def step(curriculum):
+        curriculum.model.train()
+        train_step(curriculum)
+        curriculum.scheduler.step()
+
+    def unfreeze_top(curriculum):
+        curriculum.unfreeze("backbone.3", reset_optimizer_if_needed=True)
+
+    def train_norms(curriculum):
+        curriculum.update(mf.set_norm_policy("train"), reset_optimizer_if_needed=True)
+
+    check_resume(make_run, [step, unfreeze_top, step, train_norms, step])

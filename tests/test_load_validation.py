@@ -151,6 +151,24 @@ def test_a_malformed_recipe_is_named():
 
 
 @pytest.mark.parametrize(
+    ("rules", "match"),
+    [
+        ("bias", r"'no_weight_decay' must be a list of str rules"),
+        ([{"function": "f"}], r"'no_weight_decay' must be a list of str rules"),
+        (["(unclosed"], r"neither a kind .* nor a valid regex"),
+        (
+            [{"callable": "mine.rule"}],
+            r"callable rules are \['mine.rule'\], but this Curriculum has \[\]",
+        ),
+    ],
+)
+def test_malformed_or_unavailable_weight_decay_rules_are_named(rules, match):
+    state_dict = saved()
+    state_dict["recipe"] = {**state_dict["recipe"], "no_weight_decay": rules}
+    refused(state_dict, rf"field 'recipe': .*{match}")
+
+
+@pytest.mark.parametrize(
     ("factory", "match"),
     [
         (lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=10), r"lacks \['T_max', 'eta_min'\]"),
@@ -266,6 +284,11 @@ def test_a_layout_without_reference_group_is_named():
         ("coefficient", -1.0, r"param_groups\[0\]\.coefficient': expected a finite number >= 0"),
         ("layers", ["nope"], r"param_groups\[0\]\.layers' names unknown layers"),
         ("layers", None, r"param_groups\[0\]\.layers': expected the list of layer names"),
+        (
+            "applies_weight_decay",
+            1,
+            r"param_groups\[0\]\.applies_weight_decay': expected a bool \(which weight-decay half",
+        ),
     ],
 )
 def test_group_values_of_the_wrong_kind_are_named(key, value, match):

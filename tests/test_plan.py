@@ -35,8 +35,14 @@ class Net(nn.Module):
         self.head = nn.Linear(3, 2)
 
 
-def layout(state: CurriculumState, model: nn.Module, *, coalesce: bool = False):
-    return layout_of(param_groups(state, model, LR, coalesce=coalesce))
+# Split by weight decay: the 1-d parameters (biases, norms, root vectors) in
+# no-decay halves, the others in decay halves.
+SPLIT = ("1d",)
+
+
+def layout(state: CurriculumState, model: nn.Module, *, coalesce: bool = False, split=False):
+    rules = SPLIT if split else ()
+    return layout_of(param_groups(state, model, LR, coalesce=coalesce, no_weight_decay=rules))
 
 
 @pytest.fixture
@@ -263,24 +269,26 @@ def check_against_oracle(result, groups, old, new, owners):
         assert result == Patch(*expected)
 
 
-@given(scenarios(), st.booleans())
-def test_same_state_is_always_no_change(scenario, coalesce):
+@given(scenarios(), st.booleans(), st.booleans())
+def test_same_state_is_always_no_change(scenario, coalesce, split):
     for state in (scenario.a, scenario.b):
-        assert plan(layout(state, scenario.model, coalesce=coalesce), state, state) == NoChange()
+        current = layout(state, scenario.model, coalesce=coalesce, split=split)
+        assert plan(current, state, state) == NoChange()
 
 
-@given(scenarios(min_writes_b=1), st.booleans())
-def test_plan_matches_the_design_rules(scenario, coalesce):
+@given(scenarios(min_writes_b=1), st.booleans(), st.booleans())
+def test_plan_matches_the_design_rules(scenario, coalesce, split):
     model, a, b = scenario.model, scenario.a, scenario.b
-    groups = layout(a, model, coalesce=coalesce)
+    groups = layout(a, model, coalesce=coalesce, split=split)
     owners = set(expected_owners(model).values())
     check_against_oracle(plan(groups, a, b), groups, a, b, owners)
 
 
-@given(scenarios(min_writes_b=1), st.booleans())
-def test_patch_ratios_give_the_new_states_lrs(scenario, coalesce):
+@given(scenarios(min_writes_b=1), st.booleans(), st.booleans())
+def test_patch_ratios_give_the_new_states_lrs(scenario, coalesce, split):
     model, a, b = scenario.model, scenario.a, scenario.b
-    groups = param_groups(a, model, LR, coalesce=coalesce)
+    rules = SPLIT if split else ()
+    groups = param_groups(a, model, LR, coalesce=coalesce, no_weight_decay=rules)
     result = plan(layout_of(groups), a, b)
     event(type(result).__name__)
     if isinstance(result, Rebuild):
@@ -293,7 +301,7 @@ def test_patch_ratios_give_the_new_states_lrs(scenario, coalesce):
             lrs[scale.group] *= scale.ratio
     derived = {
         layer: group["lr"]
-        for group in param_groups(b, model, LR, coalesce=coalesce)
+        for group in param_groups(b, model, LR, coalesce=coalesce, no_weight_decay=rules)
         for layer in group["layers"]
     }
     for group, lr in zip(groups, lrs):
@@ -314,32 +322,120 @@ def state_sequences(draw):
     return model, states
 
 
-@given(state_sequences(), st.booleans())
-def test_executing_plans_keeps_every_trainable_layer_at_its_lr(sequence, coalesce):
+@given(state_sequences(), st.booleans(), st.booleans())
+def test_executing_plans_keeps_every_trainable_layer_at_its_lr(sequence, coalesce, split):
     """A pure model of what Curriculum does: patch in place, rebuild when told.
 
     The live groups go stale (inert groups of frozen layers, coefficients set
-    while frozen); plan must stay right on them.
+    while frozen); plan must stay right on them, split by weight decay too.
     """
     model, states = sequence
     owners = set(expected_owners(model).values())
-    live = param_groups(states[0], model, LR, coalesce=coalesce)
+    rules = SPLIT if split else ()
+    live = param_groups(states[0], model, LR, coalesce=coalesce, no_weight_decay=rules)
     for old, new in itertools.pairwise(states):
         current = layout_of(live)
         result = plan(current, old, new)
         check_against_oracle(result, current, old, new, owners)
         if isinstance(result, Rebuild):
-            live = param_groups(new, model, LR, coalesce=coalesce)
+            live = param_groups(new, model, LR, coalesce=coalesce, no_weight_decay=rules)
         elif isinstance(result, Patch):
             for scale in result.scales:
                 live[scale.group]["lr"] *= scale.ratio
                 live[scale.group]["coefficient"] = scale.new
-        group_of = {layer: group for group in live for layer in group["layers"]}
+        groups_of: dict[str, list] = {}
+        for group in live:
+            for layer in group["layers"]:
+                groups_of.setdefault(layer, []).append(group)
         for layer in new.layers:
             if layer in owners and not new.is_frozen(layer):
-                group = group_of[layer]
-                assert group["coefficient"] == new.coefficient(layer)
-                assert group["lr"] == pytest.approx(LR * new.coefficient(layer), rel=1e-12, abs=0)
+                assert groups_of[layer]
+                for group in groups_of[layer]:  # both halves, when split
+                    assert group["coefficient"] == new.coefficient(layer)
+                    expected = LR * new.coefficient(layer)
+                    assert group["lr"] == pytest.approx(expected, rel=1e-12, abs=0)
         for group in live:  # inert groups too: right lr for a later reactivation
             for layer in group["layers"]:
                 assert group["lr"] == pytest.approx(LR * new.coefficient(layer), rel=1e-12, abs=0)
+
+
+# Groups split by weight decay --------------------------------------------------------------
+
+
+def split_layout(state, model, *, coalesce=False):
+    return layout(state, model, coalesce=coalesce, split=True)
+
+
+def test_layout_of_reads_which_half_each_group_holds(model, initial):
+    current = split_layout(initial, model)
+    assert current == (
+        GroupLayout(("embed",), 1.0, True),
+        GroupLayout(("backbone.0",), 1.0, True),
+        GroupLayout(("backbone.0",), 1.0, False),
+        GroupLayout(("backbone.2",), 1.0, True),
+        GroupLayout(("backbone.2",), 1.0, False),
+        GroupLayout(("head",), 1.0, True),
+        GroupLayout(("head",), 1.0, False),
+    )
+    assert plan(current, initial, initial) == NoChange()
+
+
+def test_a_coefficient_change_patches_both_halves(model, initial):
+    new = initial.set_lr_coefficient(0.5, "backbone.2")
+    assert plan(split_layout(initial, model), initial, new) == Patch(
+        (GroupScale(3, 1.0, 0.5), GroupScale(4, 1.0, 0.5))
+    )
+
+
+def test_a_frozen_layers_halves_stay_inert_and_come_back_together(model, initial):
+    current = split_layout(initial, model)
+    frozen = initial.freeze("backbone")
+    assert plan(current, initial, frozen) == NoChange()
+    scaled = frozen.set_lr_coefficient(0.1, "backbone.0")
+    assert plan(current, frozen, scaled) == Patch(
+        (GroupScale(1, 1.0, 0.1), GroupScale(2, 1.0, 0.1))
+    )
+    back = frozen.unfreeze("backbone")
+    assert plan(current, frozen, back) == Patch(reactivated=("backbone.0", "backbone.2"))
+
+
+def test_coalesced_halves_are_keyed_by_coefficient_and_half(model, initial):
+    state = initial.set_lr_coefficient(0.5, "backbone")
+    current = split_layout(state, model, coalesce=True)
+    assert current == (
+        GroupLayout(("embed", "head"), 1.0, True),
+        GroupLayout(("backbone.0", "backbone.2"), 0.5, True),
+        GroupLayout(("backbone.0", "backbone.2"), 0.5, False),
+        GroupLayout(("head",), 1.0, False),
+    )
+    assert plan(current, state, state.set_lr_coefficient(0.25, "backbone")) == Patch(
+        (GroupScale(1, 0.5, 0.25), GroupScale(2, 0.5, 0.25))
+    )
+    result = plan(current, state, state.set_lr_coefficient(0.25, "backbone.0"))
+    assert isinstance(result, Rebuild)
+    assert result.reasons == (
+        "optimizer group 1 (decay half) covers layers whose coefficients now differ "
+        "(backbone.0 -> 0.25, backbone.2 -> 0.5); it must be split",
+        "optimizer group 2 (no-decay half) covers layers whose coefficients now differ "
+        "(backbone.0 -> 0.25, backbone.2 -> 0.5); it must be split",
+    )
+
+
+def test_a_layer_in_two_groups_of_one_half_or_three_groups_is_a_rebuild(initial):
+    same_half = (GroupLayout(("head",), 1.0, True), GroupLayout(("head",), 1.0, True))
+    assert plan(same_half, initial, initial) == Rebuild(
+        (
+            "layer 'head' is in two optimizer groups of the same weight-decay half "
+            "(again in optimizer group 1 (decay half))",
+            "trainable layer(s) with no optimizer group: embed, backbone.0, backbone.2 (frozen "
+            "when the optimizer was built, or the optimizer has no per-layer groups)",
+        )
+    )
+    three = (*split_layout(initial, Net()), GroupLayout(("head",), 1.0, False))
+    assert any(
+        "'head' is in two optimizer groups" in r for r in plan(three, initial, initial).reasons
+    )
+    mixed = (GroupLayout(("head",), 1.0, None), GroupLayout(("head",), 1.0, False))
+    assert any(
+        "'head' is in two optimizer groups" in r for r in plan(mixed, initial, initial).reasons
+    )

@@ -20,6 +20,7 @@ from mentor_fn import (
     freeze,
     layerwise_lr_decay,
     set_lr_coefficient,
+    set_norm_policy,
     unfreeze,
 )
 from mentor_fn._transitions import (
@@ -241,6 +242,12 @@ leaf_transitions = st.one_of(
         st.floats(min_value=1e-9, max_value=1),
         patterns=st.none() | pattern_lists,
     ),
+    st.builds(
+        layerwise_lr_decay,
+        st.floats(min_value=1e-9, max_value=1),
+        groups=st.lists(pattern_texts | pattern_lists, min_size=1, max_size=3),
+    ),
+    st.builds(set_norm_policy, st.sampled_from(["stats", "eval", "train"])),
 )
 transition_values = st.recursive(
     leaf_transitions,
@@ -284,7 +291,15 @@ def test_to_dict_examples():
         "set_lr_coefficient",
         "layerwise_lr_decay",
         "layerwise_lr_spread",
+        "set_norm_policy",
         "chain",
+    }
+    assert set_norm_policy("eval").to_dict() == {"kind": "set_norm_policy", "policy": "eval"}
+    assert layerwise_lr_decay(0.5, groups=["a|b", ["c", "d"]]).to_dict() == {
+        "kind": "layerwise_lr_decay",
+        "decay": 0.5,
+        "patterns": None,
+        "groups": [["a|b"], ["c", "d"]],
     }
 
 
@@ -321,6 +336,20 @@ def test_user_callables_are_not_serializable_and_named():
         ({"kind": "set_lr_coefficient", "coefficient": "1", "patterns": ["a"]}, "'coefficient'"),
         ({"kind": "layerwise_lr_decay", "decay": 2.0, "patterns": None}, "'decay'"),
         ({"kind": "layerwise_lr_spread", "lowest": 0.0, "patterns": None}, "'lowest'"),
+        (
+            {"kind": "layerwise_lr_decay", "decay": 0.5, "patterns": ["a"], "groups": [["b"]]},
+            "'patterns' and 'groups' are exclusive",
+        ),
+        (
+            {"kind": "layerwise_lr_decay", "decay": 0.5, "patterns": None, "groups": []},
+            "'groups' must be a non-empty list",
+        ),
+        (
+            {"kind": "layerwise_lr_decay", "decay": 0.5, "patterns": None, "groups": ["a"]},
+            "'patterns' must be a list of str",
+        ),
+        ({"kind": "set_norm_policy", "policy": "frozen"}, "'policy'.*one of 'stats', 'eval'"),
+        ({"kind": "set_norm_policy"}, r"missing fields \['policy'\]"),
         ({"kind": "chain", "transitions": {"kind": "freeze"}}, "'transitions' must be a list"),
         ({"kind": "chain", "transitions": [{"kind": "freeze"}]}, "missing fields"),
     ],
@@ -398,3 +427,74 @@ def test_spread_covers_the_layers_owning_parameters_only():
 def test_spread_validates_lowest(lowest, error):
     with pytest.raises(error, match=re.escape(repr(lowest))):
         layerwise_lr_spread(lowest)
+
+
+# set_norm_policy -------------------------------------------------------------------------------
+
+
+def test_set_norm_policy_equals_the_method_and_validates_when_made():
+    state = CurriculumState(("backbone", "head")).freeze("backbone")
+    for policy in ("eval", "train", "stats"):
+        assert set_norm_policy(policy)(state) == state.set_norm_policy(policy)
+    with pytest.raises(ValueError, match="one of 'stats', 'eval', 'train', got 'frozen'"):
+        set_norm_policy("frozen")
+    with pytest.raises(TypeError, match="must be a str"):
+        set_norm_policy(None)
+
+
+# layerwise_lr_decay with groups ---------------------------------------------------------------
+
+VIT_LAYERS = (
+    "cls_token",
+    "pos_embed",
+    "patch_embed",
+    "blocks",
+    "blocks.0",
+    "blocks.0.attn",
+    "blocks.1",
+    "norm",
+    "head",
+)
+
+
+def test_llrd_groups_give_each_group_one_rank():
+    state = CurriculumState(VIT_LAYERS)
+    transition = layerwise_lr_decay(
+        0.5, groups=["cls_token|pos_embed|patch_embed", "blocks.0", "blocks.1", ["norm", "head"]]
+    )
+    coefficients = dict(zip(VIT_LAYERS, transition(state).resolved_coefficients()))
+    assert coefficients == {
+        "cls_token": 0.125,
+        "pos_embed": 0.125,
+        "patch_embed": 0.125,
+        "blocks": 1.0,  # no group selects it
+        "blocks.0": 0.25,
+        "blocks.0.attn": 0.25,  # a write covers the subtree
+        "blocks.1": 0.5,
+        "norm": 1.0,
+        "head": 1.0,
+    }
+
+
+def test_llrd_groups_nest_like_writes_and_refuse_a_layer_in_two_groups():
+    state = CurriculumState(VIT_LAYERS)
+    nested = layerwise_lr_decay(0.5, groups=["blocks", "blocks.1"])(state)
+    assert nested.coefficient("blocks.0") == 0.5 and nested.coefficient("blocks.1") == 1.0
+    with pytest.raises(ValueError, match=r"layer 'head' is selected by group 0 .* and group 1"):
+        layerwise_lr_decay(0.5, groups=["head|norm", "head"])(state)
+    with pytest.raises(ValueError, match="matches no layer"):
+        layerwise_lr_decay(0.5, groups=["blocks", "blokcs.1"])(state)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"groups": ["a"], "patterns": "a"}, ValueError, "patterns or groups, not both"),
+        ({"groups": []}, ValueError, "at least one group"),
+        ({"groups": "a"}, TypeError, "groups must be a sequence of patterns"),
+        ({"groups": [3]}, TypeError, "must be a str or an iterable of str"),
+    ],
+)
+def test_llrd_groups_are_validated_when_made(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        layerwise_lr_decay(0.5, **kwargs)
