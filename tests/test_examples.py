@@ -35,6 +35,7 @@ QUICK_STARTS = [
     "schedule_loop.py",
     "schedule_fit.py",
     "schedule_recipe.py",
+    "vit_hygiene.py",
 ]
 
 
