@@ -33,8 +33,6 @@ from ._layers import (
     Patterns,
     bare_named_modules,
     check_same_layers,
-    lookups_hold,
-    registration_lookups,
     unwrap_model,
     walk_model,
     wrappers_around,
@@ -46,6 +44,7 @@ from ._plan import NoChange, Patch, Plan, Rebuild, layout_of, plan
 from ._plan_execution import apply_patch, rebuilt_optimizer, reference_group, reference_index
 from ._requires_grad import apply_requires_grad_of_walk
 from ._schedulers import Scheduler, scale_group
+from ._stale_parameters import check_parameters_among, guard_against_stale_parameters
 from ._state import CurriculumState, validate_coefficient
 from ._transitions import freeze, set_lr_coefficient, unfreeze
 from ._weight_decay import NoWeightDecayRule
@@ -300,7 +299,7 @@ class Curriculum:
             if coefficient != 1.0:
                 scale_group(optimizer, scheduler, index, coefficient)
                 optimizer.param_groups[index]["coefficient"] = coefficient
-        self._guard_against_stale_parameters(optimizer)
+        guard_against_stale_parameters(optimizer, self._model, self.check_parameters)
         self._optimizer, self._scheduler = optimizer, scheduler
         self._set_state(state)
         self._fresh_starts = FreshStarts(optimizer)
@@ -333,38 +332,9 @@ class Curriculum:
         """
         if self._optimizer is None:
             return
-        self._check_parameters_among({id(parameter) for parameter in self._model.parameters()})
-
-    def _check_parameters_among(self, current: set[int]) -> None:
-        """:meth:`check_parameters` once built, the model's parameters given as their ids."""
-        assert self._optimizer is not None
-        for group in self._optimizer.param_groups:
-            for parameter in group["params"]:
-                if id(parameter) not in current:
-                    raise RuntimeError(
-                        f"the optimizer holds a parameter (layers {group.get('layers')}) that is "
-                        "no longer one of the model's: was the model sharded with fully_shard, or "
-                        "its parameters replaced, after build()? Call build() again."
-                    )
-
-    def _guard_against_stale_parameters(self, optimizer: torch.optim.Optimizer) -> None:
-        # A step pre-hook that checks one parameter: sharding or replacing
-        # parameters after build() swaps all of them, so one suffices. The
-        # check is the few registry lookups that lead to it (about 1 us); only
-        # when one of them changed is the whole optimizer checked.
-        for group in optimizer.param_groups:
-            if group["params"] and group.get("layers"):
-                sentinel, layer = group["params"][0], group["layers"][0]
-                break
-        else:
-            return
-        lookups = registration_lookups(self._model, layer, sentinel)
-
-        def check_before_step(optimizer: Any, args: Any, kwargs: Any) -> None:
-            if lookups is None or not lookups_hold(lookups):
-                self.check_parameters()
-
-        optimizer.register_step_pre_hook(check_before_step)
+        check_parameters_among(
+            self._optimizer, {id(parameter) for parameter in self._model.parameters()}
+        )
 
     # Transitions --------------------------------------------------------------------
 
@@ -391,8 +361,9 @@ class Curriculum:
             apply_requires_grad_of_walk(new, walked)
             self._set_state(new)
             return NoChange()
-        self._check_parameters_among(
-            {id(parameter) for parameters in walked.parameters for parameter in parameters}
+        check_parameters_among(
+            self._optimizer,
+            {id(parameter) for parameters in walked.parameters for parameter in parameters},
         )
         decision = plan(layout_of(self._optimizer), current, new)
         if isinstance(decision, Rebuild):
@@ -466,7 +437,7 @@ class Curriculum:
             walked=walked,
             halves=self._decay_halves(walked),
         )
-        self._guard_against_stale_parameters(optimizer)
+        guard_against_stale_parameters(optimizer, self._model, self.check_parameters)
         self._optimizer = optimizer
         self._fresh_starts = FreshStarts(optimizer)
         # Parameters that start without state (newly trainable) step apart
@@ -575,7 +546,7 @@ class Curriculum:
         )
         optimizer, fresh_starts = restored.optimizer, None
         if optimizer is not None:
-            self._guard_against_stale_parameters(optimizer)
+            guard_against_stale_parameters(optimizer, self._model, self.check_parameters)
             fresh_starts = FreshStarts(optimizer)
             # Saved between an unfreeze and the next step: the same split as
             # in the run that saved it.

@@ -14,11 +14,11 @@ import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import compress, islice
 
 from torch import nn
 
-from ._weight_decay import is_normalization
+from ._weight_decay import NORMALIZATION_TYPES
 
 __all__ = [
     "ModelLayers",
@@ -147,17 +147,18 @@ class ModelLayers:
         A parameter registered on the root is a layer of its own, never a
         norm layer, even when the root itself is a normalization module.
         """
-        is_norm_type: dict[type, bool] = {}  # one isinstance check per module type
-        found = []
-        for position in range(self.root_parameter_count, len(self.layers)):
-            module = self.modules[position]
-            module_type = type(module)
-            is_norm = is_norm_type.get(module_type)
-            if is_norm is None:
-                is_norm = is_norm_type[module_type] = is_normalization(module)
-            if is_norm:
-                found.append(self.layers[position])
-        return frozenset(found)
+        # Decided once per module type, in C-level passes: every Curriculum
+        # derives this at its first build, and most models have few types.
+        start = self.root_parameter_count
+        module_types = list(map(type, self.modules[start:]))
+        norm_types = {
+            module_type
+            for module_type in set(module_types)
+            if issubclass(module_type, NORMALIZATION_TYPES)
+        }
+        if not norm_types:
+            return frozenset()
+        return frozenset(compress(self.layers[start:], map(norm_types.__contains__, module_types)))
 
     @property
     def owned(self) -> tuple[tuple[tuple[str, nn.Parameter], ...], ...]:
