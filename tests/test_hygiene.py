@@ -20,13 +20,20 @@ import torch
 import torch.distributed as dist
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from torch import nn
 
 import mentor_fn as mf
 from mentor_fn._layers import bare_named_modules
 from mentor_fn._state import NORM_POLICIES
-from mentor_fn.testing import check_flags, check_partition, transitions
+from mentor_fn.testing import (
+    INPUT_WIDTH,
+    CurriculumMachine,
+    check_flags,
+    check_partition,
+    models,
+    transitions,
+)
 
 LR = 0.1
 BATCH = 8
@@ -430,3 +437,36 @@ def test_copies_of_a_model_are_hooked_apart():
     forward(twin.train())
     # The copy has no curriculum: its hooks (copied with it) find none and do nothing.
     assert moved(before["backbone.1"], statistics(twin)["backbone.1"])
+
+
+# The invariant machine on split groups ---------------------------------------------------------
+
+
+class SplitGroupsMachine(CurriculumMachine):
+    """mentor_fn.testing's machine on drawn models (norm layers among them), groups split
+    by weight decay: every policy, transition, step, new phase and resume keeps the
+    invariant with two halves per layer."""
+
+    optimizer_class = torch.optim.AdamW
+    example_input = torch.randn(4, INPUT_WIDTH)
+
+    def model_strategy(self):
+        return models()
+
+    def new_curriculum(self, model):
+        return mf.Curriculum(
+            model,
+            self.lr,
+            optimizer=self.optimizer_class,
+            coalesce=self.coalesce,
+            weight_decay=0.1,
+            no_weight_decay=("1d",),
+        )
+
+
+@pytest.mark.parametrize("coalesce", [False, True], ids=["per_layer", "coalesced"])
+def test_the_invariant_holds_with_split_groups(coalesce):
+    machine = type("SplitGroups", (SplitGroupsMachine,), {"coalesce": coalesce})
+    run_state_machine_as_test(
+        machine, settings=settings(max_examples=8, stateful_step_count=20, deadline=None)
+    )
