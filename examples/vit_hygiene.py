@@ -16,7 +16,8 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(width)
         self.attn = nn.MultiheadAttention(width, num_heads=2, batch_first=True)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+        hidden = 2 * width
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
     def forward(self, x):
         h = self.norm1(x)
@@ -72,7 +73,8 @@ curriculum.update(mf.chain(mf.freeze(".*"), mf.unfreeze("head"), mf.set_norm_pol
 curriculum.build()
 statistics = model.patch_embed[1].running_mean.clone()
 print(f"probe: loss {train(2):.3f}")
-print("frozen BatchNorm statistics kept:", torch.equal(statistics, model.patch_embed[1].running_mean))
+kept = torch.equal(statistics, model.patch_embed[1].running_mean)
+print("frozen BatchNorm statistics kept:", kept)
 
 # Phase 2, full fine-tuning with timm's layer-wise lr decay: the embeddings
 # share the lowest rank, block i has rank i + 1, the final norm and the head
@@ -85,5 +87,6 @@ for group in curriculum.optimizer.param_groups:
     for parameter in group["params"]:
         name = names[id(parameter)]
         if name in ("pos_embed", "patch_embed.0.weight", "blocks.0.norm1.weight", "head.weight"):
-            print(f"{name:22} lr x {group['coefficient']:.3f}, weight decay {group['weight_decay']}")
+            scale, decay = group["coefficient"], group["weight_decay"]
+            print(f"{name:22} lr x {scale:.3f}, weight decay {decay}")
 print(f"fine-tuned: loss {train(2):.3f}")

@@ -1,4 +1,4 @@
-"""The ``"eval"`` norm policy, enforced with forward hooks that read the live state.
+"""The ``"eval"`` norm policy, enforced with forward hooks that follow the live state.
 
 Under ``norm_policy="eval"`` a normalization module with running statistics
 (BatchNorm, SyncBatchNorm, InstanceNorm with ``track_running_stats``) inside a
@@ -10,9 +10,17 @@ usual), and ``module.training`` is only lowered for the duration of the
 module's own forward, then restored, also when the forward raises.
 
 The hooks are installed once per model, the first time a state with the
-``"eval"`` policy is applied to it, and ask the model's current curriculum
-for its state at each forward: a Mentee that replaces its Curriculum (a new
-phase) keeps one set of hooks, reading the newest state.
+``"eval"`` policy is applied to it. Each attach (a Curriculum calls it
+whenever its state is set) writes into one small per-model record which of
+the hooked layers compute as in eval mode now, and which curriculum said so;
+the hooks read only that record. A Mentee that replaces its Curriculum (a new
+phase) keeps one set of hooks, following the newest curriculum; once that
+curriculum is gone, the hooks do nothing.
+
+Reading one attribute of an object the hooks hold (never a global registry)
+keeps them cheap in eager mode and traceable by ``torch.compile``: dynamo
+guards on that record, so a forward compiled under one state is recompiled
+when a transition changes which layers are lowered, and only then.
 """
 
 from __future__ import annotations
@@ -34,13 +42,47 @@ class HasState(Protocol):
     def state(self) -> CurriculumState: ...
 
 
-# model -> the curriculum that last attached to it, by weak reference (a strong
-# one would keep the model alive through the curriculum: a key never freed).
-_SOURCES: weakref.WeakKeyDictionary[nn.Module, weakref.ReferenceType[HasState]] = (
-    weakref.WeakKeyDictionary()
-)
-# model -> the hook handles, so that they are installed once.
-_HOOKS: weakref.WeakKeyDictionary[nn.Module, list[Any]] = weakref.WeakKeyDictionary()
+class _Record:
+    """What one model's hooks read: the layers lowered to eval mode now, and by whom."""
+
+    __slots__ = ("curriculum", "layers", "lowered")
+
+    def __init__(self, layers: tuple[str, ...]) -> None:
+        self.layers = layers  # the layers of the hooked modules
+        self.lowered: frozenset[str] = frozenset()
+        self.curriculum: weakref.ReferenceType[HasState] | None = None
+
+    def follow(self, curriculum: HasState) -> None:
+        """Take ``curriculum``'s current state; forget it (lower nothing) once it is gone."""
+        current = self.curriculum
+        if current is None or current() is not curriculum:
+
+            def forget(reference: weakref.ReferenceType[HasState]) -> None:
+                if self.curriculum is reference:
+                    self.lowered = frozenset()
+
+            self.curriculum = weakref.ref(curriculum, forget)
+        lowered = _lowered_layers(curriculum.state, self.layers)
+        # A new object only when it differs: compiled code guards on it.
+        if lowered != self.lowered:
+            self.lowered = lowered
+
+
+# model -> its hooks' record, by weak reference to the model (the record holds
+# no reference to the model, nor, but weakly, to the curriculum).
+_RECORDS: weakref.WeakKeyDictionary[nn.Module, _Record] = weakref.WeakKeyDictionary()
+
+
+def _lowered_layers(state: CurriculumState, layers: tuple[str, ...]) -> frozenset[str]:
+    """Which of ``layers`` compute as in eval mode under ``state``: frozen ones under "eval"."""
+    if state.norm_policy != "eval":
+        return frozenset()
+    frozen, positions = state.resolved_frozen(), state.layer_positions
+    return frozenset(
+        layer
+        for layer in layers
+        if (position := positions.get(layer)) is not None and frozen[position]
+    )
 
 
 def modules_with_running_statistics(
@@ -72,51 +114,40 @@ def attach_norm_policy(
     curriculum: HasState,
     modules: Callable[[], list[tuple[nn.Module, str]]],
 ) -> None:
-    """Make ``curriculum`` the one whose live state the model's norm hooks read.
+    """Make the model's norm hooks follow ``curriculum``'s current state.
 
-    Hooks are installed only when the curriculum's state has the ``"eval"``
-    policy (they cost a few attribute reads per forward of each such module);
-    once installed they stay, and do nothing under the other policies or once
-    the curriculum is gone.
+    Call it whenever the curriculum's state is set. Hooks are installed only
+    when that state has the ``"eval"`` policy (they cost an attribute read and
+    a set lookup per forward of each such module); once installed they stay,
+    and do nothing under the other policies or once the curriculum is gone.
 
     Args:
         model: the bare model (hooks are keyed by it).
-        curriculum: has a ``state`` attribute: the live state.
+        curriculum: has a ``state`` attribute: its current state.
         modules: lists the modules to hook with their layers (called only
             when the hooks are installed).
     """
-    _SOURCES[model] = weakref.ref(curriculum)
-    if model in _HOOKS or curriculum.state.norm_policy != "eval":
-        return
-    handles: list[Any] = []
-    model_reference = weakref.ref(model)
-    for module, layer in modules():
-        before, after = _hooks_for(model_reference, layer)
-        handles.append(module.register_forward_pre_hook(before))
-        handles.append(module.register_forward_hook(after, always_call=True))
-    _HOOKS[model] = handles
+    record = _RECORDS.get(model)
+    if record is None:
+        if curriculum.state.norm_policy != "eval":
+            return
+        hooked = modules()
+        record = _Record(tuple(dict.fromkeys(layer for _, layer in hooked)))
+        for module, layer in hooked:
+            before, after = _hooks_for(record, layer)
+            module.register_forward_pre_hook(before)
+            module.register_forward_hook(after, always_call=True)
+        _RECORDS[model] = record
+    record.follow(curriculum)
 
 
-def _hooks_for(
-    model_reference: weakref.ReferenceType[nn.Module], layer: str
-) -> tuple[Callable[..., None], Callable[..., None]]:
+def _hooks_for(record: _Record, layer: str) -> tuple[Callable[..., None], Callable[..., None]]:
     # What the pre-hook lowered, the post-hook raises again: a cell per hooked
     # module, so nothing is written onto the user's module.
     lowered = [False]
 
     def before(module: nn.Module, args: Any) -> None:
-        if not module.training:
-            return
-        model = model_reference()
-        reference = _SOURCES.get(model) if model is not None else None
-        curriculum = reference() if reference is not None else None
-        if curriculum is None:
-            return
-        state = curriculum.state
-        if state.norm_policy != "eval":
-            return
-        position = state.layer_positions.get(layer)
-        if position is not None and state.resolved_frozen()[position]:
+        if module.training and layer in record.lowered:
             module.training = False
             lowered[0] = True
 

@@ -1,4 +1,8 @@
-"""The "eval" norm policy's hooks: frozen layers' running statistics never move."""
+"""The "eval" norm policy's hooks: frozen layers' running statistics never move.
+
+The hooks follow what the last attach said (a Curriculum attaches whenever its
+state is set), so each test attaches after changing the state it holds.
+"""
 
 from __future__ import annotations
 
@@ -91,6 +95,7 @@ def test_stats_and_train_policies_and_unfrozen_layers_update_statistics():
         state.set_norm_policy("eval").unfreeze("backbone"),
     ):
         holder.state = live
+        attach(model, holder)  # as a Curriculum does whenever its state is set
         before = statistics(model)
         model.train()(torch.randn(8, 4))
         after = statistics(model)
