@@ -470,3 +470,38 @@ def test_the_invariant_holds_with_split_groups(coalesce):
     run_state_machine_as_test(
         machine, settings=settings(max_examples=8, stateful_step_count=20, deadline=None)
     )
+
+
+def test_compiled_eval_hooks_guard_on_their_own_record_not_on_a_registry(tmp_path, monkeypatch):
+    """dynamo traces the hooks: their guards must not index a registry of models.
+
+    A guard like ``list(registry.keys())[12]`` broke (IndexError while
+    creating guards) when other hooked models died during a compilation; the
+    hooks read only a record they hold, so no guard names the registry.
+    """
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    torch._dynamo.reset()
+    try:
+        others = [make_model(seed) for seed in range(3)]  # hooked models besides this one
+        for other in others:
+            mf.Curriculum(other, LR).update(
+                mf.chain(mf.freeze("backbone"), mf.set_norm_policy("eval"))
+            )
+        model = make_model()
+        curriculum = mf.Curriculum(model, LR)
+        curriculum.update(mf.chain(mf.freeze("backbone"), mf.set_norm_policy("eval")))
+        explained = torch._dynamo.explain(model.train())(torch.randn(BATCH, 4))
+        assert explained.graph_break_count == 0
+        assert not [guard.name for guard in explained.out_guards if "_norm_hooks" in guard.name]
+        compiled = torch.compile(model, backend="eager")
+        before = statistics(model)
+        compiled(torch.randn(BATCH, 4))
+        after = statistics(model)
+        assert not moved(before["backbone.1"], after["backbone.1"])
+        assert moved(before["head.1"], after["head.1"])
+        curriculum.unfreeze("backbone")  # what is lowered changes: recompiled
+        before = statistics(model)
+        compiled(torch.randn(BATCH, 4))
+        assert moved(before["backbone.1"], statistics(model)["backbone.1"])
+    finally:
+        torch._dynamo.reset()
