@@ -12,6 +12,7 @@ import difflib
 import functools
 import math
 import numbers
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -372,7 +373,7 @@ class CurriculumState:
                     not is_frozen or layer in norms for layer, is_frozen in zip(self.layers, frozen)
                 )
             else:
-                cached = tuple(not is_frozen for is_frozen in frozen)
+                cached = tuple(map(operator.not_, frozen))  # in C: once per state
             self._cache["trainable"] = cached
         return cached
 
