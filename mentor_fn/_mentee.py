@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, BinaryIO, cast
 
 import torch
@@ -44,6 +44,7 @@ from ._schedule import Schedule
 from ._schedule_runner import ScheduleRunner
 from ._state import CurriculumState
 from ._train_objects import scheduler_factory, scheduler_recipe
+from ._weight_decay import NoWeightDecayRule
 
 __all__ = ["Mentee"]
 
@@ -120,6 +121,7 @@ class Mentee(MenteeFitting):
                     layers,
                     frozen={k: v for k, v in old.frozen.items() if k in layers},
                     coefficients={k: v for k, v in old.coefficients.items() if k in layers},
+                    norm_policy=old.norm_policy,
                 )
                 curriculum = Curriculum(self, _PLACEHOLDER_LR, state=state)
                 object.__setattr__(self, "_mentee_curriculum", curriculum)
@@ -252,6 +254,8 @@ class Mentee(MenteeFitting):
         | None = None,
         scheduler_kwargs: Mapping[str, Any] | None = None,
         coalesce: bool = False,
+        weight_decay: float | None = None,
+        no_weight_decay: Iterable[NoWeightDecayRule] = (),
     ) -> dict[str, Any]:
         """Build a fresh optimizer and scheduler from the curriculum state: a new phase.
 
@@ -259,7 +263,10 @@ class Mentee(MenteeFitting):
         a ``torch.optim.lr_scheduler`` class (with ``scheduler_kwargs``; it is
         recorded in checkpoints) or any factory ``optimizer -> scheduler``
         (pass it again to :meth:`resume_training`). A schedule run goes on
-        with the new objects at the next :meth:`fit`.
+        with the new objects at the next :meth:`fit`. ``weight_decay`` and
+        ``no_weight_decay`` are :class:`~mentor_fn.Curriculum`'s (weight decay
+        by parameter kind); a callable rule must be passed again to
+        :meth:`resume_training`.
 
         Returns:
             ``{"optimizer": ..., "lr_scheduler": ...}``
@@ -273,6 +280,8 @@ class Mentee(MenteeFitting):
             scheduler=scheduler,
             scheduler_kwargs=scheduler_kwargs,
             coalesce=coalesce,
+            weight_decay=weight_decay,
+            no_weight_decay=no_weight_decay,
         )
         curriculum.build()
         self._use_train_objects(curriculum, recipe)
@@ -289,6 +298,8 @@ class Mentee(MenteeFitting):
         scheduler: Any = None,
         scheduler_kwargs: Mapping[str, Any] | None = None,
         coalesce: bool = False,
+        weight_decay: float | None = None,
+        no_weight_decay: Iterable[NoWeightDecayRule] = (),
     ) -> tuple[Curriculum, SchedulerRecipe | None]:
         """A Curriculum with this model's state, not built and not yet the model's."""
         recipe = scheduler_recipe(scheduler, scheduler_kwargs, step_size=step_size, gamma=gamma)
@@ -301,6 +312,8 @@ class Mentee(MenteeFitting):
             scheduler=factory,
             coalesce=coalesce,
             state=self.curriculum_state,
+            weight_decay=weight_decay,
+            no_weight_decay=no_weight_decay,
         )
         return curriculum, recipe
 
@@ -401,6 +414,7 @@ class Mentee(MenteeFitting):
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         schedule: Schedule | None = None,
         allow_schedule_change: bool = False,
+        no_weight_decay: Iterable[NoWeightDecayRule] | None = None,
     ) -> tuple[Mentee, torch.optim.Optimizer | None, Any]:
         """Rebuild model, optimizer and scheduler from a checkpoint and continue.
 
@@ -424,6 +438,8 @@ class Mentee(MenteeFitting):
                 saved one); by default the saved one.
             allow_schedule_change: continue the saved run with ``schedule``, a
                 different schedule, from the saved cursor (which must fit it).
+            no_weight_decay: the weight-decay rules, needed again only when the
+                run used a callable rule (string rules are saved in the file).
 
         Returns:
             ``(model, optimizer, lr_scheduler)`` (both None when the file was
@@ -443,7 +459,13 @@ class Mentee(MenteeFitting):
         model = cast(Mentee, model_from(checkpoint, target))
         if device is not None:
             model.to(device)
-        curriculum = resumed_curriculum(model, checkpoint, optimizer=optimizer, scheduler=scheduler)
+        curriculum = resumed_curriculum(
+            model,
+            checkpoint,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            no_weight_decay=no_weight_decay,
+        )
         model._restore_run(checkpoint, curriculum, resumed_runner(curriculum, checkpoint, schedule))
         checkpoint.random_states.restore()
         return model, curriculum.optimizer, curriculum.scheduler

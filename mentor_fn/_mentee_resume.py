@@ -9,7 +9,7 @@ real, its weights loaded; then the Curriculum, in the exact saved layout.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -21,6 +21,7 @@ from ._checkpoint_values import MenteeCheckpoint
 from ._curriculum import Curriculum
 from ._mentee_construction import registered_model_class
 from ._train_objects import scheduler_factory, torch_class
+from ._weight_decay import NoWeightDecayRule
 
 __all__ = ["model_from", "resumed_curriculum"]
 
@@ -90,6 +91,7 @@ def resumed_curriculum(
     with_optimizer: bool = True,
     optimizer: type[torch.optim.Optimizer] | None = None,
     scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+    no_weight_decay: Iterable[NoWeightDecayRule] | None = None,
 ) -> Curriculum:
     """The Curriculum of a checkpoint on ``model``: the saved state and, when the
     file has them, the optimizer in its exact saved layout and the scheduler.
@@ -100,6 +102,8 @@ def resumed_curriculum(
         with_optimizer: False builds the state alone (``Mentee.resume``).
         optimizer: the optimizer class, when it is not one of ``torch.optim``'s.
         scheduler: the scheduler factory, when it was not a scheduler class.
+        no_weight_decay: the weight-decay rules, when the run used callables
+            (by default the file's rules, which hold strings only).
 
     Raises:
         CheckpointError: the file needs the optimizer class or scheduler
@@ -125,6 +129,7 @@ def resumed_curriculum(
             optimizer_kwargs=checkpoint.optimizer_kwargs,
             scheduler=factory,
             coalesce=checkpoint.coalesce,
+            no_weight_decay=() if no_weight_decay is None else no_weight_decay,
         )
         curriculum.load_state_dict(checkpoint.curriculum)
     except CheckpointError:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader, TensorDataset
 
+import mentor_fn
 from mentor_fn import (
     CheckpointError,
     Classifier,
@@ -1537,3 +1538,59 @@ def test_device_property():
             self.device = "somewhere"
 
     assert Settles().device == "somewhere"
+
+
+# Weight decay by kind and norm policy through the object API -------------------------
+
+
+def no_decay_names(model: Mentee) -> set[str]:
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    return {
+        names[id(parameter)]
+        for group in model.optimizer.param_groups
+        if group.get("applies_weight_decay") is False
+        for parameter in group["params"]
+    }
+
+
+def test_create_train_objects_takes_weight_decay_by_kind_and_resume_keeps_it(tmp_path):
+    model = MyResNet(num_classes=3)
+    model.create_train_objects(
+        lr=1e-2, optimizer=torch.optim.AdamW, weight_decay=0.05, no_weight_decay=("bias",)
+    )
+    biases = {name for name, _ in model.named_parameters() if name.endswith(".bias")}
+    assert biases and no_decay_names(model) == biases
+    decayed = [g for g in model.optimizer.param_groups if g.get("applies_weight_decay")]
+    assert decayed and all(group["weight_decay"] == 0.05 for group in decayed)
+    train_step(model, images(8, num_classes=3).tensors)
+    path = tmp_path / "decay.ckpt"
+    model.save(path)
+    resumed, optimizer, _ = MyResNet.resume_training(path)
+    assert optimizer is resumed.optimizer
+    assert no_decay_names(resumed) == biases
+    assert layout(resumed) == layout(model)
+
+
+def is_bias(name, parameter, module) -> bool:
+    return name.endswith("bias")
+
+
+def test_a_callable_weight_decay_rule_is_passed_again_to_resume(tmp_path):
+    model = MyResNet(num_classes=3)
+    model.create_train_objects(lr=1e-2, optimizer=torch.optim.AdamW, no_weight_decay=(is_bias,))
+    path = tmp_path / "callable.ckpt"
+    model.save(path)
+    with pytest.raises(CheckpointError, match="is_bias"):
+        MyResNet.resume_training(path)
+    resumed, _, _ = MyResNet.resume_training(path, no_weight_decay=(is_bias,))
+    assert no_decay_names(resumed) == no_decay_names(model)
+
+
+def test_the_norm_policy_survives_modules_added_before_the_first_optimizer():
+    model = MyResNet(num_classes=3)
+    model.curriculum.update(mentor_fn.set_norm_policy("eval"))
+    model.freeze("backbone")
+    model.extra = nn.Linear(3, 3)  # the layers change before any optimizer exists
+    assert "extra" in model.curriculum_state.layers
+    assert model.curriculum_state.norm_policy == "eval"
+    assert model.curriculum_state.is_frozen("backbone")
