@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,14 +19,49 @@ def test_the_quick_starts_are_there():
     assert set(QUICK_STARTS) <= names
 
 
+# The longest first, so that the parallel runs finish together.
+_SLOW_FIRST = ("transformers_finetune.py", "lightning_finetune.py", "property_test.py")
+
+
+@pytest.fixture(scope="module")
+def example_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, object]]:
+    """Every example run once, as a script in a fresh process and an empty folder.
+
+    The runs go in parallel, as many as there are CPUs: each spends about as
+    long importing torch (and its framework) as running, and one at a time
+    they were the suite's longest stretch. One torch thread each, so that
+    parallel runs do not spin-wait on each other's cores.
+    """
+    order = sorted(EXAMPLES, key=lambda path: (path.name not in _SLOW_FIRST, path.name))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def run(script: Path) -> tuple[Path, object]:
+        folder = tmp_path_factory.mktemp(script.stem)
+        try:
+            completed: object = subprocess.run(
+                [sys.executable, str(script)],
+                capture_output=True,
+                text=True,
+                timeout=240,
+                cwd=folder,
+                env=environment,
+            )
+        except subprocess.TimeoutExpired as timeout:
+            completed = timeout
+        return folder, completed
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
+        results = dict(zip((path.name for path in order), pool.map(run, order)))
+    return results
+
+
 @pytest.mark.parametrize("script", EXAMPLES, ids=[path.name for path in EXAMPLES])
-def test_example_runs(script: Path, tmp_path: Path):
-    completed = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
+def test_example_runs(script: Path, example_runs: dict[str, tuple[Path, object]]):
+    folder, completed = example_runs[script.name]
+    assert isinstance(completed, subprocess.CompletedProcess), f"{script.name} timed out"
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip()
-    assert list(tmp_path.iterdir()) == []  # leaves nothing behind
+    assert list(folder.iterdir()) == []  # leaves nothing behind
 
 
 README = EXAMPLES[0].parent.parent / "README.md"
