@@ -14,6 +14,7 @@ traceback as text; the parent raises with every rank's traceback.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import multiprocessing
 import os
 import tempfile
@@ -33,15 +34,18 @@ def _context() -> Any:
     global _CONTEXT
     if _CONTEXT is None:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(
-            [
-                "torch",
-                "torch.distributed",
-                "torch.distributed.fsdp",
-                "mentor_fn",
-                "distributed_workers",
-            ]
-        )
+        preload = [
+            "torch",
+            "torch.distributed",
+            "torch.distributed.fsdp",
+            "mentor_fn",
+            "distributed_workers",
+        ]
+        # Lightning's import costs seconds in each rank; imported once in the
+        # server, every world forks with it (the suite runs a Lightning world).
+        if importlib.util.find_spec("lightning") is not None:
+            preload += ["lightning.pytorch", "lightning_workers"]
+        context.set_forkserver_preload(preload)
         _CONTEXT = context
     return _CONTEXT
 
