@@ -73,6 +73,9 @@ QUICK_STARTS = [
     "schedule_fit.py",
     "schedule_recipe.py",
     "vit_hygiene.py",
+    "lightning_finetune.py",
+    "transformers_finetune.py",
+    "property_test.py",
 ]
 
 

@@ -107,3 +107,51 @@ def test_only_the_format_module_reads_checkpoint_keys():
     # The check finds what it looks for.
     home = (PACKAGE / FORMAT_HOME).read_text()
     assert KEY_READ.search(home) and CONTENTS_READ.search(home)
+
+
+README = PACKAGE.parent / "README.md"
+
+
+def _readme_module_order() -> list[str]:
+    """The modules the README's "Modules" section names, in its order (dotted names)."""
+    text = README.read_text()
+    section = text[
+        text.index("\n## Modules\n") : text.index("\n## ", text.index("\n## Modules\n") + 1)
+    ]
+    order = []
+    for name in re.findall(r"`([\w/]+\.py|\w+/)`", section):
+        if name.endswith("/"):
+            order.append(f"mentor_fn.{name[:-1]}")
+        else:
+            order.append(f"mentor_fn.{name[:-3]}")
+    return order
+
+
+def test_the_readme_lists_every_module_in_an_order_where_imports_point_up():
+    """A newcomer reads the architecture from the README's module list: every module
+    is there, and each imports only modules listed above it (a subpackage counts as
+    one entry)."""
+    order = _readme_module_order()
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(path) for path in paths}
+
+    def entry(module: str) -> str:
+        for package in ("mentor_fn.testing", "mentor_fn.integrations"):
+            if module == package or module.startswith(package + "."):
+                return package
+        return module
+
+    listed = {entry(module) for module in modules} - {"mentor_fn"}
+    assert sorted(listed - set(order)) == []
+    assert sorted(set(order) - listed) == []
+    position = {name: number for number, name in enumerate(order)}
+    upward = []
+    for path in paths:
+        importer = entry(module_name(path))
+        if importer == "mentor_fn":
+            continue
+        for imported in imported_modules(path, modules):
+            target = entry(imported)
+            if target not in ("mentor_fn", importer) and position[target] > position[importer]:
+                upward.append(f"{importer} imports {target}, listed below it")
+    assert upward == []
