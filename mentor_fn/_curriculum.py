@@ -16,18 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.hooks import RemovableHandle
 
 from ._curriculum_state_dict import curriculum_state_dict, restore, saved_state
 from ._ddp import check_ddp_wrappers
 from ._fresh_starts import FreshStarts
 from ._garbage_collector import collector_paused
-from ._groups import (
-    Halves,
-    decay_halves,
-    is_reference_group,
-    unit_groups_of_walk,
-    walk_for_state,
-)
+from ._group_index import GroupIndex, LayerChanges, layer_changes
+from ._groups import Halves, decay_halves, is_reference_group, unit_groups_of_walk
 from ._layers import (
     ModelLayers,
     Patterns,
@@ -37,15 +33,24 @@ from ._layers import (
     walk_model,
     wrappers_around,
 )
+from ._model_walk import KeptWalk
 from ._norm_hooks import attach_norm_policy, modules_with_running_statistics
 from ._optimizer import optimizer_on_one_group
 from ._optimizer_recipe import OptimizerRecipe
 from ._plan import NoChange, Patch, Plan, Rebuild, layout_of, plan
-from ._plan_execution import apply_patch, rebuilt_optimizer, reference_group, reference_index
-from ._requires_grad import apply_requires_grad_of_walk
+from ._plan_execution import (
+    apply_patch,
+    in_place_obstacles,
+    rebuild_in_place,
+    rebuilt_optimizer,
+    reference_group,
+    reference_index,
+)
+from ._requires_grad import apply_requires_grad_at, apply_requires_grad_of_walk
 from ._schedulers import Scheduler, scale_group
 from ._stale_parameters import check_parameters_among, guard_against_stale_parameters
 from ._state import CurriculumState, validate_coefficient
+from ._structure_watch import structure_generation
 from ._transitions import freeze, set_lr_coefficient, unfreeze
 from ._weight_decay import NoWeightDecayRule
 
@@ -161,6 +166,13 @@ class Curriculum:
         self._optimizer: torch.optim.Optimizer | None = None
         self._scheduler: Any = None
         self._fresh_starts: FreshStarts | None = None
+        self._guard: RemovableHandle | None = None  # the step guard on the optimizer
+        self._walk = KeptWalk(model)
+        # The groups covering each layer, for plans over the touched groups
+        # only; trusted once the layout is known to fit the state (see
+        # _group_index): by construction after build() and a rebuild.
+        self._index: GroupIndex | None = None
+        self._layout_trusted = False
         # A DDP wrapper is judged on the flags it was built with, before any
         # phase changes them: at once when it wraps the model (the usual
         # case, and the check covers nested ones too), else at the first walk.
@@ -170,11 +182,13 @@ class Curriculum:
             self._ddp_checked = True
         self._state: CurriculumState | None = None
         if state is not None:
+            generation = structure_generation()
             walked = walk_model(model)
             self._check_ddp(walked)
             check_same_layers(state.layers, walked.layers, "the model")
-            state = _with_layer_kinds(state, walked)
+            state = state.with_kinds_of(walked)
             apply_requires_grad_of_walk(state, walked)
+            self._walk.keep(walked, generation)
             self._set_state(state)
 
     # Read-only views ------------------------------------------------------------
@@ -222,7 +236,9 @@ class Curriculum:
         """
         if self._state is not None:
             return self._state, None
+        generation = structure_generation()
         walked = walk_model(self._model)
+        self._walk.keep(walked, generation)
         self._check_ddp(walked)
         state = CurriculumState(
             walked.layers,
@@ -234,10 +250,14 @@ class Curriculum:
         self._set_state(state)
         return state, walked
 
-    def _set_state(self, state: CurriculumState) -> None:
-        """Swap in ``state``, and make this Curriculum the one the norm hooks read."""
+    def _set_state(self, state: CurriculumState, changes: LayerChanges | None = None) -> None:
+        """Swap in ``state``, and make this Curriculum the one the norm hooks read.
+
+        ``changes``: what differs from the previous state (None: anything may).
+        """
         self._state = state
-        attach_norm_policy(self._bare_model, self, self._norm_modules)
+        changed = None if changes is None else zip(changes.names, changes.new_frozen)
+        attach_norm_policy(self._bare_model, self, self._norm_modules, changed)
 
     def _norm_modules(self) -> list[tuple[nn.Module, str]]:
         assert self._state is not None
@@ -278,8 +298,8 @@ class Curriculum:
         # torch re-checking every earlier group for each new one.
         state, walked = self._ensure_state(apply_flags=False)
         if walked is None:
-            walked = walk_for_state(state, self._model)
-            state = _with_layer_kinds(state, walked)
+            walked = self._walk.walk(state)
+            state = state.with_kinds_of(walked)
         halves = self._decay_halves(walked)
         trainable = apply_requires_grad_of_walk(state, walked)
         recipe = self._recipe
@@ -299,11 +319,34 @@ class Curriculum:
             if coefficient != 1.0:
                 scale_group(optimizer, scheduler, index, coefficient)
                 optimizer.param_groups[index]["coefficient"] = coefficient
-        guard_against_stale_parameters(optimizer, self._model, self.check_parameters)
         self._optimizer, self._scheduler = optimizer, scheduler
+        self._watch(optimizer, layout_trusted=True)
         self._set_state(state)
-        self._fresh_starts = FreshStarts(optimizer)
         return optimizer
+
+    def _unwatch(self) -> None:
+        """Remove this Curriculum's step hooks from its optimizer (which it is letting go)."""
+        if self._guard is not None:
+            self._guard.remove()
+            self._guard = None
+        if self._fresh_starts is not None:
+            self._fresh_starts.close()
+            self._fresh_starts = None
+        self._index = None
+
+    def _watch(self, optimizer: torch.optim.Optimizer, *, layout_trusted: bool) -> None:
+        """Install this Curriculum's step hooks on ``optimizer``, whose groups are new.
+
+        The previous ones go (on a rebuild in place, they are on the same
+        object): the step guard, and the fresh starts of fused groups.
+        ``layout_trusted``: whether the groups are known to fit the state
+        (derived from it here); otherwise the pure plan checks them once,
+        before the first plan over the touched groups only.
+        """
+        self._unwatch()
+        self._guard = guard_against_stale_parameters(optimizer, self._model, self.check_parameters)
+        self._fresh_starts = FreshStarts(optimizer)
+        self._layout_trusted = layout_trusted
 
     def _make_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
         if self._scheduler_factory is None:
@@ -343,29 +386,37 @@ class Curriculum:
         """Move to a new state (or apply a transition) and bring the optimizer along.
 
         Returns the executed plan. Before :meth:`build`, only the state and the
-        ``requires_grad`` flags change (the plan is NoChange).
+        ``requires_grad`` flags change (the plan is NoChange). A rebuild keeps
+        the optimizer and scheduler objects (``Rebuild.new_objects`` says when
+        an optimizer could not be rebuilt in place).
+
+        A transition that changes k groups costs O(k + rules): only the
+        layers under the rules that changed are resolved, only the groups
+        covering them are read, only their flags are set, and the model's
+        walk is the one kept since the last (walked again when a module or
+        parameter was registered since: see ``_structure_watch``). A rebuild
+        walks the model afresh.
 
         Raises:
             RuntimeError: the optimizer must be rebuilt and
                 ``reset_optimizer_if_needed`` is False; nothing has changed.
-            ValueError / TypeError: bad target; nothing has changed.
+                Or the optimizer holds parameters that are no longer the
+                model's (found by a new walk); nothing has changed.
+            ValueError / TypeError: bad target, or a model whose layers are no
+                longer the state's; nothing has changed.
         """
         self._settle()
         current, walked = self._ensure_state()
         new = self._resolve(target, current)
-        # One walk of the model serves the parameter check, the plan's
-        # execution and the flags (the one that derived the state, if any).
+        changes = layer_changes(current, new)
         if walked is None:
-            walked = walk_for_state(new, self._model)
-        if self._optimizer is None:
-            apply_requires_grad_of_walk(new, walked)
-            self._set_state(new)
+            walked = self._kept_walk(new)
+        optimizer = self._optimizer
+        if optimizer is None:
+            self._apply_flags(new, walked, changes)
+            self._set_state(new, changes)
             return NoChange()
-        check_parameters_among(
-            self._optimizer,
-            {id(parameter) for parameters in walked.parameters for parameter in parameters},
-        )
-        decision = plan(layout_of(self._optimizer), current, new)
+        decision = self._plan(current, new, changes)
         if isinstance(decision, Rebuild):
             if not reset_optimizer_if_needed:
                 raise RuntimeError(
@@ -375,12 +426,71 @@ class Curriculum:
                     "layers that stay trainable and the scheduler's progress are kept), or call "
                     "build() to start a fresh phase. Nothing was changed."
                 )
-            self._rebuild(current, new, walked)
+            decision, walked = self._rebuild(current, new, decision)
+            changes = None  # a fresh walk: every flag is set
         elif isinstance(decision, Patch):
-            self._patch(decision, walked)
-        apply_requires_grad_of_walk(new, walked)
-        self._set_state(new)
+            self._patch(decision, walked, new)
+        self._apply_flags(new, walked, changes)
+        self._set_state(new, changes)
         return decision
+
+    def _kept_walk(self, state: CurriculumState) -> ModelLayers:
+        """The kept walk of the model, or a new one checked against ``state`` and the optimizer.
+
+        Raises:
+            ValueError: the model's layers are no longer the state's.
+            RuntimeError: the optimizer holds parameters that are no longer the model's.
+        """
+        walked = self._walk.kept()
+        if walked is None:
+            walked = self._walk.walk(state)
+            if self._optimizer is not None:
+                _check_walked_parameters(self._optimizer, walked)
+        return walked
+
+    def _plan(
+        self, current: CurriculumState, new: CurriculumState, changes: LayerChanges | None
+    ) -> Plan:
+        """``plan(layout_of(optimizer), current, new)``, over the touched groups where it can."""
+        optimizer = self._optimizer
+        assert optimizer is not None
+        if changes is not None:
+            index = self._group_index(current)
+            if index is not None:
+                decision = index.plan(changes, new.parameter_owners)
+                if decision is not None:
+                    return decision
+        return plan(layout_of(optimizer), current, new)
+
+    def _group_index(self, state: CurriculumState) -> GroupIndex | None:
+        """The index of the optimizer's groups, built on first use; None when not usable.
+
+        Usable when the groups fit ``state`` (see ``_group_index``): known
+        after build() and rebuilds, checked once with the pure plan after a
+        load or once other code added or removed groups.
+        """
+        optimizer = self._optimizer
+        assert optimizer is not None
+        index = self._index
+        if index is not None and index.fits(optimizer):
+            return index
+        if index is not None:  # groups added or removed by other code
+            self._layout_trusted = False
+        self._index = None
+        if not self._layout_trusted:
+            if plan(layout_of(optimizer), state, state) != NoChange():
+                return None
+            self._layout_trusted = True
+        self._index = GroupIndex(optimizer)
+        return self._index
+
+    def _apply_flags(
+        self, state: CurriculumState, walked: ModelLayers, changes: LayerChanges | None
+    ) -> None:
+        if changes is None:
+            apply_requires_grad_of_walk(state, walked)
+        else:
+            apply_requires_grad_at(walked, changes.positions, changes.new_trainable)
 
     def freeze(self, patterns: Patterns, *, reset_optimizer_if_needed: bool = False) -> Plan:
         """``update(freeze(patterns))``."""
@@ -418,33 +528,63 @@ class Curriculum:
             parameter_owners=current.parameter_owners, norm_layers=current.norm_layers
         )
 
-    def _patch(self, decision: Patch, walked: ModelLayers) -> None:
+    def _patch(self, decision: Patch, walked: ModelLayers, new: CurriculumState) -> None:
         assert self._optimizer is not None and self._fresh_starts is not None
-        reactivated = apply_patch(
-            self._optimizer, self._scheduler, decision, walked=walked, recipe=self._recipe
-        )
-        self._fresh_starts.add(reactivated)
-
-    def _rebuild(self, old: CurriculumState, new: CurriculumState, walked: ModelLayers) -> None:
-        """Rebuild the optimizer for ``new`` (``walked``: the model, walked for it)."""
-        assert self._optimizer is not None
-        optimizer = rebuilt_optimizer(
+        positions = new.layer_positions
+        layer_parameters = walked.parameters
+        reactivated = [
+            parameter
+            for layer in decision.reactivated
+            for parameter in layer_parameters[positions[layer]]
+        ]
+        apply_patch(
             self._optimizer,
             self._scheduler,
+            decision,
+            reactivated=reactivated,
             recipe=self._recipe,
-            old=old,
-            new=new,
-            walked=walked,
-            halves=self._decay_halves(walked),
         )
-        guard_against_stale_parameters(optimizer, self._model, self.check_parameters)
-        self._optimizer = optimizer
-        self._fresh_starts = FreshStarts(optimizer)
+        if reactivated:
+            index, groups = self._index, None
+            if index is not None and index.fits(self._optimizer):
+                groups = index.groups_covering(decision.reactivated)
+            self._fresh_starts.add(reactivated, groups)
+
+    def _rebuild(
+        self, old: CurriculumState, new: CurriculumState, decision: Rebuild
+    ) -> tuple[Rebuild, ModelLayers]:
+        """Rebuild the optimizer for ``new``, in place where it can; the executed plan and the walk.
+
+        The model is walked afresh: a structure change since the last walk
+        (a module added or replaced, parameters replaced by sharding) is
+        caught here, before anything changes.
+        """
+        optimizer = self._optimizer
+        assert optimizer is not None
+        walked = self._walk.walk(new)
+        _check_walked_parameters(optimizer, walked)
+        halves = self._decay_halves(walked)
+        obstacles = in_place_obstacles(optimizer)
+        arguments: dict[str, Any] = {
+            "recipe": self._recipe,
+            "old": old,
+            "new": new,
+            "walked": walked,
+            "halves": halves,
+        }
+        if obstacles:
+            optimizer = rebuilt_optimizer(optimizer, self._scheduler, **arguments)
+            self._optimizer = optimizer
+        else:
+            rebuild_in_place(optimizer, self._scheduler, **arguments)
+        self._watch(optimizer, layout_trusted=True)
+        assert self._fresh_starts is not None
         # Parameters that start without state (newly trainable) step apart
         # while their fused group's others have state.
         self._fresh_starts.add(
             parameter for group in optimizer.param_groups for parameter in group["params"]
         )
+        return Rebuild(decision.reasons, obstacles), walked
 
     # The global lr ----------------------------------------------------------------------
 
@@ -533,10 +673,11 @@ class Curriculum:
                 (the same qualified names, in the same order).
         """
         new = saved_state(state_dict)
+        generation = structure_generation()
         walked = walk_model(self._model)
         self._check_ddp(walked)
         check_same_layers(new.layers, walked.layers, "the model")
-        new = _with_layer_kinds(new, walked)
+        new = new.with_kinds_of(walked)
         restored = restore(
             state_dict,
             state=new,
@@ -544,19 +685,23 @@ class Curriculum:
             recipe=self._recipe,
             make_scheduler=None if self._scheduler_factory is None else self._make_scheduler,
         )
-        optimizer, fresh_starts = restored.optimizer, None
+        apply_requires_grad_of_walk(new, walked)
+        self._walk.keep(walked, generation)
+        self._recipe = restored.recipe
+        optimizer = restored.optimizer
+        self._optimizer, self._scheduler = optimizer, restored.scheduler
         if optimizer is not None:
-            guard_against_stale_parameters(optimizer, self._model, self.check_parameters)
-            fresh_starts = FreshStarts(optimizer)
+            # The saved layout is checked against the state before the first
+            # plan over touched groups only.
+            self._watch(optimizer, layout_trusted=False)
+            assert self._fresh_starts is not None
             # Saved between an unfreeze and the next step: the same split as
             # in the run that saved it.
-            fresh_starts.add(
+            self._fresh_starts.add(
                 parameter for group in optimizer.param_groups for parameter in group["params"]
             )
-        apply_requires_grad_of_walk(new, walked)
-        self._recipe = restored.recipe
-        self._optimizer, self._scheduler = optimizer, restored.scheduler
-        self._fresh_starts = fresh_starts
+        else:
+            self._unwatch()
         self._set_state(new)
 
     def _settle(self) -> None:
@@ -584,8 +729,9 @@ def _positive_lr(lr: object) -> float:
     return value
 
 
-def _with_layer_kinds(state: CurriculumState, walked: ModelLayers) -> CurriculumState:
-    """``state`` with the layer kinds of the model as walked (parameter owners, norm layers)."""
-    return state.with_layer_kinds(
-        parameter_owners=walked.parameter_owners, norm_layers=walked.norm_layers
+def _check_walked_parameters(optimizer: torch.optim.Optimizer, walked: ModelLayers) -> None:
+    """Raise RuntimeError unless every parameter of ``optimizer`` is one the walk found."""
+    check_parameters_among(
+        optimizer,
+        {id(parameter) for parameters in walked.parameters for parameter in parameters},
     )

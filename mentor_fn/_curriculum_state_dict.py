@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from ._groups import resolved_trainable
 from ._layers import ModelLayers
 from ._optimizer import load_optimizer_state, optimizer_state_by_name
 from ._optimizer_recipe import OptimizerRecipe
@@ -159,7 +158,7 @@ def restore(
     named = list(walked.named_parameters())
     parameters = {name: parameter for _, name, parameter in named}
     check_saved_optimizer(saved_optimizer, parameters, saved_recipe)
-    trainable = dict(zip(state.layers, resolved_trainable(state)))
+    trainable = dict(zip(state.layers, state.resolved_trainable()))
     check_saved_layout(
         saved_optimizer["param_groups"],
         state.layers,

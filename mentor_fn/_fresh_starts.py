@@ -61,18 +61,25 @@ class FreshStarts:
         """How many parameters wait for their first step apart."""
         return sum(len(waiting) for _, waiting in self._pending)
 
-    def add(self, parameters: Iterable[torch.Tensor]) -> None:
+    def add(
+        self,
+        parameters: Iterable[torch.Tensor],
+        groups: Iterable[dict[str, Any]] | None = None,
+    ) -> None:
         """Watch ``parameters``: those without state in a fused group are stepped apart.
 
         Parameters in non-fused groups, or that already have state, are
-        ignored. Linear in the parameters of the fused groups.
+        ignored. ``groups``: the optimizer's groups that hold them, when
+        known (default: every group). Linear in the parameters of those
+        groups that are fused.
         """
-        groups = [group for group in self._optimizer.param_groups if group.get("fused")]
-        if not groups:
-            return
         state = self._optimizer.state
         fresh = {id(parameter) for parameter in parameters if not state.get(parameter)}
         if not fresh:
+            return
+        candidates = self._optimizer.param_groups if groups is None else groups
+        groups = [group for group in candidates if group.get("fused")]
+        if not groups:
             return
         watched = {id(group) for group, _ in self._pending}
         for group in groups:
@@ -104,6 +111,18 @@ class FreshStarts:
                     del groups[index]
                     break
         self._split.clear()
+
+    def close(self) -> None:
+        """Stop watching: the optimizer's groups are about to be replaced (a rebuild in place).
+
+        Undoes a split left by a step that raised, removes the hooks and
+        forgets the pending parameters; a new instance watches the new groups.
+        """
+        self.restore()
+        for handle in self._handles:
+            handle.remove()
+        self._handles = ()
+        self._pending = []
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.restore()

@@ -28,9 +28,6 @@ __all__ = [
     "is_reference_group",
     "param_groups",
     "requires_grad_map",
-    "resolved_coefficients",
-    "resolved_frozen",
-    "resolved_trainable",
     "unit_groups_of_walk",
     "walk_for_state",
     "with_norm_layers_of",
@@ -69,26 +66,6 @@ def with_norm_layers_of(state: CurriculumState, walked: ModelLayers) -> Curricul
     return state.with_layer_kinds(
         parameter_owners=state.parameter_owners, norm_layers=walked.norm_layers
     )
-
-
-def resolved_frozen(state: CurriculumState) -> tuple[bool, ...]:
-    """``state.resolved_frozen()``; without frozen rules, all False at once.
-
-    A fresh state (the one a Curriculum derives at its first use) has no rule:
-    every layer resolves to the default, and saying so directly saves a pass
-    over the layers at every first build.
-    """
-    return state.resolved_frozen() if state.frozen else (False,) * len(state.layers)
-
-
-def resolved_trainable(state: CurriculumState) -> tuple[bool, ...]:
-    """``state.resolved_trainable()``; without frozen rules, all True at once."""
-    return state.resolved_trainable() if state.frozen else (True,) * len(state.layers)
-
-
-def resolved_coefficients(state: CurriculumState) -> tuple[float, ...]:
-    """``state.resolved_coefficients()``; without coefficient rules, all 1.0 at once."""
-    return state.resolved_coefficients() if state.coefficients else (1.0,) * len(state.layers)
 
 
 def validate_lr(lr: object) -> float:
@@ -240,8 +217,8 @@ def unit_groups_of_walk(
     """
     if halves is not None:
         return _split_groups(state, walked, coalesce=coalesce, template=template, halves=halves)
-    trainable = resolved_trainable(state)
-    coefficients = resolved_coefficients(state)
+    trainable = state.resolved_trainable()
+    coefficients = state.resolved_coefficients()
     layers = walked.layers
     new_group = template.copy
     groups: list[dict[str, Any]] = []
@@ -283,8 +260,8 @@ def _split_groups(
     halves: Halves,
 ) -> tuple[list[dict[str, Any]], list[float]]:
     """:func:`unit_groups_of_walk` with each group split into its decay and no-decay halves."""
-    trainable = resolved_trainable(state)
-    coefficients = resolved_coefficients(state)
+    trainable = state.resolved_trainable()
+    coefficients = state.resolved_coefficients()
     layers = walked.layers
     groups: list[dict[str, Any]] = []
     group_coefficients: list[float] = []

@@ -8,7 +8,6 @@ transparent, detected by its type.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 import sys
@@ -18,6 +17,7 @@ from itertools import compress, islice
 
 from torch import nn
 
+from ._patterns import compiled, no_match_error
 from ._weight_decay import NORMALIZATION_TYPES
 
 __all__ = [
@@ -449,13 +449,6 @@ def normalize_patterns(patterns: object) -> tuple[str, ...]:
 _DEFAULT_FLAGS = re.compile("").flags
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as error:
-        raise ValueError(f"invalid regular expression {pattern!r}: {error}") from None
-
-
 def select_layers(layers: Iterable[str], patterns: Patterns) -> tuple[str, ...]:
     """Layers whose name fully matches at least one pattern, in layer order.
 
@@ -479,42 +472,40 @@ def select_layers(layers: Iterable[str], patterns: Patterns) -> tuple[str, ...]:
     pattern_texts = normalize_patterns(patterns)
     if not pattern_texts:
         return ()
-    compiled = [_compile(text) for text in pattern_texts]
+    patterns_compiled = [compiled(text) for text in pattern_texts]
 
     # One alternation of all patterns is as fast as a single pattern; it is
     # only valid when no pattern has groups or flags that would interfere.
     # Inline flags are checked here, not left to re.error: Python 3.10 only
     # warns about "(?i)" inside the alternation and applies it to every pattern.
     combined: re.Pattern[str] | None = None
-    if len(compiled) > 1 and not any(
-        pattern.groups or pattern.flags != _DEFAULT_FLAGS for pattern in compiled
+    if len(patterns_compiled) > 1 and not any(
+        pattern.groups or pattern.flags != _DEFAULT_FLAGS for pattern in patterns_compiled
     ):
         try:
-            combined = re.compile("|".join(f"(?:{text})" for text in pattern_texts))
-        except re.error:
+            combined = compiled("|".join(f"(?:{text})" for text in pattern_texts))
+        except ValueError:
             combined = None
-    if len(compiled) == 1:
-        combined = compiled[0]
+    if len(patterns_compiled) == 1:
+        combined = patterns_compiled[0]
 
     if combined is not None:
         fullmatch = combined.fullmatch
         selected = tuple(name for name in names if fullmatch(name))
     else:
-        matchers = [pattern.fullmatch for pattern in compiled]
+        matchers = [pattern.fullmatch for pattern in patterns_compiled]
         selected = tuple(name for name in names if any(match(name) for match in matchers))
 
     # A pattern's matches are a subset of the selection: only that is searched.
-    for text, pattern in zip(pattern_texts, compiled):
+    for text, pattern in zip(pattern_texts, patterns_compiled):
         if not any(pattern.fullmatch(name) for name in selected):
-            close = difflib.get_close_matches(text, names, n=3, cutoff=0.5)
-            hint = f"; closest layer names: {', '.join(map(repr, close))}" if close else ""
-            raise ValueError(f"pattern {text!r} matches no layer{hint}")
+            raise no_match_error(text, names)
     return selected
 
 
 def check_same_layers(expected: tuple[str, ...], actual: tuple[str, ...], what: str) -> None:
     """Raise ValueError naming the missing and extra layers when they differ."""
-    if expected == actual:
+    if expected is actual or expected == actual:
         return
     expected_set, actual_set = set(expected), set(actual)
     missing = [name for name in expected if name not in actual_set]

@@ -45,15 +45,23 @@ class HasState(Protocol):
 class _Record:
     """What one model's hooks read: the layers lowered to eval mode now, and by whom."""
 
-    __slots__ = ("curriculum", "layers", "lowered")
+    __slots__ = ("curriculum", "hooked", "layers", "lowered")
 
     def __init__(self, layers: tuple[str, ...]) -> None:
         self.layers = layers  # the layers of the hooked modules
+        self.hooked = frozenset(layers)
         self.lowered: frozenset[str] = frozenset()
         self.curriculum: weakref.ReferenceType[HasState] | None = None
 
-    def follow(self, curriculum: HasState) -> None:
-        """Take ``curriculum``'s current state; forget it (lower nothing) once it is gone."""
+    def follow(
+        self, curriculum: HasState, changed: Iterable[tuple[str, bool]] | None = None
+    ) -> None:
+        """Take ``curriculum``'s current state; forget it (lower nothing) once it is gone.
+
+        ``changed``: the layers that may have changed since its previous
+        state, with whether each is frozen now (that state's norm policy and
+        layers were the same); None: read the whole state.
+        """
         current = self.curriculum
         if current is None or current() is not curriculum:
 
@@ -62,7 +70,22 @@ class _Record:
                     self.lowered = frozenset()
 
             self.curriculum = weakref.ref(curriculum, forget)
-        lowered = _lowered_layers(curriculum.state, self.layers)
+            changed = None
+        if changed is None:
+            lowered = _lowered_layers(curriculum.state, self.layers)
+        elif curriculum.state.norm_policy != "eval":
+            return  # nothing was lowered under the previous state, nothing is now
+        else:
+            updates = [(layer, frozen) for layer, frozen in changed if layer in self.hooked]
+            if not updates:
+                return
+            now = set(self.lowered)
+            for layer, frozen in updates:
+                if frozen:
+                    now.add(layer)
+                else:
+                    now.discard(layer)
+            lowered = frozenset(now)
         # A new object only when it differs: compiled code guards on it.
         if lowered != self.lowered:
             self.lowered = lowered
@@ -113,6 +136,7 @@ def attach_norm_policy(
     model: nn.Module,
     curriculum: HasState,
     modules: Callable[[], list[tuple[nn.Module, str]]],
+    changed: Iterable[tuple[str, bool]] | None = None,
 ) -> None:
     """Make the model's norm hooks follow ``curriculum``'s current state.
 
@@ -126,6 +150,9 @@ def attach_norm_policy(
         curriculum: has a ``state`` attribute: its current state.
         modules: lists the modules to hook with their layers (called only
             when the hooks are installed).
+        changed: when the curriculum's previous state had the same layers
+            and norm policy, the layers that may differ, each with whether it
+            is frozen now (what a transition changed): only those are read.
     """
     record = _RECORDS.get(model)
     if record is None:
@@ -138,7 +165,8 @@ def attach_norm_policy(
             module.register_forward_pre_hook(before)
             module.register_forward_hook(after, always_call=True)
         _RECORDS[model] = record
-    record.follow(curriculum)
+        changed = None
+    record.follow(curriculum, changed)
 
 
 def _hooks_for(record: _Record, layer: str) -> tuple[Callable[..., None], Callable[..., None]]:

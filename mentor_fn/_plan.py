@@ -91,9 +91,18 @@ class Patch:
 
 @dataclass(frozen=True)
 class Rebuild:
-    """The optimizer must be rebuilt from the derived groups; ``reasons`` says why."""
+    """The optimizer must be rebuilt from the derived groups; ``reasons`` says why.
+
+    Attributes:
+        reasons: why, human-readable.
+        new_objects: what an executed rebuild replaced with new objects, each
+            with the reason; empty when the optimizer and the scheduler were
+            rebuilt in place (the same objects, new groups and state inside),
+            always so for a plan not yet executed.
+    """
 
     reasons: tuple[str, ...]
+    new_objects: tuple[str, ...] = ()
 
 
 Plan = NoChange | Patch | Rebuild

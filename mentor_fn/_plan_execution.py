@@ -1,17 +1,30 @@
-"""Executing a plan on a live optimizer and its scheduler: patching in place, or rebuilding.
+"""Executing a plan on a live optimizer and its scheduler: patching, or rebuilding, in place.
 
 The :class:`~mentor_fn.Curriculum` decides (with :func:`~mentor_fn.plan`) and
 commits (state, flags, step hooks); these functions do what DESIGN.md's
 "Executing a plan" asks of the optimizer and scheduler themselves.
+
+A rebuild keeps the optimizer and scheduler objects: the derived groups
+replace the old ones inside the optimizer's own ``param_groups`` list, the
+carried and fresh per-parameter state replace the old inside its own
+``state`` dict, and the scheduler's per-group lists are remapped (nested
+schedulers too). So whatever holds those objects (a framework's optimizer
+wrapper that copied their attributes, hooks registered on them, the
+scheduler's own reference) stays valid. Everything else an optimizer keeps
+is either per-parameter state or independent of its groups (defaults, hooks,
+profiling names), except in optimizers that cache their groups' contents in
+attributes of their own (``torch.optim.LBFGS``'s ``_params``): those are
+rebuilt as new objects (:func:`in_place_obstacles` says which, and why).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from ._groups import Halves, groups_of_walk, is_reference_group, resolved_trainable
+from ._groups import Halves, groups_of_walk, is_reference_group
 from ._layers import ModelLayers
 from ._optimizer import build_optimizer, fresh_state
 from ._optimizer_recipe import OptimizerRecipe
@@ -25,7 +38,14 @@ from ._schedulers import (
 )
 from ._state import CurriculumState
 
-__all__ = ["apply_patch", "rebuilt_optimizer", "reference_group", "reference_index"]
+__all__ = [
+    "apply_patch",
+    "in_place_obstacles",
+    "rebuild_in_place",
+    "rebuilt_optimizer",
+    "reference_group",
+    "reference_index",
+]
 
 
 def reference_group(lr: float) -> dict[str, Any]:
@@ -53,29 +73,103 @@ def apply_patch(
     scheduler: Any,
     decision: Patch,
     *,
-    walked: ModelLayers,
+    reactivated: Sequence[torch.Tensor],
     recipe: OptimizerRecipe,
-) -> list[torch.Tensor]:
+) -> None:
     """Scale the patched groups (scheduler values too) and refresh re-activated parameters.
 
-    Returns the re-activated parameters, which now hold the state a new
-    optimizer gives them.
+    ``reactivated`` holds the parameters of ``decision.reactivated``'s
+    layers; they get the state a new optimizer gives them.
     """
-    reactivated_parameters: list[torch.Tensor] = []
-    if decision.reactivated:
-        reactivated = set(decision.reactivated)
-        reactivated_parameters = [
-            parameter for layer, _, parameter in walked.named_parameters() if layer in reactivated
-        ]
-    fresh = fresh_state(recipe, reactivated_parameters)
+    fresh = fresh_state(recipe, reactivated)
     for scale in decision.scales:
         scale_group(optimizer, scheduler, scale.group, scale.ratio)
         optimizer.param_groups[scale.group]["coefficient"] = scale.new
-    for parameter in reactivated_parameters:
+    for parameter in reactivated:
         optimizer.state.pop(parameter, None)
         if parameter in fresh:
             optimizer.state[parameter] = fresh[parameter]
-    return reactivated_parameters
+
+
+def in_place_obstacles(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
+    """Why ``optimizer`` cannot be rebuilt in place: empty when it can.
+
+    An optimizer that keeps its groups' contents in attributes of its own
+    (a group's ``params`` list, parameters; ``torch.optim.LBFGS`` keeps
+    ``_params``) would go on using them after its groups were replaced.
+    Every other torch optimizer keeps nothing derived from its groups but
+    its per-parameter state, which a rebuild replaces.
+    """
+    groups = optimizer.param_groups
+    lists = {id(group["params"]) for group in groups}
+    parameters = {id(parameter) for group in groups for parameter in group["params"]}
+    held = lists | parameters
+
+    def holds(value: object) -> bool:
+        if id(value) in held:
+            return True
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return any(id(item) in held for item in value)
+        if isinstance(value, dict):
+            return any(id(item) in held for item in (*value, *value.values()))
+        return False
+
+    attributes = sorted(
+        name
+        for name, value in vars(optimizer).items()
+        if name not in _OPTIMIZER_OWN and holds(value)
+    )
+    if not attributes:
+        return ()
+    return (
+        f"optimizer: {type(optimizer).__qualname__} keeps its groups' contents in "
+        f"{', '.join(attributes)}, so a new optimizer replaces it (references to the old "
+        "one are stale)",
+    )
+
+
+_OPTIMIZER_OWN = frozenset({"param_groups", "state", "defaults"})
+"""What every torch optimizer holds per group or per parameter: a rebuild replaces their contents."""
+
+
+def rebuild_in_place(
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    *,
+    recipe: OptimizerRecipe,
+    old: CurriculumState,
+    new: CurriculumState,
+    walked: ModelLayers,
+    halves: Halves | None,
+) -> None:
+    """Replace the optimizer's groups and state with those ``new`` derives, in the same objects.
+
+    Every group is derived from the reference group (its lr-like values
+    scaled by the group's coefficient), so the schedule's progress is kept;
+    parameters trainable before and after keep their optimizer state, the
+    others get what a new optimizer gives them. What can fail (torch
+    checking the newly trainable parameters) happens before anything
+    changes; then the optimizer's ``param_groups`` list and ``state`` dict
+    get their new contents and the scheduler's per-group lists are remapped.
+    """
+    index = reference_index(optimizer)
+    derived, sources = _derived_groups(
+        optimizer.param_groups[index], index, recipe=recipe, new=new, walked=walked, halves=halves
+    )
+    carried, newcomers = _carried_state(optimizer, walked, old, new)
+    fresh = fresh_state(recipe, newcomers)
+    # Committing from here on: nothing below can fail on valid objects.
+    state = optimizer.state
+    state.clear()
+    state.update(carried)
+    state.update(fresh)
+    optimizer.param_groups[:] = derived
+    # A fused optimizer checks its parameters' devices and dtypes at its first
+    # step only (torch's private flag); a new one would check the newcomers.
+    if getattr(optimizer, "_need_device_dtype_check_for_fused", None) is False:
+        optimizer._need_device_dtype_check_for_fused = True  # type: ignore[attr-defined]
+    if scheduler is not None:
+        remap_scheduler_groups(scheduler, sources)
 
 
 def rebuilt_optimizer(
@@ -88,16 +182,46 @@ def rebuilt_optimizer(
     walked: ModelLayers,
     halves: Halves | None,
 ) -> torch.optim.Optimizer:
-    """A new optimizer with the groups ``new`` derives, and the scheduler moved onto it.
+    """:func:`rebuild_in_place` into a new optimizer, the scheduler moved onto it.
 
-    Every group is derived from the old reference group (its lr-like values
-    scaled by the group's coefficient), so the schedule's progress is kept;
-    parameters trainable before and after keep their optimizer state. What
-    can fail (building the optimizer) happens before anything is changed;
-    then the scheduler's per-group values are remapped and it is retargeted.
+    For an optimizer that cannot be rebuilt in place (:func:`in_place_obstacles`).
+    What can fail (building the optimizer) happens before anything is
+    changed; then the scheduler's per-group values are remapped and it is
+    retargeted.
     """
     index = reference_index(old_optimizer)
-    reference = old_optimizer.param_groups[index]
+    derived, sources = _derived_groups(
+        old_optimizer.param_groups[index],
+        index,
+        recipe=recipe,
+        new=new,
+        walked=walked,
+        halves=halves,
+    )
+    optimizer = build_optimizer(recipe, derived)
+    # Committing from here on: nothing below can fail on valid objects.
+    carried, _ = _carried_state(old_optimizer, walked, old, new)
+    optimizer.state.update(carried)
+    if scheduler is not None:
+        remap_scheduler_groups(scheduler, sources)
+        retarget_scheduler(scheduler, optimizer)
+    return optimizer
+
+
+def _derived_groups(
+    reference: dict[str, Any],
+    index: int,
+    *,
+    recipe: OptimizerRecipe,
+    new: CurriculumState,
+    walked: ModelLayers,
+    halves: Halves | None,
+) -> tuple[list[dict[str, Any]], list[tuple[int, float]]]:
+    """The groups ``new`` derives, each a copy of the reference group at its coefficient.
+
+    Returns them (the reference group's copy last) and, per group, the
+    scheduler entry it takes: (the reference group's index, its coefficient).
+    """
     groups = groups_of_walk(new, walked, recipe.lr, coalesce=recipe.coalesce, halves=halves)
     template = {key: value for key, value in reference.items() if key != "params"}
     lr_keys = [key for key in GROUP_LR_KEYS if reference.get(key) is not None]
@@ -110,30 +234,34 @@ def rebuilt_optimizer(
             entry[key] = scaled_copy(reference[key], coefficient)
         derived.append(entry)
     derived.append({**template, "params": []})
-    optimizer = build_optimizer(recipe, derived)
-    # Committing from here on: nothing below can fail on valid objects.
-    _carry_state(old_optimizer, optimizer, walked, old, new)
-    if scheduler is not None:
-        sources = [(index, group["coefficient"]) for group in groups]
-        sources.append((index, 1.0))
-        remap_scheduler_groups(scheduler, sources)
-        retarget_scheduler(scheduler, optimizer)
-    return optimizer
+    sources = [(index, group["coefficient"]) for group in groups]
+    sources.append((index, 1.0))
+    return derived, sources
 
 
-def _carry_state(
-    old: torch.optim.Optimizer,
-    new: torch.optim.Optimizer,
+def _carried_state(
+    optimizer: torch.optim.Optimizer,
     walked: ModelLayers,
     old_state: CurriculumState,
     new_state: CurriculumState,
-) -> None:
-    """Keep the per-parameter state of parameters trainable before and after."""
-    old_trainable, new_trainable = resolved_trainable(old_state), resolved_trainable(new_state)
+) -> tuple[dict[torch.Tensor, Any], list[torch.Tensor]]:
+    """The state kept (parameters trainable before and after, with state), and the others
+    trainable now (they start with what a new optimizer gives them)."""
+    old_trainable = old_state.resolved_trainable()
+    new_trainable = new_state.resolved_trainable()
+    state = optimizer.state
+    carried: dict[torch.Tensor, Any] = {}
+    newcomers: list[torch.Tensor] = []
     for position, parameters in enumerate(walked.parameters):
-        if not (old_trainable[position] and new_trainable[position]):
+        if not new_trainable[position]:
+            continue
+        if not old_trainable[position]:
+            newcomers.extend(parameters)
             continue
         for parameter in parameters:
-            values = old.state.get(parameter)
+            values = state.get(parameter)
             if values:
-                new.state[parameter] = values
+                carried[parameter] = values
+            else:
+                newcomers.append(parameter)
+    return carried, newcomers

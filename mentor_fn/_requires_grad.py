@@ -7,13 +7,15 @@ The pure core only derives (``requires_grad_map``); this module, used by the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
-from ._groups import resolved_trainable, walk_for_state, with_norm_layers_of
+from ._groups import walk_for_state, with_norm_layers_of
 from ._layers import ModelLayers
 from ._state import CurriculumState
 
-__all__ = ["apply_requires_grad", "apply_requires_grad_of_walk"]
+__all__ = ["apply_requires_grad", "apply_requires_grad_at", "apply_requires_grad_of_walk"]
 
 
 def apply_requires_grad(state: CurriculumState, model: nn.Module) -> None:
@@ -33,7 +35,7 @@ def apply_requires_grad_of_walk(state: CurriculumState, walked: ModelLayers) -> 
 
     Returns the trainable parameters, in traversal order (each once).
     """
-    trainable = resolved_trainable(state)
+    trainable = state.resolved_trainable()
     trainable_parameters: list[nn.Parameter] = []
     for position, parameters in enumerate(walked.parameters):
         if not trainable[position]:
@@ -47,3 +49,21 @@ def apply_requires_grad_of_walk(state: CurriculumState, walked: ModelLayers) -> 
                     parameter.requires_grad_(True)
             trainable_parameters.extend(parameters)
     return trainable_parameters
+
+
+def apply_requires_grad_at(
+    walked: ModelLayers, positions: Sequence[int], trainable: Sequence[bool]
+) -> None:
+    """Set the flags of the layers at ``positions`` only: ``trainable[i]`` for ``positions[i]``.
+
+    For a transition that changes a few layers (the others' flags are
+    already right); frozen parameters lose their ``.grad``, as in
+    :func:`apply_requires_grad`.
+    """
+    layer_parameters = walked.parameters
+    for position, trains in zip(positions, trainable):
+        for parameter in layer_parameters[position]:
+            if parameter.requires_grad is not trains:
+                parameter.requires_grad_(trains)
+            if not trains:
+                parameter.grad = None

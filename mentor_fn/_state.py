@@ -8,8 +8,6 @@ is equality of what they resolve to.
 
 from __future__ import annotations
 
-import difflib
-import functools
 import math
 import numbers
 import operator
@@ -21,7 +19,8 @@ from typing import Any
 import optree
 from torch import nn
 
-from ._layers import Patterns, select_layers, walk_model
+from ._layer_tree import MISSING, LayerTree, layer_tree
+from ._layers import ModelLayers, Patterns, walk_model
 
 __all__ = [
     "FORMAT_VERSION",
@@ -57,122 +56,6 @@ def validate_coefficient(coefficient: object, *, what: str = "coefficient") -> f
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{what} must be finite and >= 0, got {coefficient!r}")
     return value + 0.0  # -0.0 -> 0.0
-
-
-class _LayerTree:
-    """Index of a layers tuple: position and nearest ancestor layer of each name.
-
-    Shared by every state derived from the same layers (it is cached), so that
-    transitions cost O(rules + written layers), not O(layers).
-    """
-
-    __slots__ = ("index", "layers", "parent")
-
-    def __init__(self, layers: tuple[str, ...]) -> None:
-        index: dict[str, int] = {}
-        for position, name in enumerate(layers):
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"layer names must be non-empty str, got {name!r}")
-            if name in index:
-                raise ValueError(f"duplicate layer name {name!r}")
-            index[name] = position
-        parent = [-1] * len(layers)
-        for position, name in enumerate(layers):
-            head, dot, _ = name.rpartition(".")
-            while dot:
-                found = index.get(head)
-                if found is not None:
-                    if found > position:
-                        raise ValueError(f"layer {head!r} must come before its descendant {name!r}")
-                    parent[position] = found
-                    break
-                head, dot, _ = head.rpartition(".")
-        self.layers = layers
-        self.index = index
-        self.parent = parent
-
-    def position(self, layer: str) -> int:
-        found = self.index.get(layer)
-        if found is None:
-            close = difflib.get_close_matches(layer, self.layers, n=3, cutoff=0.5)
-            hint = f"; closest layer names: {', '.join(map(repr, close))}" if close else ""
-            raise ValueError(f"unknown layer {layer!r}{hint}")
-        return found
-
-    def lookup(self, rules: Mapping[str, Any], position: int, default: Any) -> Any:
-        """Value of the nearest ancestor-or-self rule of the layer at ``position``."""
-        layers, parent = self.layers, self.parent
-        while position >= 0:
-            value = rules.get(layers[position], _MISSING)
-            if value is not _MISSING:
-                return value
-            position = parent[position]
-        return default
-
-    def has_ancestor_in(self, position: int, positions: set[int]) -> bool:
-        position = self.parent[position]
-        while position >= 0:
-            if position in positions:
-                return True
-            position = self.parent[position]
-        return False
-
-    def write(
-        self, rules: Mapping[str, Any], values: Mapping[int, Any], default: Any
-    ) -> dict[str, Any]:
-        """Rules after writing ``values`` (position -> value) on whole subtrees.
-
-        Every rule strictly below a written layer is removed; then each written
-        rule equal to what its layer inherits is dropped (canonical form).
-        Rules elsewhere keep their inherited value, so they stay canonical.
-        """
-        written = set(values)
-        result = {
-            name: value
-            for name, value in rules.items()
-            if not self.has_ancestor_in(self.index[name], written)
-        }
-        for position in sorted(written):
-            result[self.layers[position]] = values[position]
-        for position in sorted(written):
-            name = self.layers[position]
-            inherited = self.lookup(result, self.parent[position], default)
-            if inherited == result[name]:
-                del result[name]
-        return self.ordered(result)
-
-    def canonical(self, rules: Mapping[str, Any], default: Any) -> dict[str, Any]:
-        """Rules in canonical form and layer order (drop rules equal to inherited)."""
-        result: dict[str, Any] = {}
-        for position in sorted(self.position(name) for name in rules):
-            name = self.layers[position]
-            inherited = self.lookup(result, self.parent[position], default)
-            if rules[name] != inherited:
-                result[name] = rules[name]
-        return result
-
-    def ordered(self, rules: Mapping[str, Any]) -> dict[str, Any]:
-        return {name: rules[name] for name in sorted(rules, key=self.index.__getitem__)}
-
-    def resolve_all(self, rules: Mapping[str, Any], default: Any) -> list[Any]:
-        """Resolved value of every layer, in one pass (ancestors precede descendants)."""
-        resolved: list[Any] = []
-        parent = self.parent
-        for position, name in enumerate(self.layers):
-            value = rules.get(name, _MISSING)
-            if value is _MISSING:
-                above = parent[position]
-                value = resolved[above] if above >= 0 else default
-            resolved.append(value)
-        return resolved
-
-
-_MISSING = object()
-
-
-@functools.lru_cache(maxsize=16)
-def _layer_tree(layers: tuple[str, ...]) -> _LayerTree:
-    return _LayerTree(layers)
 
 
 @dataclass(frozen=True, init=False, eq=False, repr=False)
@@ -213,7 +96,7 @@ class CurriculumState:
     norm_policy: str
     _frozen_rules: dict[str, bool] = field(repr=False)
     _coefficient_rules: dict[str, float] = field(repr=False)
-    _tree: _LayerTree = field(repr=False)
+    _tree: LayerTree = field(repr=False)
     _cache: dict[str, Any] = field(repr=False)
 
     def __init__(
@@ -232,7 +115,7 @@ class CurriculumState:
         for name in layer_tuple:
             if not isinstance(name, str):
                 raise TypeError(f"layer names must be str, got {type(name).__name__}: {name!r}")
-        tree = _layer_tree(layer_tuple)
+        tree = layer_tree(layer_tuple)
         frozen_rules = _checked_rules(frozen, tree, "frozen", _validate_flag)
         coefficient_rules = _checked_rules(coefficients, tree, "coefficients", validate_coefficient)
         owners = (
@@ -256,7 +139,7 @@ class CurriculumState:
 
     def _set(
         self,
-        tree: _LayerTree,
+        tree: LayerTree,
         owners: frozenset[str],
         norm_layers: frozenset[str],
         norm_policy: str,
@@ -314,8 +197,35 @@ class CurriculumState:
         that planning stays pure; a wrapper that walked the model sets them.
         Returns ``self`` when nothing differs.
         """
+        if parameter_owners is self.parameter_owners and norm_layers is self.norm_layers:
+            return self  # a state's own kinds, passed on: nothing to check
         owners = _checked_layer_set(parameter_owners, self._tree, "parameter_owners")
         norms = _checked_layer_set(norm_layers, self._tree, "norm_layers")
+        if owners == self.parameter_owners and norms == self.norm_layers:
+            return self
+        new = object.__new__(CurriculumState)
+        new._set(
+            self._tree,
+            owners,
+            norms,
+            self.norm_policy,
+            self._frozen_rules,
+            self._coefficient_rules,
+        )
+        return new
+
+    def with_kinds_of(self, walked: ModelLayers) -> CurriculumState:
+        """:meth:`with_layer_kinds` with the layer kinds of a model walked with these layers.
+
+        The walk's layer names are the state's (checked as a whole), so its
+        sets of owners and norm layers are not checked name by name.
+
+        Raises:
+            ValueError: the walked model's layers are not the state's.
+        """
+        if walked.layers is not self.layers and walked.layers != self.layers:
+            raise ValueError("the walked model's layers are not the state's")
+        owners, norms = walked.parameter_owners, walked.norm_layers
         if owners == self.parameter_owners and norms == self.norm_layers:
             return self
         new = object.__new__(CurriculumState)
@@ -367,7 +277,9 @@ class CurriculumState:
         cached = self._cache.get("trainable")
         if cached is None:
             frozen = self.resolved_frozen()
-            if self.norm_policy == "train" and self.norm_layers:
+            if not self._frozen_rules:
+                cached = (True,) * len(frozen)
+            elif self.norm_policy == "train" and self.norm_layers:
                 norms = self.norm_layers
                 cached = tuple(
                     not is_frozen or layer in norms for layer, is_frozen in zip(self.layers, frozen)
@@ -384,6 +296,50 @@ class CurriculumState:
             cached = tuple(self._tree.resolve_all(self._coefficient_rules, 1.0))
             self._cache["coefficients"] = cached
         return cached
+
+    def changed_positions(self, old: CurriculumState) -> list[int] | None:
+        """Positions (ascending) of the layers that may resolve differently than in ``old``.
+
+        The subtrees of the rules that differ between the two states: every
+        layer whose frozen flag or coefficient differs is among them (a few
+        may resolve alike). O(rules + the size of those subtrees). None when
+        the states differ in more than their rules (layers, layer kinds or
+        norm policy): then any layer may.
+        """
+        if not isinstance(old, CurriculumState):
+            raise TypeError(f"expected a CurriculumState, got {type(old).__name__}")
+        if (
+            (self._tree is not old._tree and self.layers != old.layers)
+            or self.norm_policy != old.norm_policy
+            or not _same_set(self.parameter_owners, old.parameter_owners)
+            or not _same_set(self.norm_layers, old.norm_layers)
+        ):
+            return None
+        roots = _differing(old._frozen_rules, self._frozen_rules)
+        roots += _differing(old._coefficient_rules, self._coefficient_rules)
+        if not roots:
+            return []
+        index = self._tree.index
+        return self._tree.subtrees(index[name] for name in roots)
+
+    def resolve_at(self, positions: list[int]) -> tuple[list[bool], list[bool], list[float]]:
+        """Frozen flags, whether each trains, and coefficients at ``positions`` (ascending).
+
+        Each list is aligned with ``positions``; "trains" is
+        :meth:`resolved_trainable`'s. Costs one lookup per subtree root among
+        them, then a dict read per layer.
+        """
+        frozen = self._tree.resolve_at(self._frozen_rules, positions, False)
+        coefficients = self._tree.resolve_at(self._coefficient_rules, positions, 1.0)
+        if self.norm_policy == "train" and self.norm_layers:
+            norms, layers = self.norm_layers, self.layers
+            trainable = [
+                not is_frozen or layers[position] in norms
+                for position, is_frozen in zip(positions, frozen)
+            ]
+        else:
+            trainable = list(map(operator.not_, frozen))
+        return frozen, trainable, coefficients
 
     @property
     def layer_positions(self) -> Mapping[str, int]:
@@ -421,8 +377,9 @@ class CurriculumState:
         return cached
 
     def select(self, patterns: Patterns) -> tuple[str, ...]:
-        """``select_layers(self.layers, patterns)``."""
-        return select_layers(self.layers, patterns)
+        """``select_layers(self.layers, patterns)``; a layer name is looked up, not matched."""
+        layers = self.layers
+        return tuple(layers[position] for position in self._tree.select(patterns))
 
     # Transitions ---------------------------------------------------------------
 
@@ -492,8 +449,7 @@ class CurriculumState:
         return self._replace(frozen_rules=rules)
 
     def _positions(self, patterns: Patterns) -> list[int]:
-        index = self._tree.index
-        return [index[name] for name in select_layers(self.layers, patterns)]
+        return self._tree.select(patterns)
 
     # Plain data ----------------------------------------------------------------
 
@@ -607,6 +563,19 @@ class CurriculumState:
         )
 
 
+def _same_set(first: frozenset[str], second: frozenset[str]) -> bool:
+    return first is second or first == second
+
+
+def _differing(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The layers whose rule differs between two rule dicts (added, removed or changed)."""
+    if old is new or old == new:
+        return []
+    return [
+        name for name in old.keys() | new.keys() if old.get(name, MISSING) != new.get(name, MISSING)
+    ]
+
+
 def _validate_flag(value: object, *, what: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{what} must be a bool, got {type(value).__name__}: {value!r}")
@@ -628,7 +597,7 @@ def validate_norm_policy(policy: object) -> str:
     return policy
 
 
-def _checked_layer_set(names: object, tree: _LayerTree, what: str) -> frozenset[str]:
+def _checked_layer_set(names: object, tree: LayerTree, what: str) -> frozenset[str]:
     if isinstance(names, str) or not isinstance(names, Iterable):
         raise TypeError(f"{what} must be an iterable of layer names, got {names!r}")
     checked = frozenset(names)
@@ -640,7 +609,7 @@ def _checked_layer_set(names: object, tree: _LayerTree, what: str) -> frozenset[
 
 
 def _checked_rules(
-    rules: Mapping[str, Any] | None, tree: _LayerTree, what: str, validate: Any
+    rules: Mapping[str, Any] | None, tree: LayerTree, what: str, validate: Any
 ) -> dict[str, Any]:
     if rules is None:
         return {}
@@ -685,6 +654,6 @@ def _unflatten(metadata: Any, children: Iterable[Any]) -> CurriculumState:
 optree.register_pytree_node(
     CurriculumState,  # type: ignore[arg-type]
     _flatten,  # type: ignore[arg-type]
-    _unflatten,
+    _unflatten,  # type: ignore[arg-type]  # optree's stub wants a Collection back
     namespace=PYTREE_NAMESPACE,
 )
