@@ -8,6 +8,7 @@ swapped in last.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
@@ -443,9 +444,11 @@ class Curriculum:
         """
         walked = self._walk.kept()
         if walked is None:
-            walked = self._walk.walk(state)
-            if self._optimizer is not None:
-                _check_walked_parameters(self._optimizer, walked)
+            optimizer = self._optimizer
+            walked = self._walk.walk(
+                state,
+                None if optimizer is None else functools.partial(_check_walked, optimizer),
+            )
         return walked
 
     def _plan(
@@ -561,8 +564,7 @@ class Curriculum:
         """
         optimizer = self._optimizer
         assert optimizer is not None
-        walked = self._walk.walk(new)
-        _check_walked_parameters(optimizer, walked)
+        walked = self._walk.walk(new, functools.partial(_check_walked, optimizer))
         halves = self._decay_halves(walked)
         obstacles = in_place_obstacles(optimizer)
         arguments: dict[str, Any] = {
@@ -729,7 +731,7 @@ def _positive_lr(lr: object) -> float:
     return value
 
 
-def _check_walked_parameters(optimizer: torch.optim.Optimizer, walked: ModelLayers) -> None:
+def _check_walked(optimizer: torch.optim.Optimizer, walked: ModelLayers) -> None:
     """Raise RuntimeError unless every parameter of ``optimizer`` is one the walk found."""
     check_parameters_among(
         optimizer,

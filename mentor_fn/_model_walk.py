@@ -13,6 +13,8 @@ the model. Otherwise the model is walked again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from ._groups import walk_for_state
@@ -48,14 +50,22 @@ class KeptWalk:
             return walked
         return None
 
-    def walk(self, state: CurriculumState) -> ModelLayers:
+    def walk(
+        self, state: CurriculumState, check: Callable[[ModelLayers], None] | None = None
+    ) -> ModelLayers:
         """Walk the model now, check that its layers are ``state``'s, and keep the walk.
+
+        ``check`` (say, that an optimizer's parameters are among the walk's)
+        runs before the walk is kept: a walk that failed it is not.
 
         Raises:
             ValueError: the model's layers are not the state's.
+            Whatever ``check`` raises.
         """
         generation = structure_generation()  # before: a registration during the walk counts
         walked = walk_for_state(state, self._model)
+        if check is not None:
+            check(walked)
         self.keep(walked, generation)
         return walked
 

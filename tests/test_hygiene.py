@@ -196,6 +196,31 @@ def test_eval_on_a_frozen_head_and_unfreezing_makes_statistics_update_again():
     assert moved(before["head.1"], statistics(model)["head.1"])
 
 
+def test_eval_follows_transitions_that_change_a_few_layers():
+    """Once the policy is set, a transition reads only the layers it changed: the
+    hooks' record is updated for those, the others stay as they were."""
+    model = make_model()
+    curriculum = mf.Curriculum(model, LR, optimizer=torch.optim.SGD)
+    curriculum.build()
+    curriculum.update(mf.set_norm_policy("eval"))
+
+    def moving() -> set[str]:
+        before = statistics(model)
+        forward(model.train())
+        after = statistics(model)
+        return {path for path in STATISTICS if moved(before[path], after[path])}
+
+    assert moving() == set(STATISTICS)
+    assert curriculum.freeze("head") == mf.NoChange()
+    assert moving() == {"backbone.1", "backbone.3.1"}
+    assert curriculum.freeze("backbone.3") == mf.NoChange()
+    assert moving() == {"backbone.1"}
+    assert curriculum.unfreeze("head") == mf.Patch(reactivated=("head.0", "head.1"))
+    assert moving() == {"backbone.1", "head.1"}
+    assert curriculum.set_lr_coefficient(0.5, "backbone") != mf.NoChange()  # no flag changes
+    assert moving() == {"backbone.1", "head.1"}
+
+
 def test_eval_hooks_follow_the_newest_curriculum_of_a_model():
     model = make_model()
     mf.Curriculum(model, LR).update(mf.chain(mf.freeze("backbone"), mf.set_norm_policy("eval")))

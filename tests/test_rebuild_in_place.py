@@ -71,8 +71,13 @@ def run(
     scheduler: Callable[[torch.optim.Optimizer], Any] | None,
     *,
     in_place: bool,
+    coalesce: bool = False,
 ) -> dict[str, Any]:
-    """Three phases, two rebuilds, steps in between; what the run ends with."""
+    """Three phases, two rebuilds, steps in between; what the run ends with.
+
+    With ``coalesce``, the rebuilds put parameters with state and newly
+    trainable ones in one group: a fused optimizer steps the latter apart.
+    """
     model = make_model()
     curriculum = mf.Curriculum(
         model,
@@ -80,14 +85,18 @@ def run(
         optimizer=optimizer_class if in_place else caching(optimizer_class),
         optimizer_kwargs=kwargs,
         scheduler=scheduler,
+        coalesce=coalesce,
     )
     curriculum.freeze("backbone.0")
     curriculum.set_lr_coefficient(0.5, "backbone.2")
     optimizer = curriculum.build()
     held_scheduler, groups_list = curriculum.scheduler, optimizer.param_groups
     train(curriculum, 3)
-    # backbone.0 has no group (a rebuild); backbone.2 stops training; the head slows down.
-    for transition in (mf.chain(PHASE_2, mf.set_lr_coefficient(0.25, "head")), mf.unfreeze(".*")):
+    # backbone.0 has no group (a rebuild); backbone.2 stops training; the head slows
+    # down, and backbone.0 with it (coalesced: one group, the head's parameters with
+    # state and backbone.0's without).
+    phase_2 = mf.chain(PHASE_2, mf.set_lr_coefficient(0.25, ["backbone.0", "head"]))
+    for transition in (phase_2, mf.unfreeze(".*")):
         plan = curriculum.update(transition, reset_optimizer_if_needed=True)
         assert isinstance(plan, mf.Rebuild)
         assert curriculum.scheduler is held_scheduler
@@ -188,12 +197,13 @@ def _id(case: tuple[type, dict[str, Any]]) -> str:
     return f"{optimizer_class.__name__}-{form}"
 
 
+@pytest.mark.parametrize("coalesce", [False, True], ids=["per-layer", "coalesced"])
 @pytest.mark.parametrize("case", OPTIMIZERS, ids=[_id(case) for case in OPTIMIZERS])
-def test_every_optimizer_is_rebuilt_in_place_bit_for_bit(case):
+def test_every_optimizer_is_rebuilt_in_place_bit_for_bit(case, coalesce):
     optimizer_class, kwargs = case
     scheduler = lambda optimizer: lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
-    in_place = run(optimizer_class, kwargs, scheduler, in_place=True)
-    new_objects = run(optimizer_class, kwargs, scheduler, in_place=False)
+    in_place = run(optimizer_class, kwargs, scheduler, in_place=True, coalesce=coalesce)
+    new_objects = run(optimizer_class, kwargs, scheduler, in_place=False, coalesce=coalesce)
     assert_same(in_place, new_objects)
 
 

@@ -78,8 +78,9 @@ def test_the_next_patch_catches_it_too(change):
     curriculum = mf.Curriculum(make_model(), 0.1)
     curriculum.build()
     change(curriculum.model)
-    with pytest.raises(RuntimeError, match="no longer one of the model's"):
-        curriculum.set_lr_coefficient(0.5, "backbone")
+    for _ in range(2):  # a walk that failed the check is not kept for the next transition
+        with pytest.raises(RuntimeError, match="no longer one of the model's"):
+            curriculum.set_lr_coefficient(0.5, "backbone")
     assert curriculum.state.coefficient("backbone.0") == 1.0
 
 
