@@ -5,10 +5,13 @@ What a user pays before training is ``Curriculum(model, lr)`` plus
 constructor given one flat group of the same parameters (torch's own
 constructor is quadratic in groups) at 1k, 4k and 10k layers. Loading must be
 linear (torch's ``Optimizer.load_state_dict`` is quadratic in parameter
-tensors), a coefficient patch must cost by the number of changed groups, and
-with ``coalesce=True`` a fused Adam step must cost at most 1.05x one flat
-group for models of 50 layers or more (what torch's own optimizer costs on the
-same groups).
+tensors), a coefficient patch must cost by the number of changed groups, not
+by the model (at 10k layers: a call that changes nothing <= 0.2 ms, one
+changed group <= 0.3 ms, ``ScheduleRunner.step()`` without a phase change <=
+20 us), with ``coalesce=True`` a fused Adam step must cost at most 1.05x one
+flat group for models of 50 layers or more (what torch's own optimizer costs
+on the same groups), and unfreezing the top 4 blocks of a ViT-B must cost at
+most what Lightning's ``BaseFinetuning.unfreeze_and_add_param_group`` costs.
 
 The models for build / rebuild / load / patch are ``nn.Sequential`` blocks of
 10 sub-blocks of 10 ``nn.Linear(16, 16)`` (names like ``"3.4.5"``). *Layers*
@@ -35,8 +38,9 @@ one.
   model, lr))``, only up to 1,000 layers (it is quadratic: seconds at 4,000);
 - **rebuild**: on a Curriculum built with one Linear frozen and stepped once
   (so there is optimizer state to carry), ``unfreeze(that layer,
-  reset_optimizer_if_needed=True)``; it also plans the change, checks the
-  optimizer's parameters, carries the state and sets ``requires_grad``;
+  reset_optimizer_if_needed=True)``; it also plans the change, walks the
+  model afresh and checks the optimizer's parameters, carries the state
+  into the same optimizer and sets ``requires_grad``;
 - **load**: ``Curriculum.load_state_dict(sd)`` on a fresh Curriculum, against
   ``Optimizer.load_state_dict`` on a fresh flat Adam; both state dicts were
   taken after one step, so every parameter has state. The Curriculum's load
@@ -44,8 +48,34 @@ one.
 - **patch**: ``set_lr_coefficient`` on one Linear, a sub-block, a block (1,
   10, 100 changed groups) and, from 10k layers, ten blocks (1,000); each call
   changes the coefficients (0.5 and 0.25 alternate). A call that changes
-  nothing gives the floor every call pays (pattern selection, the state
-  transition, the plan, the parameter check, the ``requires_grad`` flags).
+  nothing gives the floor every call pays (the pattern looked up, the state
+  transition, the diff of the rules, the plan over the touched groups).
+  The first transition after a build, rebuild or load also indexes the
+  optimizer's groups (linear in them, once): the fastest of 5 calls leaves
+  it out;
+- **ScheduleRunner.step()**: per call, in batches of 1,000, on a built
+  Curriculum whose phase ends at a plateau of a metric or after a million
+  epochs (no phase change: the cursor advances); and, for information,
+  during a warmup ramping one layer's coefficient (a 1-group patch per step),
+  in batches of 50.
+
+Unfreezing the top 4 blocks (8-11) of a model with ViT-B/16's module tree and
+parameter shapes (embed dim 768, MLP 3,072, 12 blocks: 152 tensors, 86M
+parameters), after 3 Adam steps, against Lightning's
+``BaseFinetuning.unfreeze_and_add_param_group(blocks, optimizer, lr=lr)`` on a
+``torch.optim.Adam`` (skipped with a note when lightning is not installed):
+
+- **rebuild path**: the blocks were frozen when the optimizer was built;
+  mentor_fn: ``curriculum.unfreeze(blocks, reset_optimizer_if_needed=True)``
+  (a rebuild in place); Lightning adds them as a new group;
+- **patch path**: the blocks had groups and were frozen after the build;
+  mentor_fn: ``curriculum.unfreeze(blocks)`` (a patch: fresh optimizer state
+  for them); Lightning finds them in the optimizer and only makes them
+  trainable.
+
+Each timed call follows its untimed setup (a new Curriculum or optimizer
+holding the state 3 steps gave: the same tensors, which no timed call writes);
+the two sides of a path are timed back to back, in alternating order.
 
 Step timings use fused Adam (``optimizer_kwargs={"fused": True}``) with
 ``torch.set_num_threads(1)``, gradients set once, on: 50 ``Linear(256, 256)``;
@@ -71,14 +101,19 @@ saved state.
 
 Run from the repository root::
 
-    python -m benchmarks.bench_curriculum            # 200, 1k, 4k, 10k layers
-    python -m benchmarks.bench_curriculum --quick    # 200 and 1k layers, 3 rounds
+    python -m benchmarks.bench_curriculum            # 200, 1k, 4k, 10k layers, ViT-B
+    python -m benchmarks.bench_curriculum --quick    # a smoke test: seconds
+
+``--quick`` runs every code path and prints every table on the smallest
+sizes (200 and 300 layers, small step models, the ViT's tree at embed dim 16),
+one round, one call per sample, no warm-up round: timings not judged.
 
 The exit status is 0 when every target is met (Curriculum(model, lr) +
 build() <= 1.5x flat from 1k layers; build, rebuild and load linear: their ms
 per layer grows from 1k to 10k layers at most 2x more than the flat
-constructor's; coalesced steps <= 1.05x flat), 1 otherwise. It depends on
-timing: a smoke test should check that the benchmark runs, not its status.
+constructor's; coalesced steps <= 1.05x flat; the transition costs above at
+the largest size; the ViT paths <= 1.0x Lightning), 1 otherwise. It depends
+on timing: a smoke test should check that the benchmark runs, not its status.
 """
 
 from __future__ import annotations
@@ -96,6 +131,7 @@ import torch
 from torch import nn
 
 import mentor_fn as mf
+from benchmarks import _vit_unfreeze as vit
 from benchmarks._common import machine, quick_and_repeats_arguments
 from mentor_fn._optimizer import build_optimizer
 from mentor_fn._optimizer_recipe import OptimizerRecipe
@@ -115,7 +151,7 @@ at most this much more than the flat constructor's (a quadratic one: ~10x from
 1k to 10k layers)."""
 
 FULL_SIZES = (200, 1_000, 4_000, 10_000)
-QUICK_SIZES = (200, 1_000)
+QUICK_SIZES = (200, 300)
 TORCH_PER_LAYER_MAX = 1_000
 """torch's constructor with per-layer groups is quadratic: measured up to this size only."""
 
@@ -165,20 +201,24 @@ class _Bottleneck(nn.Module):
 
 
 class ResNet50Shapes(nn.Module):
-    """The module tree and parameter shapes of torchvision's resnet50 (no forward)."""
+    """The module tree and parameter shapes of torchvision's resnet50 (no forward).
 
-    def __init__(self) -> None:
+    ``width`` is the first stage's planes (64 in resnet50; ``--quick`` takes 8).
+    """
+
+    def __init__(self, width: int = 64) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        inplanes = 64
-        for number, (planes, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3)), 1):
+        self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        inplanes = width
+        stages = ((width, 3), (2 * width, 4), (4 * width, 6), (8 * width, 3))
+        for number, (planes, blocks) in enumerate(stages, 1):
             stage = []
             for block in range(blocks):
                 stage.append(_Bottleneck(inplanes, planes, downsample=block == 0))
                 inplanes = planes * 4
             setattr(self, f"layer{number}", nn.Sequential(*stage))
-        self.fc = nn.Linear(2048, 1000)
+        self.fc = nn.Linear(32 * width, 1000 if width == 64 else 10)
 
 
 def linear_stack(count: int, width: int) -> nn.Sequential:
@@ -213,6 +253,16 @@ STEP_MODELS = (
         ((r"\d", 0.25), (r"1\d", 0.5), (r"2\d", 0.75)),
     ),
 )
+QUICK_STEP_MODELS = (
+    StepModel("50 x Linear(16, 16)", lambda: linear_stack(50, 16), STEP_MODELS[0].coefficients),
+    StepModel(
+        "resnet50 tree, width 8",
+        lambda: ResNet50Shapes(width=8),
+        STEP_MODELS[1].coefficients,
+    ),
+    StepModel("400 x Linear(8, 8)", lambda: linear_stack(400, 8), STEP_MODELS[2].coefficients),
+)
+"""The same code paths on small shapes: ``--quick`` is a smoke test."""
 
 
 # Timing ---------------------------------------------------------------------------
@@ -221,11 +271,17 @@ STEP_MODELS = (
 BEST_OF = 5
 """Calls per sample: a sample is the fastest of up to this many (see _best_ms)."""
 
+QUICK_BEST_OF = 1
+"""``--quick``: one call per sample."""
+
+_best_of = [BEST_OF]
+"""The calls per sample of this run (``main`` sets it)."""
+
 BEST_OF_BUDGET_S = 0.5
 """Stop repeating a call within a sample once this much time went into it."""
 
 
-def _best_ms(make_call: Callable[[], Callable[[], Any]], best_of: int = BEST_OF) -> float:
+def _best_ms(make_call: Callable[[], Callable[[], Any]], best_of: int | None = None) -> float:
     """The fastest of up to ``best_of`` calls, in ms: one sample.
 
     ``make_call()`` (untimed) sets up and returns the call to time. On a busy
@@ -236,7 +292,7 @@ def _best_ms(make_call: Callable[[], Callable[[], Any]], best_of: int = BEST_OF)
     """
     best = float("inf")
     spent = 0.0
-    for _ in range(best_of):
+    for _ in range(_best_of[0] if best_of is None else best_of):
         call = make_call()
         gc.collect()
         start = time.perf_counter()
@@ -391,10 +447,11 @@ def _in_turn(
     return times
 
 
-def measure_size(layers: int, repeats: int) -> SizeRow:
+def measure_size(layers: int, repeats: int, *, warm_up: bool = True) -> SizeRow:
     """Every build / rebuild / load / patch timing for one model size, in one run.
 
     Each compared pair is timed back to back, so noise hits both alike.
+    ``warm_up``: one untimed round first.
     """
     model = build_model(layers)
     check_build(model)
@@ -445,12 +502,17 @@ def measure_size(layers: int, repeats: int) -> SizeRow:
     def no_change_call() -> Callable[[], Any]:
         return lambda: _expect_no_change(patched.set_lr_coefficient(current[1], targets[1]))
 
+    plain, warming = _runners(model, targets[1])
+
     def patches() -> dict[str, float]:
         times = {"no change": _best_ms(no_change_call)}
         for changed in targets:
             times[f"patch {changed}"] = _best_ms(lambda changed=changed: patch_call(changed))
         largest = max(targets)
         times["us per group"] = (times[f"patch {largest}"] - times["patch 1"]) / (largest - 1) * 1e3
+        # us per call: the best batch of calls, divided (one call is too short to time).
+        times["runner step"] = _best_ms(_same(plain)) / RUNNER_BATCH * 1e3
+        times["warmup step"] = _best_ms(_same(warming)) / WARMUP_BATCH * 1e3
         return times
 
     def init_and_build() -> dict[str, float]:
@@ -540,7 +602,8 @@ def measure_size(layers: int, repeats: int) -> SizeRow:
         variants.append(("torch per-layer", per_layer))
 
     # One untimed warm-up round, then the timed rounds.
-    _rounds(1, variants, Samples())
+    if warm_up:
+        _rounds(1, variants, Samples())
     gc.collect()
     gc.freeze()
     try:
@@ -548,6 +611,59 @@ def measure_size(layers: int, repeats: int) -> SizeRow:
     finally:
         gc.unfreeze()
     return row
+
+
+RUNNER_BATCH = 1_000
+"""ScheduleRunner.step() calls per timed batch (no phase change: about 1 us each)."""
+
+WARMUP_BATCH = 50
+"""ScheduleRunner.step() calls per timed batch during a warmup (a 1-group patch each)."""
+
+
+def _runners(model: nn.Module, layer: str) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """Batches of ``ScheduleRunner.step()`` calls: with no phase change, and during a warmup.
+
+    Each runner drives its own built Curriculum of ``model``. The plain one is
+    in a phase that ends at a plateau of a metric or after a million epochs
+    (a step only counts); the warming one is in a phase that ramps ``layer``'s
+    coefficient over a million steps (each step patches its one group).
+    """
+    ends = mf.any_of(mf.plateau("val_loss", patience=3), mf.after_epochs(1_000_000))
+    plain = mf.ScheduleRunner(
+        mf.Curriculum(model, LR),
+        mf.Schedule(
+            [
+                mf.Phase("probe", mf.set_lr_coefficient(1.0, layer), until=ends),
+                mf.Phase("all", mf.unfreeze(".*")),
+            ]
+        ),
+    )
+    plain.start()
+    plain.curriculum.build()
+    warming = mf.ScheduleRunner(
+        mf.Curriculum(model, LR),
+        mf.Schedule(
+            [
+                mf.Phase("head", mf.freeze(layer), until=mf.after_steps(1)),
+                mf.Phase("warm", mf.unfreeze(layer), warmup_steps=1_000_000),
+            ]
+        ),
+    )
+    warming.start()
+    warming.curriculum.build()
+    _require(isinstance(warming.step(), mf.Rebuild), "the warmup phase starts with a rebuild")
+    _require(plain.step() is None, "a plain step changes nothing")
+    _require(isinstance(warming.step(), mf.Patch), "a warmup step is a patch")
+
+    def plain_steps() -> None:
+        for _ in range(RUNNER_BATCH):
+            plain.step()
+
+    def warming_steps() -> None:
+        for _ in range(WARMUP_BATCH):
+            warming.step()
+
+    return plain_steps, warming_steps
 
 
 def _expect_patch(plan: Any, changed: int) -> None:
@@ -638,6 +754,51 @@ def measure_step(spec: StepModel, repeats: int, steps: int) -> StepRow:
     return row
 
 
+# ViT-B: unfreezing the top blocks, mentor_fn and Lightning --------------------------------
+
+
+@dataclass
+class ViTRow:
+    tensors: int
+    samples: Samples = field(default_factory=Samples)
+    lightning_skipped: int = 0
+    """Parameters of the top blocks Lightning left out (equal by value to one it holds)."""
+
+
+def measure_vit(repeats: int, *, quick: bool) -> ViTRow | None:
+    """Unfreezing blocks 8-11 of a ViT-B, both paths, against Lightning; None without it."""
+    if not vit.lightning_available():
+        return None
+    vit.quiet_lightning()
+    case = vit.make_case(quick=quick)
+    row = ViTRow(case.tensors)
+    # Checked once, untimed: each call does what it says.
+    vit.mentor_rebuild(case)()
+    vit.mentor_patch(case)()
+    lightning = vit.lightning_rebuild(case)()
+    top = {id(p) for name in vit.TOP for p in case.model.get_submodule(name).parameters()}
+    added = {id(p) for p in lightning.param_groups[-1]["params"]}
+    _require(len(lightning.param_groups) == 2 and added <= top, "Lightning added one group")
+    row.lightning_skipped = len(top - added)
+    vit.lightning_patch(case)()
+    pairs = [
+        ("rebuild", vit.lightning_rebuild, vit.mentor_rebuild),
+        ("patch", vit.lightning_patch, vit.mentor_patch),
+    ]
+    for round_number in range(repeats):
+        for path, theirs, ours in pairs:
+            times = _in_turn(
+                round_number,
+                [
+                    (f"lightning {path}", lambda theirs=theirs: _best_ms(lambda: theirs(case))),
+                    (f"mentor_fn {path}", lambda ours=ours: _best_ms(lambda: ours(case))),
+                ],
+            )
+            for key, value in times.items():
+                row.samples.add(key, value)
+    return row
+
+
 # Report -------------------------------------------------------------------------------
 
 
@@ -696,8 +857,8 @@ def patch_table(rows: Sequence[SizeRow]) -> str:
     lines = [
         "| layers | no-change call ms | "
         + " | ".join(f"{changed:,} changed ms" for changed in PATCH_COLUMNS)
-        + " | us per extra changed group |",
-        "|---:|---:|" + "---:|" * len(PATCH_COLUMNS) + "---:|",
+        + " | us per extra changed group | ScheduleRunner.step() us | warmup step us |",
+        "|---:|---:|" + "---:|" * len(PATCH_COLUMNS) + "---:|---:|---:|",
     ]
     for row in rows:
         s = row.samples
@@ -705,7 +866,8 @@ def patch_table(rows: Sequence[SizeRow]) -> str:
         lines.append(
             f"| {row.layers:,} | {_ms(s.median('no change'))} | "
             + " | ".join(_ms(s.median(f"patch {changed}")) for changed in PATCH_COLUMNS)
-            + f" | {per_group:.1f} |"
+            + f" | {per_group:.1f} | {s.median('runner step'):.2f} "
+            + f"| {s.median('warmup step'):.1f} |"
         )
     return "\n".join(lines)
 
@@ -730,6 +892,44 @@ def step_table(rows: Sequence[StepRow]) -> str:
     return "\n".join(lines)
 
 
+def vit_table(row: ViTRow, *, quick: bool) -> str:
+    shapes = "ViT-B/16 shapes, tiny (dim 16, MLP 64)" if quick else "ViT-B/16 shapes"
+    lines = [
+        "| model | tensors | unfreeze blocks 8-11 | Lightning ms | mentor_fn ms | ratio |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for path, what in (
+        ("rebuild", "frozen at build: a rebuild"),
+        ("patch", "frozen after build: a patch"),
+    ):
+        s = row.samples
+        lines.append(
+            f"| {shapes} | {row.tensors} | {what} | {_ms(s.median(f'lightning {path}'))} "
+            f"| {_ms(s.median(f'mentor_fn {path}'))} "
+            f"| **{_ratio(s.ratio(f'mentor_fn {path}', f'lightning {path}'))}** |"
+        )
+    return "\n".join(lines)
+
+
+VIT_NOTE = """\
+Lightning: `BaseFinetuning.unfreeze_and_add_param_group(blocks, optimizer, lr=lr)` on
+`torch.optim.Adam`; mentor_fn: `curriculum.unfreeze(blocks)` (with
+`reset_optimizer_if_needed=True` on the rebuild path). Both after 3 Adam steps.
+What Lightning's call skips that mentor_fn's guarantees: fresh optimizer state for
+parameters trainable again (on the patch path Lightning keeps their stale Adam
+moments: it only sets `requires_grad`); the scheduler (its new group gets no
+`initial_lr` and no entry in `base_lrs`, so a `LambdaLR` or cosine schedule
+refuses or ignores it; mentor_fn remaps every scheduler's per-group lists, nested
+ones included, and derives the group's lr from the reference group, so the
+schedule's progress applies); per-layer groups and lr coefficients (one group
+for all the blocks); a check that the optimizer's parameters are still the
+model's (mentor_fn walks the model afresh at a rebuild); fused optimizers'
+mixed stateful/stateless groups; and identity: Lightning tells the
+parameters already in the optimizer by value (`torch.equal`, one comparison per
+pair), not by identity, so a parameter equal to one it holds is left out
+of the optimizer ({skipped} of the blocks' parameters here)."""
+
+
 def _per_k(rows: Sequence[SizeRow], key: str) -> list[float]:
     return [row.samples.median(key) / row.layers * 1e3 for row in rows]
 
@@ -738,7 +938,22 @@ def _spread(values: Sequence[float]) -> float:
     return max(values) / min(values)
 
 
-def summary(rows: Sequence[SizeRow], step_rows: Sequence[StepRow]) -> tuple[bool, str]:
+NO_CHANGE_LIMIT_MS = 0.2
+"""Largest allowed NoChange update on a built Curriculum of the largest size (10k layers)."""
+
+PATCH_LIMIT_MS = 0.3
+"""Largest allowed 1-group patch on a built Curriculum of the largest size."""
+
+RUNNER_STEP_LIMIT_US = 20.0
+"""Largest allowed ``ScheduleRunner.step()`` with no phase change, at the largest size."""
+
+LIGHTNING_LIMIT = 1.0
+"""Largest allowed mentor_fn / Lightning ratio unfreezing the top blocks of a ViT-B."""
+
+
+def summary(
+    rows: Sequence[SizeRow], step_rows: Sequence[StepRow], vit_row: ViTRow | None = None
+) -> tuple[bool, str]:
     """Whether every target is met, and the verdict lines."""
     judged = [row for row in rows if row.layers >= BUILD_LIMIT_FROM] or list(rows)
     build = [row.samples.ratio("init+build", "flat") for row in judged]
@@ -752,10 +967,26 @@ def summary(rows: Sequence[SizeRow], step_rows: Sequence[StepRow]) -> tuple[bool
     flat_growth = _spread(_per_k(large, "flat"))
     keys = ("init+build", "rebuild", "load", "torch load")
     growth = {key: _spread(_per_k(large, key)) / flat_growth for key in keys}
+    largest = max(rows, key=lambda row: row.layers)
+    transition = {
+        key: largest.samples.median(key) for key in ("no change", "patch 1", "runner step")
+    }
+    vit_ratios = (
+        []
+        if vit_row is None
+        else [
+            vit_row.samples.ratio(f"mentor_fn {path}", f"lightning {path}")
+            for path in ("rebuild", "patch")
+        ]
+    )
     checks = {
         "build": all(ratio <= BUILD_LIMIT for ratio in build),
         "linear": all(growth[key] <= LINEARITY_SPREAD for key in ("init+build", "rebuild", "load")),
         "step": all(ratio <= STEP_LIMIT for ratio in steps),
+        "transition": transition["no change"] <= NO_CHANGE_LIMIT_MS
+        and transition["patch 1"] <= PATCH_LIMIT_MS
+        and transition["runner step"] <= RUNNER_STEP_LIMIT_US,
+        "lightning": all(ratio <= LIGHTNING_LIMIT for ratio in vit_ratios),
     }
 
     def verdict(ok: bool) -> str:
@@ -780,6 +1011,18 @@ def summary(rows: Sequence[SizeRow], step_rows: Sequence[StepRow]) -> tuple[bool
         f"Coalesced fused-Adam step <= {STEP_LIMIT}x flat: {verdict(checks['step'])} "
         f"({listing(steps)}); torch's Adam on the same groups, for information: "
         f"{listing([row.samples.ratio('torch, same groups', 'flat') for row in step_rows])}.",
+        f"Transitions at {largest.layers:,} layers, built: NoChange <= {NO_CHANGE_LIMIT_MS} ms, "
+        f"1-group patch <= {PATCH_LIMIT_MS} ms, ScheduleRunner.step() (no phase change) <= "
+        f"{RUNNER_STEP_LIMIT_US:g} us: {verdict(checks['transition'])} "
+        f"({transition['no change']:.3f} ms / {transition['patch 1']:.3f} ms / "
+        f"{transition['runner step']:.2f} us).",
+        (
+            "ViT-B, unfreezing blocks 8-11: Lightning not installed, not measured."
+            if vit_row is None
+            else f"ViT-B, unfreezing blocks 8-11, mentor_fn <= {LIGHTNING_LIMIT}x Lightning: "
+            f"{verdict(checks['lightning'])} (rebuild path {vit_ratios[0]:.2f}, patch path "
+            f"{vit_ratios[1]:.2f})."
+        ),
     ]
     return all(checks.values()), "\n".join(lines)
 
@@ -790,11 +1033,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmarks.bench_curriculum",
         __doc__ or "",
         argv,
-        quick_help="200 and 1,000 layers, 3 rounds (smoke test)",
-        repeats_help="rounds per size and per step model (default: 3 with --quick, else 9, "
-        "and 5 at 10k layers)",
+        quick_help="200 and 300 layers, small step models, a tiny ViT, 1 round, 1 call per "
+        "sample (a smoke test: every code path and table, timings not judged)",
+        repeats_help="rounds per size, per step model and for the ViT (default: 1 with "
+        "--quick, else 9, and 5 at 10k layers)",
     )
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    _best_of[0] = QUICK_BEST_OF if args.quick else BEST_OF
 
     print(f"Curriculum optimizer costs -- {machine()}")
     print(
@@ -807,22 +1052,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.repeats is not None:
             repeats = args.repeats
         elif args.quick:
-            repeats = 3
+            repeats = 1
         else:
             repeats = 5 if layers >= 10_000 else 9
-        rows.append(measure_size(layers, repeats))
+        rows.append(measure_size(layers, repeats, warm_up=not args.quick))
         print(f"  {layers:,} layers: {repeats} rounds done", file=sys.stderr, flush=True)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         step_rows = []
-        for spec in STEP_MODELS:
-            repeats = args.repeats or (3 if args.quick else 15)
+        for spec in QUICK_STEP_MODELS if args.quick else STEP_MODELS:
+            repeats = args.repeats or (1 if args.quick else 15)
             step_rows.append(measure_step(spec, repeats, steps=3 if args.quick else 12))
             print(f"  step, {spec.name}: {repeats} rounds done", file=sys.stderr, flush=True)
     finally:
         torch.set_num_threads(threads)
+    repeats = args.repeats or (1 if args.quick else 9)
+    vit_row = measure_vit(repeats, quick=args.quick)
+    print(f"  ViT: {repeats} rounds done", file=sys.stderr, flush=True)
 
     print(
         f"Build and rebuild vs flat (`torch.optim.Adam(list(model.parameters()), lr)`); "
@@ -831,11 +1079,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(build_table(rows))
     print("\nLoad: `Curriculum.load_state_dict` vs `Optimizer.load_state_dict` (flat Adam)\n")
     print(load_table(rows))
-    print("\nPatch: `set_lr_coefficient` per call, by number of changed groups\n")
+    print(
+        "\nTransitions on a built Curriculum: `set_lr_coefficient` per call, by number of changed "
+        "groups; `ScheduleRunner.step()` per call, with no phase change and during a warmup\n"
+    )
     print(patch_table(rows))
     print("\nStep: fused Adam, 1 thread, ms per step\n")
     print(step_table(step_rows))
-    within, verdict = summary(rows, step_rows)
+    print("\nUnfreezing the top 4 blocks of a ViT-B: mentor_fn vs Lightning's BaseFinetuning\n")
+    if vit_row is None:
+        print("(skipped: lightning is not installed)")
+    else:
+        print(vit_table(vit_row, quick=args.quick))
+        print()
+        print(VIT_NOTE.format(skipped=vit_row.lightning_skipped))
+    within, verdict = summary(rows, step_rows, vit_row)
     print()
     print(verdict)
     return 0 if within else 1

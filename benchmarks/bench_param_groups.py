@@ -28,11 +28,12 @@ trainable parameters.
 Run from the repository root::
 
     python -m benchmarks.bench_param_groups            # 1k, 10k, 50k layers
-    python -m benchmarks.bench_param_groups --quick    # 200 and 1k, 3 repeats
+    python -m benchmarks.bench_param_groups --quick    # 200 and 1k, 2 repeats: seconds
 
 The exit status is 1 when a param_groups ratio (fresh state, or coalesced)
-exceeds the limit, else 0; ``--quick`` only checks correctness (3 repeats on a
-noisy machine are too few to enforce a ratio). A failed correctness check
+exceeds the limit, else 0; ``--quick`` is a smoke test: every code path and the
+table on the two smallest sizes, 2 repeats (too few on a noisy machine to
+enforce a ratio, so it only checks correctness). A failed correctness check
 raises AssertionError.
 """
 
@@ -295,8 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmarks.bench_param_groups",
         __doc__ or "",
         argv,
-        quick_help="sizes 200 and 1,000 only, 3 repeats (smoke test)",
-        repeats_help="repetitions per size (default: 3 with --quick, else 41 / 25 / 11 for "
+        quick_help="sizes 200 and 1,000 only, 2 repeats (smoke test)",
+        repeats_help="repetitions per size (default: 2 with --quick, else 41 / 25 / 11 for "
         "1k / 10k / 50k)",
     )
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
@@ -308,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.repeats is not None:
             repeats = args.repeats
         elif args.quick:
-            repeats = 3
+            repeats = 2
         else:
             repeats = DEFAULT_REPEATS[layers]
         rows.append(measure(layers, repeats))
@@ -318,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(verdict)
     if args.quick:
-        return 0  # 3 repeats are a smoke test: the ratios are shown, not enforced
+        return 0  # 2 repeats are a smoke test: the ratios are shown, not enforced
     return 0 if within else 1
 
 
