@@ -291,11 +291,11 @@ def assert_canonical(state: CurriculumState) -> None:
 
 @given(scenarios())
 def test_resolution_matches_naive_replay_and_rules_are_canonical(scenario):
-    for state, writes in (
+    for state, state_writes in (
         (scenario.a, scenario.writes_a),
         (scenario.b, scenario.writes_a + scenario.writes_b),
     ):
-        frozen, coefficients = replay(state.layers, writes)
+        frozen, coefficients = replay(state.layers, state_writes)
         assert resolution(state) == tuple(
             (frozen[layer], coefficients[layer]) for layer in state.layers
         )
