@@ -12,6 +12,7 @@ optimizer steps done in the phase, and the metrics reported at each epoch end.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 import numbers
@@ -38,8 +39,10 @@ Metrics = Mapping[str, Any] | None
 CONDITION_KINDS: dict[str, type[Condition]] = {}
 
 
-class Condition:
-    """Base of condition values (frozen dataclasses, so they compare and hash)."""
+class Condition(abc.ABC):
+    """Base of condition values (frozen dataclasses, so they compare and hash).
+
+    A subclass defines :meth:`start` and :meth:`advance`."""
 
     __slots__ = ()
     kind: ClassVar[str]
@@ -51,10 +54,11 @@ class Condition:
         if cls.__module__ == __name__ and not cls.__name__.startswith("_"):
             CONDITION_KINDS[cls.kind] = cls
 
+    @abc.abstractmethod
     def start(self) -> Progress:
         """The progress at the start of a phase."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def advance(
         self,
         progress: Any,
@@ -73,7 +77,6 @@ class Condition:
             epoch_end: whether an epoch has just ended (metrics are read only then).
             metrics: the metrics reported at this epoch end.
         """
-        raise NotImplementedError
 
     def validate_progress(self, progress: Progress) -> None:
         """Raise ValueError unless ``progress`` has the shape this condition's progress has.
@@ -287,8 +290,9 @@ class _Composite(Condition):
             new_held.append(child_held or holds)
         return (tuple(new_children), tuple(new_held)), self._combine(new_held)
 
+    @abc.abstractmethod
     def _combine(self, held: list[bool]) -> bool:
-        raise NotImplementedError
+        """Whether the composite holds, given which children hold."""
 
     @property
     def metrics(self) -> tuple[str, ...]:

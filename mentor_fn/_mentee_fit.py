@@ -11,6 +11,7 @@ curriculum and training objects) the Mentee provides.
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
@@ -35,7 +36,7 @@ DEFAULT_LR = 1e-3
 _Model = TypeVar("_Model", bound="MenteeFitting")
 
 
-class MenteeFitting(nn.Module):
+class MenteeFitting(nn.Module, abc.ABC):
     """fit, training and validation steps, the best epoch, the schedule run (Mentee's base)."""
 
     # Set in a subclass's __init__ (self.trainer = Classifier()) or as a class attribute.
@@ -54,26 +55,31 @@ class MenteeFitting(nn.Module):
     # What fit needs of the model (the Mentee provides it) --------------------------
 
     @property
+    @abc.abstractmethod
     def curriculum(self) -> Curriculum:
-        raise NotImplementedError
+        """The curriculum that owns the optimizer and scheduler."""
 
     @property
+    @abc.abstractmethod
     def forward_module(self) -> nn.Module:
-        raise NotImplementedError
+        """What the training and validation steps call (a DDP wrapper, or the model)."""
 
     @property
+    @abc.abstractmethod
     def device(self) -> torch.device:
-        raise NotImplementedError
+        """Where batches are moved before the steps."""
 
+    @abc.abstractmethod
     def save(self, path_or_file: Any) -> None:
-        raise NotImplementedError
+        """Write a checkpoint of the run (fit's ``checkpoint_path``)."""
 
+    @abc.abstractmethod
     def _unbuilt_train_objects(self, lr: float) -> tuple[Curriculum, SchedulerRecipe | None]:
         """New training objects with the model's state and ``lr``, not yet built nor used."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _use_train_objects(self, curriculum: Curriculum, recipe: SchedulerRecipe | None) -> None:
-        raise NotImplementedError
+        """Make ``curriculum`` and ``recipe`` the model's training objects."""
 
     # The schedule fit follows ------------------------------------------------------
 
