@@ -128,8 +128,9 @@ class MenteeCheckpoint:
         """
         saved_layers = tuple(self.state.layers)
         if saved_layers != tuple(layers):
-            missing = [name for name in saved_layers if name not in set(layers)]
-            extra = [name for name in layers if name not in set(saved_layers)]
+            model_layers, checkpoint_layers = set(layers), set(saved_layers)
+            missing = [name for name in saved_layers if name not in model_layers]
+            extra = [name for name in layers if name not in checkpoint_layers]
             details = []
             if missing:
                 details.append(f"layers missing from the model: {', '.join(missing[:10])}")

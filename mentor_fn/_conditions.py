@@ -78,7 +78,7 @@ class Condition(abc.ABC):
             metrics: the metrics reported at this epoch end.
         """
 
-    def validate_progress(self, progress: Progress) -> None:
+    def validate_progress(self, progress: Progress) -> None:  # noqa: B027 (a default, not abstract)
         """Raise ValueError unless ``progress`` has the shape this condition's progress has.
 
         mentor_fn's conditions check it (a resumed cursor must fit its

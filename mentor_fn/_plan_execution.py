@@ -152,9 +152,8 @@ def rebuild_in_place(
     changes; then the optimizer's ``param_groups`` list and ``state`` dict
     get their new contents and the scheduler's per-group lists are remapped.
     """
-    index = reference_index(optimizer)
     derived, sources = _derived_groups(
-        optimizer.param_groups[index], index, recipe=recipe, new=new, walked=walked, halves=halves
+        optimizer, recipe=recipe, new=new, walked=walked, halves=halves
     )
     carried, newcomers = _carried_state(optimizer, walked, old, new)
     fresh = fresh_state(recipe, newcomers)
@@ -189,14 +188,8 @@ def rebuilt_optimizer(
     changed; then the scheduler's per-group values are remapped and it is
     retargeted.
     """
-    index = reference_index(old_optimizer)
     derived, sources = _derived_groups(
-        old_optimizer.param_groups[index],
-        index,
-        recipe=recipe,
-        new=new,
-        walked=walked,
-        halves=halves,
+        old_optimizer, recipe=recipe, new=new, walked=walked, halves=halves
     )
     optimizer = build_optimizer(recipe, derived)
     # Committing from here on: nothing below can fail on valid objects.
@@ -209,19 +202,20 @@ def rebuilt_optimizer(
 
 
 def _derived_groups(
-    reference: dict[str, Any],
-    index: int,
+    optimizer: torch.optim.Optimizer,
     *,
     recipe: OptimizerRecipe,
     new: CurriculumState,
     walked: ModelLayers,
     halves: Halves | None,
 ) -> tuple[list[dict[str, Any]], list[tuple[int, float]]]:
-    """The groups ``new`` derives, each a copy of the reference group at its coefficient.
+    """The groups ``new`` derives, each a copy of the optimizer's reference group at its coefficient.
 
     Returns them (the reference group's copy last) and, per group, the
     scheduler entry it takes: (the reference group's index, its coefficient).
     """
+    index = reference_index(optimizer)
+    reference = optimizer.param_groups[index]
     groups = groups_of_walk(new, walked, recipe.lr, coalesce=recipe.coalesce, halves=halves)
     template = {key: value for key, value in reference.items() if key != "params"}
     lr_keys = [key for key in GROUP_LR_KEYS if reference.get(key) is not None]

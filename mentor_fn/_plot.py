@@ -215,9 +215,8 @@ def plot_timeline(
         layer: [float(record.get("lr", {}).get(layer, nan)) for record in history]
         for layer in layers
     }
-    frozen_rows = {
-        layer: [layer in set(record.get("frozen", ())) for record in history] for layer in layers
-    }
+    frozen_per_record = [set(record.get("frozen", ())) for record in history]
+    frozen_rows = {layer: [layer in frozen for frozen in frozen_per_record] for layer in layers}
 
     # Layers with identical lr series share one line (e.g. the convs of one block).
     series: dict[tuple[Any, ...], list[str]] = {}

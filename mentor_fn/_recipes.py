@@ -116,11 +116,7 @@ def fine_tune(head: Patterns, *, freeze_epochs: int, epochs: int, lr_mult: float
         raise ValueError(f"lr_mult must be finite and >= 1, got {lr_mult!r}")
     return Schedule(
         [
-            Phase(
-                "frozen",
-                chain(freeze(_EVERY_LAYER), unfreeze(head_patterns)),
-                until=after_epochs(frozen_epochs),
-            ),
+            _head_only("frozen", head_patterns, frozen_epochs),
             Phase(
                 "unfrozen",
                 chain(unfreeze(_EVERY_LAYER), layerwise_lr_spread(1 / mult)),
@@ -151,11 +147,7 @@ def lp_ft(head: Patterns, *, probe_epochs: int, lr_ratio: float = 0.1) -> Schedu
         raise ValueError(f"lr_ratio must be finite and > 0, got {lr_ratio!r}")
     return Schedule(
         [
-            Phase(
-                "probe",
-                chain(freeze(_EVERY_LAYER), unfreeze(head_patterns)),
-                until=after_epochs(epochs),
-            ),
+            _head_only("probe", head_patterns, epochs),
             Phase(
                 "fine_tune",
                 unfreeze(_EVERY_LAYER),
@@ -164,6 +156,11 @@ def lp_ft(head: Patterns, *, probe_epochs: int, lr_ratio: float = 0.1) -> Schedu
             ),
         ]
     )
+
+
+def _head_only(name: str, head: tuple[str, ...], epochs: int) -> Phase:
+    """A phase training only the head, for ``epochs`` epochs."""
+    return Phase(name, chain(freeze(_EVERY_LAYER), unfreeze(head)), until=after_epochs(epochs))
 
 
 def _patterns(patterns: object, what: str) -> tuple[str, ...]:

@@ -201,18 +201,7 @@ class CurriculumState:
             return self  # a state's own kinds, passed on: nothing to check
         owners = _checked_layer_set(parameter_owners, self._tree, "parameter_owners")
         norms = _checked_layer_set(norm_layers, self._tree, "norm_layers")
-        if owners == self.parameter_owners and norms == self.norm_layers:
-            return self
-        new = object.__new__(CurriculumState)
-        new._set(
-            self._tree,
-            owners,
-            norms,
-            self.norm_policy,
-            self._frozen_rules,
-            self._coefficient_rules,
-        )
-        return new
+        return self._with_checked_kinds(owners, norms)
 
     def with_kinds_of(self, walked: ModelLayers) -> CurriculumState:
         """:meth:`with_layer_kinds` with the layer kinds of a model walked with these layers.
@@ -226,6 +215,10 @@ class CurriculumState:
         if walked.layers is not self.layers and walked.layers != self.layers:
             raise ValueError("the walked model's layers are not the state's")
         owners, norms = walked.parameter_owners, walked.norm_layers
+        return self._with_checked_kinds(owners, norms)
+
+    def _with_checked_kinds(self, owners: frozenset[str], norms: frozenset[str]) -> CurriculumState:
+        """This state with checked layer kinds (``self`` when they are its own)."""
         if owners == self.parameter_owners and norms == self.norm_layers:
             return self
         new = object.__new__(CurriculumState)
