@@ -22,14 +22,7 @@ import mentor_fn as mf
 from mentor_fn._fit import epoch_metrics
 from mentor_fn.testing import schedules
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: on a busy machine torch's intra-op threads only spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Net(mf.Mentee):

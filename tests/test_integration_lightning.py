@@ -21,6 +21,7 @@ import torch
 pytest.importorskip("lightning")
 
 import lightning_workers as workers
+from framework_runs import assert_same_run
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.optim import lr_scheduler
@@ -36,13 +37,7 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: a second intra-op thread only spins on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def phased_schedule() -> mf.Schedule:
@@ -126,23 +121,6 @@ def fit(
         ckpt_path=None if ckpt_path is None else str(ckpt_path),
     )
     return model, callback, extra
-
-
-def assert_same_run(first: CurriculumCallback, second: CurriculumCallback) -> None:
-    """Same parameters, optimizer state and layout, scheduler state and cursor, bit for bit."""
-    one, two = first.curriculum, second.curriculum
-    assert one is not None and two is not None
-    for (name, value), other in zip(one.model.named_parameters(), two.model.parameters()):
-        assert torch.equal(value, other), name
-    saved, resumed = one.optimizer.state_dict(), two.optimizer.state_dict()
-    assert saved["param_groups"] == resumed["param_groups"]
-    assert saved["state"].keys() == resumed["state"].keys()
-    for index, values in saved["state"].items():
-        for key, value in values.items():
-            assert torch.equal(value, resumed["state"][index][key]), (index, key)
-    assert one.scheduler.state_dict() == two.scheduler.state_dict()
-    assert first.runner.cursor == second.runner.cursor  # type: ignore[union-attr]
-    assert one.state == two.state
 
 
 # Importing ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
+from framework_runs import assert_same_run
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -54,13 +55,10 @@ def _collections_of_test_objects_only():
 
 
 @pytest.fixture(autouse=True)
-def _quiet_and_one_thread():
+def _quiet(one_torch_thread):
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only spins on a busy machine
     yield
-    torch.set_num_threads(threads)
     transformers_logging.enable_progress_bar()
 
 
@@ -176,22 +174,6 @@ def train(
     trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
     return model, callback, trainer, extra
-
-
-def assert_same_run(first: CurriculumCallback, second: CurriculumCallback) -> None:
-    """Same parameters, optimizer state and layout, scheduler state and cursor, bit for bit."""
-    one, two = first.curriculum, second.curriculum
-    for (name, value), other in zip(one.model.named_parameters(), two.model.parameters()):
-        assert torch.equal(value, other), name
-    saved, resumed = one.optimizer.state_dict(), two.optimizer.state_dict()
-    assert saved["param_groups"] == resumed["param_groups"]
-    assert saved["state"].keys() == resumed["state"].keys()
-    for index, values in saved["state"].items():
-        for key, value in values.items():
-            assert torch.equal(value, resumed["state"][index][key]), (index, key)
-    assert one.scheduler.state_dict() == two.scheduler.state_dict()
-    assert first.runner.cursor == second.runner.cursor  # type: ignore[union-attr]
-    assert one.state == two.state
 
 
 # Importing -------------------------------------------------------------------------------------

@@ -16,21 +16,7 @@ from mentor_fn._schedule import Schedule
 from mentor_fn._schedule_cursor import ScheduleCursor
 from mentor_fn._schedule_runner import ScheduleRunner
 
-needs_set_lr = pytest.mark.skipif(
-    not hasattr(Curriculum, "set_lr"),
-    reason="Curriculum.set_lr does not exist yet (another engineer is adding it); "
-    "lp_ft's lr_scale phase cannot run",
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: on a busy machine torch's intra-op threads only spin-wait
-    (a backward here took 30 ms on two threads, 0.3 ms on one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_model() -> nn.Module:
@@ -193,7 +179,6 @@ def test_lp_ft_probes_then_fine_tunes_at_a_lower_lr():
     assert Schedule.from_dict(schedule.to_dict()) == schedule
 
 
-@needs_set_lr
 def test_lp_ft_runs_on_a_curriculum():
     curriculum = Curriculum(make_model(), 0.1)
     runner = ScheduleRunner(curriculum, lp_ft("head", probe_epochs=1, lr_ratio=0.5))

@@ -30,15 +30,7 @@ from mentor_fn.testing import Write
 from mentor_fn.testing import models as module_trees
 from mentor_fn.testing import writes as writes_for
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: on a busy machine torch's intra-op threads only spin-wait
-    (a backward here took 30 ms on two threads, 0.3 ms on one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def transition_of(write: Write):

@@ -14,21 +14,7 @@ from mentor_fn._conditions import after_epochs, after_steps, any_of, plateau
 from mentor_fn._schedule import Phase, Schedule
 from mentor_fn._schedule_runner import ScheduleRunner
 
-needs_set_lr = pytest.mark.skipif(
-    not hasattr(Curriculum, "set_lr"),
-    reason="Curriculum.set_lr does not exist yet (another engineer is adding it); "
-    "phases with lr / lr_scale cannot run",
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: on a busy machine torch's intra-op threads only spin-wait
-    (a backward here took 30 ms on two threads, 0.3 ms on one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_model(seed: int = 0) -> nn.Module:
@@ -204,7 +190,6 @@ def test_fresh_first_phase_on_an_unbuilt_curriculum_does_not_build():
     assert curriculum.optimizer is None
 
 
-@needs_set_lr
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
@@ -236,7 +221,6 @@ def test_phase_lr_with_keep_rescales_the_live_optimizer(options, expected):
     check_lrs(curriculum)
 
 
-@needs_set_lr
 def test_a_phase_lr_from_a_live_lr_of_zero_is_refused_before_any_change():
     curriculum = Curriculum(
         make_model(),
@@ -258,7 +242,6 @@ def test_a_phase_lr_from_a_live_lr_of_zero_is_refused_before_any_change():
     assert curriculum.state == state and runner.cursor == cursor
 
 
-@needs_set_lr
 def test_phase_lr_scale_with_fresh_sets_the_new_optimizers_lr():
     curriculum = make_curriculum(make_model())
     schedule = Schedule(
@@ -458,7 +441,6 @@ LR_SCHEDULE = Schedule(
 )
 
 
-@needs_set_lr
 @pytest.mark.parametrize("save_at", [3, 6, 9])
 def test_resume_with_phase_lrs_continues_bit_for_bit(save_at):
     uninterrupted = started(LR_SCHEDULE)

@@ -1,0 +1,25 @@
+"""Helpers shared by the framework adapters' tests (Lightning, transformers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def assert_same_run(first: Any, second: Any) -> None:
+    """Two adapters' callbacks hold the same run: parameters, optimizer state and
+    layout, scheduler state and cursor, bit for bit."""
+    one, two = first.curriculum, second.curriculum
+    assert one is not None and two is not None
+    for (name, value), other in zip(one.model.named_parameters(), two.model.parameters()):
+        assert torch.equal(value, other), name
+    saved, resumed = one.optimizer.state_dict(), two.optimizer.state_dict()
+    assert saved["param_groups"] == resumed["param_groups"]
+    assert saved["state"].keys() == resumed["state"].keys()
+    for index, values in saved["state"].items():
+        for key, value in values.items():
+            assert torch.equal(value, resumed["state"][index][key]), (index, key)
+    assert one.scheduler.state_dict() == two.scheduler.state_dict()
+    assert first.runner.cursor == second.runner.cursor
+    assert one.state == two.state
