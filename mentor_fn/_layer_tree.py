@@ -8,13 +8,12 @@ rules can affect are found by walking only their subtrees.
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._layers import Patterns, normalize_patterns
-from ._patterns import LiteralForm, compiled, literal_form, no_match_error
+from ._patterns import LiteralForm, closest_names_hint, compiled, literal_form, no_match_error
 
 __all__ = ["MISSING", "LayerTree", "layer_tree"]
 
@@ -62,9 +61,7 @@ class LayerTree:
     def position(self, layer: str) -> int:
         found = self.index.get(layer)
         if found is None:
-            close = difflib.get_close_matches(layer, self.layers, n=3, cutoff=0.5)
-            hint = f"; closest layer names: {', '.join(map(repr, close))}" if close else ""
-            raise ValueError(f"unknown layer {layer!r}{hint}")
+            raise ValueError(f"unknown layer {layer!r}{closest_names_hint(layer, self.layers)}")
         return found
 
     # Resolution ------------------------------------------------------------------------
@@ -139,9 +136,10 @@ class LayerTree:
             for name, value in rules.items()
             if not self.has_ancestor_in(self.index[name], written)
         }
-        for position in sorted(written):
+        in_order = sorted(written)
+        for position in in_order:
             result[self.layers[position]] = values[position]
-        for position in sorted(written):
+        for position in in_order:
             name = self.layers[position]
             inherited = self.lookup(result, self.parent[position], default)
             if inherited == result[name]:

@@ -15,7 +15,7 @@ import functools
 import re
 from collections.abc import Sequence
 
-__all__ = ["LiteralForm", "compiled", "literal_form", "no_match_error"]
+__all__ = ["LiteralForm", "closest_names_hint", "compiled", "literal_form", "no_match_error"]
 
 # Characters with a meaning in a regex outside a character class; "." is
 # handled apart (a one-character wildcard), "\\" starts an escape.
@@ -77,8 +77,12 @@ def literal_form(pattern: str) -> LiteralForm | None:
     return "".join(text), tuple(wildcards)
 
 
+def closest_names_hint(text: str, names: Sequence[str]) -> str:
+    """``"; closest layer names: ..."`` for the names most like ``text``, or ``""``."""
+    close = difflib.get_close_matches(text, names, n=3, cutoff=0.5)
+    return f"; closest layer names: {', '.join(map(repr, close))}" if close else ""
+
+
 def no_match_error(pattern: str, names: Sequence[str]) -> ValueError:
     """The error for a pattern that matches no layer, with the closest names as a hint."""
-    close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.5)
-    hint = f"; closest layer names: {', '.join(map(repr, close))}" if close else ""
-    return ValueError(f"pattern {pattern!r} matches no layer{hint}")
+    return ValueError(f"pattern {pattern!r} matches no layer{closest_names_hint(pattern, names)}")

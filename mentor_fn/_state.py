@@ -26,6 +26,7 @@ __all__ = [
     "FORMAT_VERSION",
     "NORM_POLICIES",
     "CurriculumState",
+    "as_float",
     "validate_coefficient",
     "validate_norm_policy",
 ]
@@ -49,13 +50,18 @@ def validate_coefficient(coefficient: object, *, what: str = "coefficient") -> f
         raise TypeError(
             f"{what} must be a real number, got {type(coefficient).__name__}: {coefficient!r}"
         )
-    try:
-        value = float(coefficient)
-    except OverflowError:  # an int or Fraction beyond float range
-        value = math.inf
+    value = as_float(coefficient)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{what} must be finite and >= 0, got {coefficient!r}")
     return value + 0.0  # -0.0 -> 0.0
+
+
+def as_float(value: numbers.Real) -> float:
+    """``float(value)``, infinite for an int or Fraction beyond the float range."""
+    try:
+        return float(value)
+    except OverflowError:
+        return -math.inf if value < 0 else math.inf
 
 
 @dataclass(frozen=True, init=False, eq=False, repr=False)
@@ -161,12 +167,15 @@ class CurriculumState:
         frozen_rules: dict[str, bool] | None = None,
         coefficient_rules: dict[str, float] | None = None,
         norm_policy: str | None = None,
+        parameter_owners: frozenset[str] | None = None,
+        norm_layers: frozenset[str] | None = None,
     ) -> CurriculumState:
+        """This state with the given parts replaced, already checked and canonical."""
         new = object.__new__(CurriculumState)
         new._set(
             self._tree,
-            self.parameter_owners,
-            self.norm_layers,
+            self.parameter_owners if parameter_owners is None else parameter_owners,
+            self.norm_layers if norm_layers is None else norm_layers,
             self.norm_policy if norm_policy is None else norm_policy,
             self._frozen_rules if frozen_rules is None else frozen_rules,
             self._coefficient_rules if coefficient_rules is None else coefficient_rules,
@@ -221,16 +230,7 @@ class CurriculumState:
         """This state with checked layer kinds (``self`` when they are its own)."""
         if owners == self.parameter_owners and norms == self.norm_layers:
             return self
-        new = object.__new__(CurriculumState)
-        new._set(
-            self._tree,
-            owners,
-            norms,
-            self.norm_policy,
-            self._frozen_rules,
-            self._coefficient_rules,
-        )
-        return new
+        return self._replace(parameter_owners=owners, norm_layers=norms)
 
     # Reading -----------------------------------------------------------------
 
@@ -272,13 +272,8 @@ class CurriculumState:
             frozen = self.resolved_frozen()
             if not self._frozen_rules:
                 cached = (True,) * len(frozen)
-            elif self.norm_policy == "train" and self.norm_layers:
-                norms = self.norm_layers
-                cached = tuple(
-                    not is_frozen or layer in norms for layer, is_frozen in zip(self.layers, frozen)
-                )
             else:
-                cached = tuple(map(operator.not_, frozen))  # in C: once per state
+                cached = tuple(self._trains(self.layers, frozen))
             self._cache["trainable"] = cached
         return cached
 
@@ -324,15 +319,16 @@ class CurriculumState:
         """
         frozen = self._tree.resolve_at(self._frozen_rules, positions, False)
         coefficients = self._tree.resolve_at(self._coefficient_rules, positions, 1.0)
-        if self.norm_policy == "train" and self.norm_layers:
-            norms, layers = self.norm_layers, self.layers
-            trainable = [
-                not is_frozen or layers[position] in norms
-                for position, is_frozen in zip(positions, frozen)
-            ]
-        else:
-            trainable = list(map(operator.not_, frozen))
+        layers = self.layers
+        trainable = list(self._trains((layers[position] for position in positions), frozen))
         return frozen, trainable, coefficients
+
+    def _trains(self, layers: Iterable[str], frozen: Iterable[bool]) -> Iterable[bool]:
+        """Whether each of ``layers`` trains, given whether each is frozen."""
+        if self.norm_policy == "train" and self.norm_layers:
+            norms = self.norm_layers
+            return (not is_frozen or layer in norms for layer, is_frozen in zip(layers, frozen))
+        return map(operator.not_, frozen)  # in C
 
     @property
     def layer_positions(self) -> Mapping[str, int]:
@@ -390,8 +386,7 @@ class CurriculumState:
         Setting 1.0 restores 1.0 even under an ancestor with another coefficient.
         """
         value = validate_coefficient(coefficient)
-        positions = self._positions(patterns)
-        return self.set_coefficients({position: value for position in positions})
+        return self.set_coefficients(dict.fromkeys(self._tree.select(patterns), value))
 
     def set_norm_policy(self, policy: str) -> CurriculumState:
         """What normalization layers inside frozen layers do.
@@ -437,12 +432,9 @@ class CurriculumState:
         return key
 
     def _write_frozen(self, patterns: Patterns, value: bool) -> CurriculumState:
-        positions = self._positions(patterns)
+        positions = self._tree.select(patterns)
         rules = self._tree.write(self._frozen_rules, dict.fromkeys(positions, value), False)
         return self._replace(frozen_rules=rules)
-
-    def _positions(self, patterns: Patterns) -> list[int]:
-        return self._tree.select(patterns)
 
     # Plain data ----------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from ._layers import Patterns, normalize_patterns
-from ._state import CurriculumState, validate_coefficient, validate_norm_policy
+from ._state import CurriculumState, as_float, validate_coefficient, validate_norm_policy
 
 __all__ = [
     "TRANSITION_KINDS",
@@ -500,11 +500,3 @@ def _validate_fraction(value: object, *, what: str) -> float:
     if not (math.isfinite(number) and 0 < number <= 1):
         raise ValueError(f"{what} must be in (0, 1], got {value!r}")
     return number
-
-
-def as_float(value: numbers.Real) -> float:
-    """``float(value)``, infinite for an int or Fraction beyond the float range."""
-    try:
-        return float(value)
-    except OverflowError:
-        return -math.inf if value < 0 else math.inf

@@ -54,7 +54,7 @@ class WeightDecayRules:
     """Validated ``no_weight_decay`` rules.
 
     Attributes:
-        kinds: the built-in kinds named, in the order given.
+        kinds: the built-in kinds named.
         patterns: the regexes (matched with ``re.fullmatch`` on the full name).
         predicates: the callables.
     """
