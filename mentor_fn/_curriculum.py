@@ -321,7 +321,7 @@ class Curriculum:
                 scale_group(optimizer, scheduler, index, coefficient)
                 optimizer.param_groups[index]["coefficient"] = coefficient
         self._optimizer, self._scheduler = optimizer, scheduler
-        self._watch(optimizer, layout_trusted=True)
+        self._watch(optimizer, layout_trusted=True, state_carried=False)
         self._set_state(state)
         return optimizer
 
@@ -335,19 +335,33 @@ class Curriculum:
             self._fresh_starts = None
         self._index = None
 
-    def _watch(self, optimizer: torch.optim.Optimizer, *, layout_trusted: bool) -> None:
+    def _watch(
+        self, optimizer: torch.optim.Optimizer, *, layout_trusted: bool, state_carried: bool
+    ) -> None:
         """Install this Curriculum's step hooks on ``optimizer``, whose groups are new.
 
         The previous ones go (on a rebuild in place, they are on the same
         object): the step guard, and the fresh starts of fused groups.
-        ``layout_trusted``: whether the groups are known to fit the state
-        (derived from it here); otherwise the pure plan checks them once,
-        before the first plan over the touched groups only.
+
+        Args:
+            optimizer: the optimizer, its groups new.
+            layout_trusted: whether the groups are known to fit the state
+                (derived from it here); otherwise the pure plan checks them
+                once, before the first plan over the touched groups only.
+            state_carried: whether some parameters may have state while
+                others in their group have none (a rebuild carried it, or a
+                load restored it from between an unfreeze and the next
+                step); those without step apart while their fused group's
+                others have state.
         """
         self._unwatch()
         self._guard = guard_against_stale_parameters(optimizer, self._model, self.check_parameters)
         self._fresh_starts = FreshStarts(optimizer)
         self._layout_trusted = layout_trusted
+        if state_carried:
+            self._fresh_starts.add(
+                parameter for group in optimizer.param_groups for parameter in group["params"]
+            )
 
     def _make_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
         if self._scheduler_factory is None:
@@ -579,13 +593,7 @@ class Curriculum:
             self._optimizer = optimizer
         else:
             rebuild_in_place(optimizer, self._scheduler, **arguments)
-        self._watch(optimizer, layout_trusted=True)
-        assert self._fresh_starts is not None
-        # Parameters that start without state (newly trainable) step apart
-        # while their fused group's others have state.
-        self._fresh_starts.add(
-            parameter for group in optimizer.param_groups for parameter in group["params"]
-        )
+        self._watch(optimizer, layout_trusted=True, state_carried=True)
         return Rebuild(decision.reasons, obstacles), walked
 
     # The global lr ----------------------------------------------------------------------
@@ -694,14 +702,9 @@ class Curriculum:
         self._optimizer, self._scheduler = optimizer, restored.scheduler
         if optimizer is not None:
             # The saved layout is checked against the state before the first
-            # plan over touched groups only.
-            self._watch(optimizer, layout_trusted=False)
-            assert self._fresh_starts is not None
-            # Saved between an unfreeze and the next step: the same split as
-            # in the run that saved it.
-            self._fresh_starts.add(
-                parameter for group in optimizer.param_groups for parameter in group["params"]
-            )
+            # plan over touched groups only; state saved between an unfreeze
+            # and the next step gets the same split as in the run that saved it.
+            self._watch(optimizer, layout_trusted=False, state_carried=True)
         else:
             self._unwatch()
         self._set_state(new)

@@ -56,11 +56,6 @@ class FreshStarts:
         self._split: list[tuple[dict[str, Any], list[torch.Tensor], dict[str, Any]]] = []
         self._handles: tuple[RemovableHandle, ...] = ()
 
-    @property
-    def pending(self) -> int:
-        """How many parameters wait for their first step apart."""
-        return sum(len(waiting) for _, waiting in self._pending)
-
     def add(
         self,
         parameters: Iterable[torch.Tensor],
@@ -81,18 +76,17 @@ class FreshStarts:
         groups = [group for group in candidates if group.get("fused")]
         if not groups:
             return
-        watched = {id(group) for group, _ in self._pending}
+        watched = {id(group): known for group, known in self._pending}
         for group in groups:
             waiting = [parameter for parameter in group["params"] if id(parameter) in fresh]
             if not waiting:
                 continue
-            if id(group) in watched:
-                for known_group, known in self._pending:
-                    if known_group is group:
-                        known_ids = {id(parameter) for parameter in known}
-                        known.extend(p for p in waiting if id(p) not in known_ids)
-            else:
+            known = watched.get(id(group))
+            if known is None:
                 self._pending.append((group, waiting))
+            else:
+                known_ids = {id(parameter) for parameter in known}
+                known.extend(p for p in waiting if id(p) not in known_ids)
         if self._pending and not self._handles:
             self._handles = (
                 self._optimizer.register_step_pre_hook(self._before_step),

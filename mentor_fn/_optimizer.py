@@ -63,14 +63,15 @@ def build_optimizer(
 
 
 def optimizer_on_one_group(
-    recipe: OptimizerRecipe, parameters: Sequence[torch.Tensor], *, group_count: int
+    recipe: OptimizerRecipe, parameters: Sequence[torch.Tensor], *, group_count: int = 1
 ) -> torch.optim.Optimizer:
     """The recipe's optimizer on one flat group of ``parameters`` (each once).
 
-    torch validates every parameter once (and Adagrad initialises its state);
-    the caller then replaces ``param_groups`` with ``group_count`` groups, each
-    with its own keys and this group's values (the optimizer's defaults) for
-    the others, as ``add_param_group`` would make them.
+    torch validates every parameter once (and Adagrad initialises its state).
+    A caller that splits it replaces ``param_groups`` with ``group_count``
+    groups, each with its own keys and this group's values (the optimizer's
+    defaults) for the others, as ``add_param_group`` would make them; a
+    scratch optimizer (probes, fresh state) keeps its one group.
 
     Raises:
         ValueError: several groups for LBFGS, which supports only one.
@@ -94,11 +95,7 @@ def fresh_state(
     """
     if not parameters:
         return {}
-    scratch = recipe.optimizer_class(
-        [{"params": list(parameters)}],
-        lr=recipe.lr,  # type: ignore[call-arg]
-        **recipe.kwargs,
-    )
+    scratch = optimizer_on_one_group(recipe, list(parameters))
     return {
         parameter: scratch.state[parameter]
         for parameter in parameters

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ._groups import DECAY_KEY, is_reference_group
+from ._optimizer import optimizer_on_one_group
 from ._optimizer_recipe import OptimizerRecipe
 from ._qualified_names import qualified_name
 from ._schedulers import GROUP_LR_KEYS, iter_schedulers
@@ -86,10 +87,7 @@ def _kind(value: object) -> str:
     kind = _EXACT_KINDS.get(type(value))  # the usual types, without ABC checks
     if kind is not None:
         return kind
-    if value is None:
-        return "None"
-    if isinstance(value, bool):
-        return "a bool"
+    # None and bool (which cannot be subclassed) are exact kinds, found above.
     if isinstance(value, (numbers.Real, torch.Tensor)):
         return "a number"
     if isinstance(value, str):
@@ -157,11 +155,7 @@ def parameter_shaped_state_keys(
         for shape in _PROBE_SHAPES
     ]
     try:
-        scratch = recipe.optimizer_class(
-            [{"params": probes}],
-            lr=recipe.lr,  # type: ignore[call-arg]
-            **recipe.kwargs,
-        )
+        scratch = optimizer_on_one_group(recipe, probes)
         for probe in probes:
             probe.grad = torch.full_like(probe, 0.25)
         scratch.step()
@@ -309,7 +303,7 @@ def _defaults(recipe: OptimizerRecipe, like: torch.Tensor) -> dict[str, Any]:
     """The group values the recipe's optimizer gives a group, ``params`` excluded."""
     probe = torch.zeros(1, dtype=like.dtype, device=like.device, requires_grad=True)
     try:
-        scratch = recipe.optimizer_class([probe], lr=recipe.lr, **recipe.kwargs)  # type: ignore[call-arg]
+        scratch = optimizer_on_one_group(recipe, [probe])
     except Exception:
         return {}
     return {key: value for key, value in scratch.param_groups[0].items() if key != "params"}
