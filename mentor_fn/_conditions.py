@@ -30,6 +30,7 @@ __all__ = [
     "any_of",
     "condition_from_dict",
     "plateau",
+    "validate_count",
 ]
 
 Progress = Any
@@ -368,12 +369,12 @@ def after_epochs(n: int) -> AfterEpochs:
         ...                   epoch_end=True, metrics=None)
         (None, True)
     """
-    return AfterEpochs(_count(n, what="after_epochs: n"))
+    return AfterEpochs(validate_count(n, what="after_epochs: n"))
 
 
 def after_steps(n: int) -> AfterSteps:
     """Holds once ``n`` (>= 1) optimizer steps are done in the phase, counted from its start."""
-    return AfterSteps(_count(n, what="after_steps: n"))
+    return AfterSteps(validate_count(n, what="after_steps: n"))
 
 
 def plateau(
@@ -418,7 +419,9 @@ def plateau(
         raise TypeError(f"plateau: min_delta must be a real number, got {min_delta!r}")
     if not (math.isfinite(min_delta) and min_delta >= 0):
         raise ValueError(f"plateau: min_delta must be finite and >= 0, got {min_delta!r}")
-    return Plateau(metric, mode, _count(patience, what="plateau: patience"), float(min_delta) + 0.0)
+    return Plateau(
+        metric, mode, validate_count(patience, what="plateau: patience"), float(min_delta) + 0.0
+    )
 
 
 def any_of(*conditions: Condition) -> AnyOf:
@@ -480,7 +483,8 @@ _FACTORIES: dict[str, Any] = {
 # Helpers ----------------------------------------------------------------------------------
 
 
-def _count(value: object, *, what: str) -> int:
+def validate_count(value: object, *, what: str) -> int:
+    """``value`` as an int >= 1; TypeError for bools and non-integers."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{what} must be an int >= 1, got {type(value).__name__}: {value!r}")
     if value < 1:

@@ -17,7 +17,7 @@ import math
 import numbers
 from collections.abc import Sequence
 
-from ._conditions import after_epochs
+from ._conditions import after_epochs, validate_count
 from ._layers import Patterns, normalize_patterns
 from ._schedule import Phase, Schedule
 from ._transitions import (
@@ -70,7 +70,7 @@ def gradual_unfreeze(
     for position, group in enumerate(checked):
         if group in checked[:position]:
             raise ValueError(f"groups[{position}] repeats an earlier group: {list(group)}")
-    stage_epochs = _count(epochs_per_stage, "epochs_per_stage")
+    stage_epochs = validate_count(epochs_per_stage, what="epochs_per_stage")
     head = checked[-1]
     first: list[Transition] = [freeze(_EVERY_LAYER), unfreeze(head)]
     if decay is not None:
@@ -109,8 +109,8 @@ def fine_tune(head: Patterns, *, freeze_epochs: int, epochs: int, lr_mult: float
         lr_mult: how many times slower the first layer learns than the last (>= 1).
     """
     head_patterns = _patterns(head, "head")
-    frozen_epochs = _count(freeze_epochs, "freeze_epochs")
-    unfrozen_epochs = _count(epochs, "epochs")
+    frozen_epochs = validate_count(freeze_epochs, what="freeze_epochs")
+    unfrozen_epochs = validate_count(epochs, what="epochs")
     mult = _real(lr_mult, "lr_mult")
     if not (math.isfinite(mult) and mult >= 1):
         raise ValueError(f"lr_mult must be finite and >= 1, got {lr_mult!r}")
@@ -141,7 +141,7 @@ def lp_ft(head: Patterns, *, probe_epochs: int, lr_ratio: float = 0.1) -> Schedu
         lr_ratio: the fine-tuning lr relative to the probe's (finite, > 0).
     """
     head_patterns = _patterns(head, "head")
-    epochs = _count(probe_epochs, "probe_epochs")
+    epochs = validate_count(probe_epochs, what="probe_epochs")
     ratio = _real(lr_ratio, "lr_ratio")
     if not (math.isfinite(ratio) and ratio > 0):
         raise ValueError(f"lr_ratio must be finite and > 0, got {lr_ratio!r}")
@@ -171,14 +171,6 @@ def _patterns(patterns: object, what: str) -> tuple[str, ...]:
     if not checked:
         raise ValueError(f"{what} must hold at least one pattern, got {patterns!r}")
     return checked
-
-
-def _count(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{what} must be an int >= 1, got {type(value).__name__}: {value!r}")
-    if value < 1:
-        raise ValueError(f"{what} must be an int >= 1, got {value!r}")
-    return int(value)
 
 
 def _real(value: object, what: str) -> float:

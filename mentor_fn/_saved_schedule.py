@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._schedule import Phase, Schedule
+from ._schedule import Phase, Schedule, fingerprint_of
 from ._schedule_cursor import ScheduleCursor
 from ._state import CurriculumState
 
@@ -74,7 +74,7 @@ class SavedSchedule:
             "version": FORMAT_VERSION,
             "cursor": self.cursor.to_dict(),
             "initial_state": self.initial_state.to_dict(),
-            "fingerprint": self.fingerprint,
+            "fingerprint": fingerprint_of(schedule),
             "schedule": schedule,
         }
 

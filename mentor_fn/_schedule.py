@@ -33,7 +33,7 @@ from ._transitions import (
 )
 from ._warmup import warmup_state
 
-__all__ = ["Phase", "Schedule", "apply_phase"]
+__all__ = ["Phase", "Schedule", "apply_phase", "fingerprint_of"]
 
 _SCHEDULE_FORMAT = "mentor_fn.Schedule"
 _PHASE_FIELDS = ("name", "transition", "until", "lr", "lr_scale", "optimizer", "warmup_steps")
@@ -372,8 +372,13 @@ class Schedule:
 
     def fingerprint(self) -> str:
         """sha256 (hex) of the canonical JSON of :meth:`to_dict` (TypeError if not serializable)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
-        return hashlib.sha256(text.encode()).hexdigest()
+        return fingerprint_of(self.to_dict())
+
+
+def fingerprint_of(schedule_dict: Mapping[str, Any]) -> str:
+    """:meth:`Schedule.fingerprint` of the schedule whose :meth:`Schedule.to_dict` this is."""
+    text = json.dumps(schedule_dict, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def apply_phase(phase: Phase, state: CurriculumState) -> CurriculumState:

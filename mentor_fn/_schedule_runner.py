@@ -13,7 +13,8 @@ from typing import Any
 
 from ._curriculum import Curriculum
 from ._layers import check_same_layers
-from ._plan import NoChange, Patch, Rebuild
+from ._plan import Plan, Rebuild
+from ._plan_execution import reference_index
 from ._saved_schedule import SavedSchedule, check_agreement
 from ._schedule import Phase, Schedule, apply_phase
 from ._schedule_cursor import ScheduleCursor
@@ -21,8 +22,6 @@ from ._state import CurriculumState
 from ._warmup import WarmupRamp
 
 __all__ = ["ScheduleRunner"]
-
-Plan = NoChange | Patch | Rebuild
 
 
 class ScheduleRunner:
@@ -95,7 +94,6 @@ class ScheduleRunner:
         # The current phase's target state, and its warmup (None without one).
         self._target: CurriculumState | None = None
         self._ramp: WarmupRamp | None = None
-        self._warmup_steps = 0
 
     # Reading ----------------------------------------------------------------------------
 
@@ -144,7 +142,7 @@ class ScheduleRunner:
         initial = self._owned(self._curriculum.state if given is None else given)
         cursor = self._schedule.start()
         target, ramp = self._prepare(cursor.phase, initial)
-        executed = self._enter(self._schedule.phases[0], _entry_state(target, ramp))
+        executed = self._enter(self._schedule.phases[0], _state_at(0, target, ramp))
         self._initial = initial
         self._commit(cursor, target, ramp)
         return executed
@@ -157,10 +155,11 @@ class ScheduleRunner:
         new = self._schedule._advance(cursor, 1, False, None)
         if new.phase != cursor.phase:
             return self._change_phase(new)
-        if new.steps < self._warmup_steps:
-            assert self._ramp is not None
-            ramped = self._ramp.state((new.steps + 1) / self._warmup_steps)
-            executed = self._curriculum.update(ramped, reset_optimizer_if_needed=True)
+        ramp = self._ramp
+        if ramp is not None and new.steps < ramp.warmup_steps:
+            executed = self._curriculum.update(
+                ramp.state(new.steps), reset_optimizer_if_needed=True
+            )
             self._cursor = new
             return executed
         self._cursor = new
@@ -185,7 +184,7 @@ class ScheduleRunner:
     def _change_phase(self, cursor: ScheduleCursor) -> Plan:
         assert self._target is not None
         target, ramp = self._prepare(cursor.phase, self._target)
-        executed = self._enter(self._schedule.phases[cursor.phase], _entry_state(target, ramp))
+        executed = self._enter(self._schedule.phases[cursor.phase], _state_at(0, target, ramp))
         self._commit(cursor, target, ramp)
         return executed
 
@@ -208,7 +207,11 @@ class ScheduleRunner:
         if lr is not None or phase.lr_scale is not None:
             # Checked before anything changes: set_lr rescales the live lr by
             # new / live, which no ratio can do from 0.
-            live = _live_lr(optimizer) if optimizer is not None else curriculum.lr
+            live = (
+                float(optimizer.param_groups[reference_index(optimizer)]["lr"])
+                if optimizer is not None
+                else curriculum.lr
+            )
             if built and live == 0:
                 raise RuntimeError(
                     f"phase {phase.name!r} sets the global lr, but the live lr is 0 (the "
@@ -233,8 +236,6 @@ class ScheduleRunner:
         self, cursor: ScheduleCursor, target: CurriculumState, ramp: WarmupRamp | None
     ) -> None:
         self._cursor, self._target, self._ramp = cursor, target, ramp
-        phase = self._schedule.phases[cursor.phase]
-        self._warmup_steps = phase.warmup_steps if ramp is not None else 0
 
     # Saving and resuming --------------------------------------------------------------------
 
@@ -298,7 +299,7 @@ class ScheduleRunner:
         for index in range(cursor.phase):
             target = apply_phase(self._schedule.phases[index], target)
         target, ramp = self._prepare(cursor.phase, target)
-        expected = _expected_state(cursor, target, ramp)
+        expected = _state_at(cursor.steps, target, ramp)
         check_agreement(expected, self._curriculum.state, self._schedule.phases[cursor.phase])
         self._initial = initial
         self._commit(cursor, target, ramp)
@@ -315,7 +316,7 @@ class ScheduleRunner:
         """
         if self._cursor is None or self._target is None:
             raise RuntimeError("call start() (or load_state_dict()) before check_state()")
-        expected = _expected_state(self._cursor, self._target, self._ramp)
+        expected = _state_at(self._cursor.steps, self._target, self._ramp)
         phase = self._schedule.phases[self._cursor.phase]
         check_agreement(expected, self._curriculum.state, phase, hint=hint)
 
@@ -337,7 +338,6 @@ class ScheduleRunner:
         moved = ScheduleRunner(curriculum, self._schedule)
         moved._initial = self._initial
         moved._cursor, moved._target, moved._ramp = self._cursor, self._target, self._ramp
-        moved._warmup_steps = self._warmup_steps
         moved.check_state(hint)
         return moved
 
@@ -354,24 +354,9 @@ class ScheduleRunner:
         )
 
 
-def _live_lr(optimizer: Any) -> float:
-    """The lr of the Curriculum's reference group: the global lr under the scheduler now."""
-    for group in reversed(optimizer.param_groups):
-        if group.get("layers") == () and not group["params"]:
-            return float(group["lr"])
-    raise RuntimeError("the Curriculum's optimizer has no reference group (layers == ())")
-
-
-def _expected_state(
-    cursor: ScheduleCursor, target: CurriculumState, ramp: WarmupRamp | None
-) -> CurriculumState:
-    """The state at ``cursor``: ``schedule.state_at``, from the parts kept for steps."""
-    return target if ramp is None else ramp.state((cursor.steps + 1) / ramp.warmup_steps)
-
-
-def _entry_state(target: CurriculumState, ramp: WarmupRamp | None) -> CurriculumState:
-    """The state at a phase's first step: the target, or its first warmup step."""
-    return target if ramp is None else ramp.state(1 / ramp.warmup_steps)
+def _state_at(steps: int, target: CurriculumState, ramp: WarmupRamp | None) -> CurriculumState:
+    """``schedule.state_at`` after ``steps`` steps in the phase, from the parts kept per phase."""
+    return target if ramp is None else ramp.state(steps)
 
 
 def describe_schedule(schedule: Schedule) -> str:

@@ -27,9 +27,8 @@ def call_text(data: Mapping[str, Any]) -> str:
         "chain(freeze('a'))"
     """
     arguments = []
-    for position, (name, value) in enumerate(
-        (name, value) for name, value in data.items() if name != "kind"
-    ):
+    fields = [(name, value) for name, value in data.items() if name != "kind"]
+    for position, (name, value) in enumerate(fields):
         if value is None:
             continue
         if isinstance(value, list) and all(isinstance(item, Mapping) for item in value):

@@ -8,6 +8,7 @@ states before and after the phase's transition.
 
 from __future__ import annotations
 
+from ._layer_tree import layer_tree
 from ._state import CurriculumState
 
 __all__ = ["WarmupRamp", "warmup_state"]
@@ -36,17 +37,21 @@ class WarmupRamp:
             for position, layer in enumerate(layers)
             if trains[position] and not trained[position] and layer in owners
         }
-        names = {layers[position] for position in self.warming}
         self.kept = {
             position: coefficients[position]
-            for position, layer in enumerate(layers)
-            if position not in self.warming and _below_any(layer, names)
+            for position in layer_tree(layers).subtrees(self.warming)
+            if position not in self.warming
         }
 
-    def state(self, ramp: float) -> CurriculumState:
-        """The target state with the warming layers at ``ramp`` times their coefficient."""
-        if not self.warming or ramp >= 1:
+    def state(self, steps: int) -> CurriculumState:
+        """The state after ``steps`` optimizer steps in the phase.
+
+        The warming layers are at ``min(1, (steps + 1) / warmup_steps)`` times
+        their target coefficient.
+        """
+        if not self.warming or steps + 1 >= self.warmup_steps:
             return self.target
+        ramp = (steps + 1) / self.warmup_steps
         values = {position: coefficient * ramp for position, coefficient in self.warming.items()}
         values.update(self.kept)
         return self.target.set_coefficients(values)
@@ -65,13 +70,4 @@ def warmup_state(
     """
     if steps + 1 >= warmup_steps:
         return target
-    return WarmupRamp(before, target, warmup_steps).state((steps + 1) / warmup_steps)
-
-
-def _below_any(layer: str, names: set[str]) -> bool:
-    head, dot, _ = layer.rpartition(".")
-    while dot:
-        if head in names:
-            return True
-        head, dot, _ = head.rpartition(".")
-    return False
+    return WarmupRamp(before, target, warmup_steps).state(steps)

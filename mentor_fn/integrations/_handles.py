@@ -208,7 +208,7 @@ class LiveScheduler(LRScheduler):
         # Only reached for attributes the handle lacks: read them from the live scheduler.
         if name.startswith("__") or name in ("_run", "optimizer"):
             raise AttributeError(name)
-        live = self._run.curriculum.scheduler
+        live = self.live
         if live is None:
             raise AttributeError(f"{type(self).__name__} has no attribute {name!r} (no scheduler)")
         return getattr(live, name)

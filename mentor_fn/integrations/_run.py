@@ -56,10 +56,6 @@ class CurriculumRun:
         return self._runner
 
     @property
-    def started(self) -> bool:
-        return self._started
-
-    @property
     def optimizer(self) -> LiveOptimizer:
         """The handle to give the framework as its optimizer."""
         return self._optimizer
