@@ -151,9 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             output = arguments.output or default_plot_path(arguments.checkpoint)
             written = plot_checkpoint(arguments.checkpoint, output)
             print(f"wrote {written}")
-    except (CheckpointError, ImageFormatError) as error:
-        _fail(f"{PROG} {arguments.command}: error: {error}")
-    except ImportError as error:
+    except (CheckpointError, ImageFormatError, ImportError) as error:
         _fail(f"{PROG} {arguments.command}: error: {error}")
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""

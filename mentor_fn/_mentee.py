@@ -34,10 +34,7 @@ from ._mentee_construction import (
 )
 from ._mentee_fit import DEFAULT_LR, MenteeFitting
 from ._mentee_resume import model_from, resumed_curriculum
-from ._mentee_schedule import (
-    check_resume_schedule,
-    resumed_runner,
-)
+from ._mentee_schedule import check_resume_schedule, resumed_runner
 from ._qualified_names import qualified_name
 from ._random_states import RandomStates
 from ._schedule import Schedule

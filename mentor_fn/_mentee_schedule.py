@@ -163,9 +163,9 @@ def check_resume_schedule(
             another schedule without ``allow_schedule_change``.
     """
     check_schedule_arguments(schedule, allow_schedule_change)
-    saved = checkpoint.schedule
     if schedule is None:
         return
+    saved = checkpoint.schedule
     if saved is None:
         raise CheckpointError(
             f"checkpoint {checkpoint.path!r} holds no schedule run: resume without schedule=, "

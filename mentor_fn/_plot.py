@@ -290,10 +290,13 @@ def plot_timeline(
             0.5, 0.5, "no learning rates recorded", ha="center", transform=lr_axis.transAxes
         )
     lr_axis.set_ylabel("effective lr")
+    # Room above the title for the phase names drawn over the lr panel.
+    labelled = any(label for _, _, label in segments)
     lr_axis.set_title(
         "effective learning rate per layer (global lr x coefficient; no line = frozen)",
         fontsize=10,
         loc="left",
+        pad=20 if labelled else None,
     )
     lr_axis.grid(axis="y", which="major", color="#dddddd", linewidth=0.8, zorder=0)
     for start, stop, label in segments:
@@ -310,13 +313,6 @@ def plot_timeline(
                 color="#333333",
                 clip_on=False,
             )
-    if any(label for _, _, label in segments):
-        lr_axis.set_title(
-            "effective learning rate per layer (global lr x coefficient; no line = frozen)",
-            fontsize=10,
-            loc="left",
-            pad=20,
-        )
 
     # 2. One lane per layer: coloured while trainable, hatched grey while frozen.
     lane_order = list(reversed(layers))  # the output layer on top, like the lr lines

@@ -81,12 +81,11 @@ def saved_layer_rows(checkpoint: MenteeCheckpoint) -> tuple[list[LayerRow], bool
     counts: dict[str, int] = {}
     seen: set[tuple[int, int, tuple[int, ...]]] = set()
     estimated = False
-    covered = set(lr_of)
     for name, tensor in checkpoint.weights.items():
         owner = name if name in owners else name.rpartition(".")[0]
         if owner not in owners or not tensor.is_floating_point():
             continue
-        if owner not in covered or name in known_parameters:
+        if owner not in lr_of or name in known_parameters:
             # torch.load keeps tied tensors shared: count each storage view once.
             key = (
                 tensor.untyped_storage().data_ptr(),
@@ -97,7 +96,7 @@ def saved_layer_rows(checkpoint: MenteeCheckpoint) -> tuple[list[LayerRow], bool
                 continue
             seen.add(key)
             counts[owner] = counts.get(owner, 0) + tensor.numel()
-            estimated = estimated or owner not in covered
+            estimated = estimated or owner not in lr_of
     return _rows(state, lr_of, counts, fallback_lr=fallback), estimated
 
 
