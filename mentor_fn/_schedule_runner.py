@@ -342,15 +342,11 @@ class ScheduleRunner:
         return moved
 
     def _owned(self, state: CurriculumState) -> CurriculumState:
-        """``state`` with the Curriculum's parameter owners (a state made from layers lacks them)."""
-        owners = self._curriculum.state.parameter_owners
-        if state.parameter_owners == owners:
-            return state
-        return CurriculumState(
-            state.layers,
-            frozen=state.frozen,
-            coefficients=state.coefficients,
-            parameter_owners=owners,
+        """``state`` with the layer kinds of the Curriculum's model (a state made
+        from layer names lacks them); its rules and norm policy are kept."""
+        model_kinds = self._curriculum.state
+        return state.with_layer_kinds(
+            parameter_owners=model_kinds.parameter_owners, norm_layers=model_kinds.norm_layers
         )
 
 

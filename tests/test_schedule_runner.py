@@ -110,6 +110,29 @@ def test_start_with_an_initial_state():
         ScheduleRunner(curriculum, schedule, initial_state=CurriculumState(("head",)))
 
 
+def test_an_initial_state_keeps_its_norm_policy_and_gets_the_models_norm_layers():
+    """A state made from layer names gets the model's layer kinds, owners and norm
+    layers both; its own rules and norm policy are kept."""
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("backbone", nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8)))
+    model.add_module("head", nn.Linear(8, 3))
+    curriculum = make_curriculum(model)
+    initial = CurriculumState(curriculum.state.layers, norm_policy="eval")
+    runner = ScheduleRunner(
+        curriculum, Schedule([Phase("head", freeze("backbone"))]), initial_state=initial
+    )
+    runner.start()
+    assert runner.initial_state.norm_policy == "eval"
+    assert curriculum.state.norm_policy == "eval"
+    assert curriculum.state.norm_layers == frozenset({"backbone.1"})
+    assert runner.initial_state.norm_layers == curriculum.state.norm_layers
+    model.train()
+    before = model.backbone[1].running_mean.clone()
+    model(torch.randn(16, 4))
+    assert torch.equal(model.backbone[1].running_mean, before)  # frozen norm: statistics kept
+
+
 def test_constructor_validates_its_arguments():
     curriculum = make_curriculum(make_model())
     schedule = Schedule([Phase("a", freeze("head"))])
