@@ -32,12 +32,12 @@ from mentor_fn.integrations.lightning import CurriculumCallback
 pl = workers.pl
 
 # Lightning's advice about tiny runs (few batches, no workers, no logger) is noise here.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning"
-)
-
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning"
+    ),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 def phased_schedule() -> mf.Schedule:
