@@ -31,7 +31,7 @@ one.
   constructor alone is shown for information (it does not walk the model:
   the state is derived at the first use, here ``build()``);
 - **build() again**: a new phase (``build()``) on a built Curriculum;
-- ``build_optimizer`` (``mentor_fn._optimizer.build_optimizer`` alone, on the
+- ``build_optimizer`` (``mentor_fn._wrapper.optimizers.build_optimizer`` alone, on the
   precomputed groups ``build()`` gives it) is compared with the flat
   constructor on a precomputed parameter list;
 - **torch per-layer**, for contrast: ``torch.optim.Adam(param_groups(state,
@@ -133,8 +133,8 @@ from torch import nn
 import mentor_fn as mf
 from benchmarks import _vit_unfreeze as vit
 from benchmarks._common import machine, quick_and_repeats_arguments
-from mentor_fn._optimizer import build_optimizer
-from mentor_fn._optimizer_recipe import OptimizerRecipe
+from mentor_fn._wrapper.optimizer_recipe import OptimizerRecipe
+from mentor_fn._wrapper.optimizers import build_optimizer
 
 BUILD_LIMIT = 1.5
 """Largest allowed (Curriculum(model, lr) + build()) / flat constructor ratio, from 1k layers."""

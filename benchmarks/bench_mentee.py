@@ -41,7 +41,7 @@ runs once, order rotating; medians of several rounds:
 - **save_checkpoint**: ``save_checkpoint(path, same dict)`` then
   ``load_checkpoint(path)``. It writes a temporary file, fsyncs it, renames it
   over ``path`` and fsyncs the folder: the durability torch.save does not give
-  (see ``mentor_fn._atomic_write`` for how that stays about as fast);
+  (see ``mentor_fn._files.atomic_write`` for how that stays about as fast);
 - **Mentee**: ``model.save(path)`` then ``Mentee.resume_training(path)``
   (model rebuilt, optimizer and scheduler restored), against a
   **hand-written resume**: ``torch.save`` of model, optimizer and scheduler
@@ -88,8 +88,8 @@ from tqdm.auto import tqdm
 
 import mentor_fn as mf
 from benchmarks._common import machine as common_machine
-from mentor_fn import _atomic_write as atomic_write
-from mentor_fn._checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from mentor_fn._files import atomic_write
+from mentor_fn._files.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 
 FIT_LIMIT = 1.05
 """Largest allowed fit / hand-written per-epoch ratio (issue 4)."""
@@ -504,7 +504,7 @@ UNAIDED_STEPS = (
 def measure_save_steps(rounds: int, folder: Path) -> dict[str, float]:
     """Medians of the steps of ``save_checkpoint``, timed one by one.
 
-    The same calls as ``mentor_fn._atomic_write.replace_file``, in its order;
+    The same calls as ``mentor_fn._files.atomic_write.replace_file``, in its order;
     then the same save without its two aids (no writeback while writing, the
     rename frees the previous file), and ``torch.save`` to a path, in the same
     rounds, for reference.

@@ -5,33 +5,15 @@ Two controls per layer, frozen and lr coefficient, held in a
 :func:`plan` says how a live optimizer moves from one state to the next.
 """
 
-import importlib.metadata as _metadata
+# Each group is one layer of the package, bottom up; a layer imports only those above it here.
+# ruff: noqa: I001 (the groups follow the layers, not the alphabet)
 
-from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ._conditions import (
-    Condition,
-    after_epochs,
-    after_steps,
-    all_of,
-    any_of,
-    condition_from_dict,
-    plateau,
-)
-from ._curriculum import Curriculum
-from ._ddp import wrap_ddp
-from ._distributed_checkpoint import load_distributed_checkpoint, save_distributed_checkpoint
-from ._groups import param_groups, requires_grad_map
-from ._layers import layer_names, select_layers, unwrap_model
-from ._mentee import Mentee
-from ._plan import GroupLayout, GroupScale, NoChange, Patch, Plan, Rebuild, layout_of, plan
-from ._recipes import fine_tune, gradual_unfreeze, lp_ft
-from ._requires_grad import apply_requires_grad
-from ._schedule import Phase, Schedule
-from ._schedule_cursor import ScheduleCursor
-from ._schedule_runner import ScheduleRunner
-from ._state import CurriculumState
-from ._trainers import Classifier, Regressor, Trainer
-from ._transitions import (
+# The pure core: layers, the immutable state, transitions, param groups, plans.
+from ._core.model_walk import layer_names
+from ._core.selection import select_layers
+from ._core.wrappers import unwrap_model
+from ._core.state import CurriculumState
+from ._core.transitions import (
     Transition,
     chain,
     freeze,
@@ -42,11 +24,39 @@ from ._transitions import (
     transition_from_dict,
     unfreeze,
 )
+from ._core.groups import param_groups, requires_grad_map
+from ._core.plan import GroupLayout, GroupScale, NoChange, Patch, Plan, Rebuild, layout_of, plan
 
-try:  # one home for the version: the distribution's metadata (pyproject.toml)
-    __version__ = _metadata.version("mentor_fn")
-except _metadata.PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "unknown (not installed)"
+# The wrapper: executes plans on a live optimizer and scheduler (the only mutation).
+from ._wrapper.requires_grad import apply_requires_grad
+from ._wrapper.curriculum import Curriculum
+from ._wrapper.ddp import wrap_ddp
+
+# Schedules: a curriculum over time, as data, and the runner that executes it.
+from ._schedules.conditions import (
+    Condition,
+    after_epochs,
+    after_steps,
+    all_of,
+    any_of,
+    condition_from_dict,
+    plateau,
+)
+from ._schedules.schedule import Phase, Schedule
+from ._schedules.cursor import ScheduleCursor
+from ._schedules.runner import ScheduleRunner
+from ._schedules.recipes import fine_tune, gradual_unfreeze, lp_ft
+
+# Files: checkpoints written atomically and read without running code.
+from ._files.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ._files.distributed_checkpoint import load_distributed_checkpoint, save_distributed_checkpoint
+
+# Mentee: torch_mentor's object API (an nn.Module that fits, saves and resumes itself).
+from ._mentee.trainers import Classifier, Regressor, Trainer
+from ._mentee.mentee import Mentee
+
+# The application: its version (the command line lives in mentor_fn.__main__).
+from ._app.version import VERSION as __version__  # noqa: F401 (not in __all__: no star import)
 
 __all__ = [
     "CheckpointError",
@@ -99,3 +109,21 @@ __all__ = [
     "unwrap_model",
     "wrap_ddp",
 ]
+
+
+def _name_the_public_home() -> None:
+    """Give every public class and function the module users import it from.
+
+    They live in private layer modules; with ``__module__ = "mentor_fn"``, pickles,
+    reprs, saved class paths and the API reference say ``mentor_fn.X``, a path
+    that stays put when the private layout moves.
+    """
+    namespace = globals()
+    for name in __all__:
+        value = namespace[name]
+        is_class_or_function = isinstance(value, type) or hasattr(value, "__code__")
+        if is_class_or_function and value.__module__.startswith("mentor_fn._"):
+            value.__module__ = __name__
+
+
+_name_the_public_home()

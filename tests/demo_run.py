@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from mentor_fn._demo import DEFAULT_OUTPUT, DemoResult, run_demo
+from mentor_fn._app.demo.run import DEFAULT_OUTPUT, DemoResult, run_demo
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import mentor_fn._atomic_write as atomic_write
-from mentor_fn._atomic_write import replace_file, wait_for_background_removals
+import mentor_fn._files.atomic_write as atomic_write
+from mentor_fn._files.atomic_write import replace_file, wait_for_background_removals
 
 MiB = 1 << 20
 

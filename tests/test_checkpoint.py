@@ -25,8 +25,8 @@ from torch.utils.data import TensorDataset
 
 import mentor_fn
 from mentor_fn import CheckpointError, Classifier, Mentee, load_checkpoint, save_checkpoint
-from mentor_fn._atomic_write import wait_for_background_removals
-from mentor_fn._checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from mentor_fn._files.atomic_write import wait_for_background_removals
+from mentor_fn._files.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 
 # Models (module level, so Mentee's registry finds them by qualified name) -------
 
@@ -768,7 +768,7 @@ def test_sigkill_during_a_large_save_leaves_previous_checkpoint_loadable(tmp_pat
 
 
 def test_resume_training_reads_the_file_once_and_builds_one_curriculum(tmp_path, monkeypatch):
-    import mentor_fn._mentee_checkpoint as format_module
+    import mentor_fn._files.mentee_file as format_module
 
     path = tmp_path / "once.ckpt"
     trained(epochs=1).save(path)

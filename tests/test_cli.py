@@ -14,12 +14,12 @@ from demo_run import default_demo
 from torch import nn
 
 import mentor_fn as mf
-from mentor_fn import _cli as cli_module
-from mentor_fn._cli import main
-from mentor_fn._demo_model import DigitsCNN
-from mentor_fn._demo_runs import TRANSFER_EPOCHS
-from mentor_fn._plot import default_plot_path, image_format, plot_timeline
-from mentor_fn._render import inspect_text as inspect_checkpoint
+from mentor_fn._app import cli as cli_module
+from mentor_fn._app.cli import main
+from mentor_fn._app.demo.model import DigitsCNN
+from mentor_fn._app.demo.protocol import TRANSFER_EPOCHS
+from mentor_fn._app.plot import default_plot_path, image_format, plot_timeline
+from mentor_fn._app.render import inspect_text as inspect_checkpoint
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LAYERS = [f"backbone.block{b}.conv{c}" for b in (1, 2, 3) for c in (1, 2)] + ["head"]
@@ -55,7 +55,7 @@ def test_inspect_prints_the_layer_table_and_the_history(checkpoint, capsys):
     table = out.split("history:")[0]
     for layer in LAYERS:
         assert f"\n{layer} " in table
-    assert "mentor_fn._demo_model.DigitsCNN" in out
+    assert "mentor_fn._app.demo.model.DigitsCNN" in out
     total = sum(parameter.numel() for parameter in DigitsCNN().parameters())
     assert f"{total:,}" in table
     history = out.split("history:")[1].strip().splitlines()
@@ -247,7 +247,7 @@ def test_inspect_a_finished_schedule(tmp_path):
 
 
 def test_plot_marks_the_planned_end_of_the_current_phase(tmp_path, monkeypatch):
-    import mentor_fn._plot as plot_module
+    import mentor_fn._app.plot as plot_module
 
     path = scheduled_checkpoint(tmp_path, 3)
     drawn: dict = {}
@@ -391,7 +391,7 @@ BLOCK_DEMO_DEPENDENCIES = (
     "import sys\n"
     "sys.modules['sklearn'] = sys.modules['matplotlib'] = None  # importing them now fails\n"
     "import mentor_fn\n"
-    "from mentor_fn._cli import main\n"
+    "from mentor_fn._app.cli import main\n"
     "raise SystemExit(main(sys.argv[1:]))\n"
 )
 

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mentor_fn._conditions import (
+from mentor_fn._schedules.conditions import (
     CONDITION_KINDS,
     Condition,
     after_epochs,

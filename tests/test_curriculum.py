@@ -13,8 +13,8 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 import mentor_fn as mf
-from mentor_fn._optimizer import build_optimizer
-from mentor_fn._optimizer_recipe import OptimizerRecipe
+from mentor_fn._wrapper.optimizer_recipe import OptimizerRecipe
+from mentor_fn._wrapper.optimizers import build_optimizer
 from mentor_fn.testing import check_partition, check_resume
 
 

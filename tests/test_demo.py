@@ -20,9 +20,9 @@ import torch
 from demo_run import DemoRun, default_demo
 
 import mentor_fn as mf
-from mentor_fn import _demo
-from mentor_fn import _demo_runs as runs
-from mentor_fn._demo_data import (
+from mentor_fn._app.demo import protocol as runs
+from mentor_fn._app.demo import run as _demo
+from mentor_fn._app.demo.data import (
     CLASSES,
     ROTATION_DEGREES,
     SHOTS_PER_CLASS,
@@ -30,16 +30,9 @@ from mentor_fn._demo_data import (
     load_tasks,
     rotate,
 )
-from mentor_fn._demo_model import DigitsCNN
-from mentor_fn._demo_report import (
-    COLUMNS,
-    ROWS,
-    SeedsSummary,
-    Spread,
-    seed_table,
-    seeds_table,
-)
-from mentor_fn._demo_runs import Accuracies, SeedResult, Transfer
+from mentor_fn._app.demo.model import DigitsCNN
+from mentor_fn._app.demo.protocol import Accuracies, SeedResult, Transfer
+from mentor_fn._app.demo.report import COLUMNS, ROWS, SeedsSummary, Spread, seed_table, seeds_table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

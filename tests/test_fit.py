@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mentor_fn import Mentee, Regressor, Trainer
-from mentor_fn._fit import FitHooks, as_step_output, run_epochs
+from mentor_fn._mentee.fit_loop import FitHooks, as_step_output, run_epochs
 
 
 class Line(Mentee):

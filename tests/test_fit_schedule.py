@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import mentor_fn as mf
-from mentor_fn._fit import epoch_metrics
+from mentor_fn._mentee.fit_loop import epoch_metrics
 from mentor_fn.testing import schedules
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -24,8 +24,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from torch import nn
 
 import mentor_fn as mf
-from mentor_fn._layers import bare_named_modules
-from mentor_fn._state import NORM_POLICIES
+from mentor_fn._core.state import NORM_POLICIES
+from mentor_fn._core.wrappers import bare_named_modules
 from mentor_fn.testing import (
     INPUT_WIDTH,
     CurriculumMachine,

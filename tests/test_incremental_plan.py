@@ -19,10 +19,11 @@ from strategies import apply_writes, scenarios
 from torch import nn
 
 import mentor_fn as mf
-from mentor_fn import _curriculum, _model_walk
-from mentor_fn._layer_tree import layer_tree
-from mentor_fn._layers import walk_model
-from mentor_fn._patterns import literal_form
+from mentor_fn._core.layer_tree import layer_tree
+from mentor_fn._core.model_walk import walk_model
+from mentor_fn._core.patterns import literal_form
+from mentor_fn._wrapper import curriculum as _curriculum
+from mentor_fn._wrapper import kept_walk as _model_walk
 from mentor_fn.testing import models, writes
 
 # Selection --------------------------------------------------------------------------

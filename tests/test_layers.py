@@ -18,7 +18,7 @@ from mentor_fn import (
     requires_grad_map,
     select_layers,
 )
-from mentor_fn._layers import walk_model
+from mentor_fn._core.model_walk import walk_model
 from mentor_fn.testing import models
 
 # Models ---------------------------------------------------------------------------
@@ -416,7 +416,7 @@ def test_selection_matches_brute_force_fullmatch(layers, data):
 def test_registration_lookups_follow_wrappers_and_notice_replacements():
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    from mentor_fn._layers import lookups_hold, registration_lookups
+    from mentor_fn._wrapper.registration_lookups import lookups_hold, registration_lookups
 
     inner = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
     model = nn.DataParallel(nn.Sequential(checkpoint_wrapper(inner), nn.Linear(2, 1)))
@@ -436,7 +436,7 @@ def test_registration_lookups_follow_wrappers_and_notice_replacements():
 
 
 def test_registration_lookups_of_a_root_parameter():
-    from mentor_fn._layers import lookups_hold, registration_lookups
+    from mentor_fn._wrapper.registration_lookups import lookups_hold, registration_lookups
 
     model = nn.Linear(2, 2)
     lookups = registration_lookups(model, "bias", model.bias)

@@ -21,8 +21,8 @@ from torch import nn
 
 import mentor_fn as mf
 from mentor_fn import CheckpointError, Classifier, Mentee
-from mentor_fn._cli import main
-from mentor_fn._mentee_checkpoint import (
+from mentor_fn._app.cli import main
+from mentor_fn._files.mentee_file import (
     DistributedPlainPart,
     contents_of,
     read_distributed_plain_part,

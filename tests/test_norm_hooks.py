@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mentor_fn import CurriculumState, layer_names
-from mentor_fn._norm_hooks import attach_norm_policy, modules_with_running_statistics
+from mentor_fn._wrapper.norm_hooks import attach_norm_policy, modules_with_running_statistics
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mentor_fn._optimizer_recipe import OptimizerRecipe
+from mentor_fn._wrapper.optimizer_recipe import OptimizerRecipe
 
 
 class MyAdam(torch.optim.Adam):

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from mentor_fn import Curriculum, CurriculumState
-from mentor_fn._conditions import after_epochs
-from mentor_fn._recipes import fine_tune, gradual_unfreeze, lp_ft
-from mentor_fn._schedule import Schedule
-from mentor_fn._schedule_cursor import ScheduleCursor
-from mentor_fn._schedule_runner import ScheduleRunner
+from mentor_fn._schedules.conditions import after_epochs
+from mentor_fn._schedules.cursor import ScheduleCursor
+from mentor_fn._schedules.recipes import fine_tune, gradual_unfreeze, lp_ft
+from mentor_fn._schedules.runner import ScheduleRunner
+from mentor_fn._schedules.schedule import Schedule
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

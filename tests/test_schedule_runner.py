@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from mentor_fn import Curriculum, CurriculumState, NoChange, Patch, Rebuild, chain, freeze, unfreeze
-from mentor_fn._conditions import after_epochs, after_steps, any_of, plateau
-from mentor_fn._schedule import Phase, Schedule
-from mentor_fn._schedule_runner import ScheduleRunner
+from mentor_fn._schedules.conditions import after_epochs, after_steps, any_of, plateau
+from mentor_fn._schedules.runner import ScheduleRunner
+from mentor_fn._schedules.schedule import Phase, Schedule
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

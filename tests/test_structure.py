@@ -1,5 +1,5 @@
-"""The package's structure, read from its sources: no import circles, one home for the
-checkpoint layout."""
+"""The package's structure, read from its sources: the layers contract, no import circles
+(type-checking and lazy imports included), one home for the checkpoint layout."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import mentor_fn
 
 PACKAGE = Path(mentor_fn.__file__).parent
-FORMAT_HOME = "_mentee_checkpoint.py"
-GENERIC_FILE_LAYER = "_checkpoint.py"
+FORMAT_HOME = "_files/mentee_file.py"
+GENERIC_FILE_LAYER = "_files/checkpoint.py"
 
 
 def module_name(path: Path) -> str:
@@ -19,26 +19,14 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node that can run: ``if TYPE_CHECKING:`` blocks are for type checkers only."""
-    nodes, pending = [], [tree]
-    while pending:
-        node = pending.pop()
-        nodes.append(node)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            pending.extend(node.orelse)
-        else:
-            pending.extend(ast.iter_child_nodes(node))
-    return nodes
-
-
 def imported_modules(path: Path, modules: set[str]) -> set[str]:
-    """The package's modules ``path`` imports when it runs, at its top or lazily
-    inside functions."""
+    """The package's modules ``path`` imports: at its top, lazily inside functions, or
+    for type checkers only (a circle through ``if TYPE_CHECKING:`` is still a circle
+    a reader has to untangle)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in _runtime_nodes(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -49,17 +37,15 @@ def imported_modules(path: Path, modules: set[str]) -> set[str]:
             else:
                 source = node.module or ""
             for alias in node.names:
-                # "from . import _layers" imports a module; "from . import __version__"
+                # "from . import fields" imports a module; "from .. import Curriculum"
                 # runs the package itself.
                 submodule = f"{source}.{alias.name}"
                 found.add(submodule if submodule in modules else source)
     return {module for module in found if module in modules and module != name}
 
 
-def test_no_import_circles_lazy_imports_included():
-    paths = sorted(PACKAGE.rglob("*.py"))
-    modules = {module_name(path) for path in paths}
-    graph = {module_name(path): imported_modules(path, modules) for path in paths}
+def test_no_import_circles_lazy_and_type_checking_imports_included():
+    graph = import_graph()
     circles = []
     for start in sorted(graph):
         stack = [(start, [start])]
@@ -72,7 +58,9 @@ def test_no_import_circles_lazy_imports_included():
                     stack.append((following, [*trail, following]))
     assert circles == []
     # The rendering has its own module: the command line only parses and dispatches.
-    assert "mentor_fn._cli" not in graph["mentor_fn._demo"] | graph["mentor_fn._plot"]
+    assert (
+        "mentor_fn._app.cli" not in graph["mentor_fn._app.demo.run"] | graph["mentor_fn._app.plot"]
+    )
 
 
 # The keys of a Mentee checkpoint (and of a distributed checkpoint's plain part)
@@ -97,61 +85,66 @@ CONTENTS_READ = re.compile(r"\bcontents\s*(\[|\.get\(|\.pop\()")
 def test_only_the_format_module_reads_checkpoint_keys():
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name == FORMAT_HOME:
+        relative = path.relative_to(PACKAGE).as_posix()
+        if relative == FORMAT_HOME:
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
-            generic_header = path.name == GENERIC_FILE_LAYER and CONTENTS_READ.search(line)
+            generic_header = relative == GENERIC_FILE_LAYER and CONTENTS_READ.search(line)
             if KEY_READ.search(line) or (CONTENTS_READ.search(line) and not generic_header):
-                offenders.append(f"{path.name}:{number}: {line.strip()}")
+                offenders.append(f"{relative}:{number}: {line.strip()}")
     assert offenders == []
     # The check finds what it looks for.
     home = (PACKAGE / FORMAT_HOME).read_text()
     assert KEY_READ.search(home) and CONTENTS_READ.search(home)
 
 
-README = PACKAGE.parent / "README.md"
+# The private layers, bottom up. A module imports only from its own layer and
+# those below it. The package root re-exports them; the public packages
+# (``testing``, ``integrations``) build on the root and any layer, never on
+# each other, and no layer imports them.
+LAYERS = ("_core", "_wrapper", "_schedules", "_files", "_mentee", "_app")
+ABOVE_THE_LAYERS = {"mentor_fn": 0, "mentor_fn.testing": 1, "mentor_fn.integrations": 1}
 
 
-def _readme_module_order() -> list[str]:
-    """The modules the README's "Modules" section names, in its order (dotted names)."""
-    text = README.read_text()
-    section = text[
-        text.index("\n## Modules\n") : text.index("\n## ", text.index("\n## Modules\n") + 1)
-    ]
-    order = []
-    for name in re.findall(r"`([\w/]+\.py|\w+/)`", section):
-        if name.endswith("/"):
-            order.append(f"mentor_fn.{name[:-1]}")
-        else:
-            order.append(f"mentor_fn.{name[:-3]}")
-    return order
+def rank(module: str) -> tuple[int, str]:
+    """``(height, name of the unit)``: equal heights of different units are not ordered."""
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in LAYERS:
+        return LAYERS.index(parts[1]), parts[1]
+    if len(parts) > 1 and f"mentor_fn.{parts[1]}" in ABOVE_THE_LAYERS:
+        unit = f"mentor_fn.{parts[1]}"
+        return len(LAYERS) + 1 + ABOVE_THE_LAYERS[unit], unit
+    if module in ("mentor_fn", "mentor_fn.__main__"):
+        return len(LAYERS), "mentor_fn"
+    raise AssertionError(f"{module} belongs to no layer: put it in one of {LAYERS}")
 
 
-def test_the_readme_lists_every_module_in_an_order_where_imports_point_up():
-    """A newcomer reads the architecture from the README's module list: every module
-    is there, and each imports only modules listed above it (a subpackage counts as
-    one entry)."""
-    order = _readme_module_order()
+def import_graph() -> dict[str, set[str]]:
     paths = sorted(PACKAGE.rglob("*.py"))
     modules = {module_name(path) for path in paths}
+    return {module_name(path): imported_modules(path, modules) for path in paths}
 
-    def entry(module: str) -> str:
-        for package in ("mentor_fn.testing", "mentor_fn.integrations"):
-            if module == package or module.startswith(package + "."):
-                return package
-        return module
 
-    listed = {entry(module) for module in modules} - {"mentor_fn"}
-    assert sorted(listed - set(order)) == []
-    assert sorted(set(order) - listed) == []
-    position = {name: number for number, name in enumerate(order)}
+def test_the_package_root_holds_only_the_layers_and_the_public_packages():
+    entries = {path.name for path in PACKAGE.iterdir() if path.name != "__pycache__"}
+    public = {name.rpartition(".")[2] for name in ABOVE_THE_LAYERS} - {"mentor_fn"}
+    assert entries == {"__init__.py", "__main__.py", "py.typed", *LAYERS, *public}
+
+
+def test_every_import_points_down_the_layers():
     upward = []
-    for path in paths:
-        importer = entry(module_name(path))
-        if importer == "mentor_fn":
-            continue
-        for imported in imported_modules(path, modules):
-            target = entry(imported)
-            if target not in ("mentor_fn", importer) and position[target] > position[importer]:
-                upward.append(f"{importer} imports {target}, listed below it")
-    assert upward == []
+    for importer, imported in import_graph().items():
+        height, unit = rank(importer)
+        for target in imported:
+            target_height, target_unit = rank(target)
+            if target_unit != unit and target_height >= height:
+                upward.append(f"{importer} imports {target}")
+    assert sorted(upward) == []
+
+
+def test_the_layers_check_finds_an_upward_import():
+    """The contract is not vacuous: the core really sits below the wrapper."""
+    graph = import_graph()
+    assert rank("mentor_fn._core.state") < rank("mentor_fn._wrapper.curriculum")
+    assert "mentor_fn._core.state" in graph["mentor_fn._wrapper.curriculum"]
+    assert rank("mentor_fn._wrapper.curriculum")[0] >= rank("mentor_fn._core.state")[0] + 1

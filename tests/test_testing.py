@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
 import math
 import re
 import subprocess
@@ -93,14 +91,6 @@ def test_import_mentor_fn_testing_without_hypothesis_names_the_extra():
 def test_the_testing_extra_brings_hypothesis():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'testing = \[\s*"hypothesis>=6\.100",?\s*\]', pyproject)
-
-
-@pytest.mark.parametrize(
-    "module", ["_checks", "_diff", "_models", "_resume", "_schedules", "_strategies", "_views"]
-)
-def test_the_docstring_examples_run(module):
-    result = doctest.testmod(importlib.import_module(f"mentor_fn.testing.{module}"))
-    assert result.attempted and not result.failed
 
 
 # Strategies -------------------------------------------------------------------------

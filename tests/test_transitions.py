@@ -23,7 +23,7 @@ from mentor_fn import (
     set_norm_policy,
     unfreeze,
 )
-from mentor_fn._transitions import (
+from mentor_fn._core.transitions import (
     TRANSITION_KINDS,
     LayerwiseLrSpread,
     layerwise_lr_spread,

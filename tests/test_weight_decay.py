@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 import mentor_fn as mf
-from mentor_fn._weight_decay import is_normalization, weight_decay_rules
+from mentor_fn._core.weight_decay import is_normalization, weight_decay_rules
 
 NORMS_WITH_PARAMETERS = [
     nn.BatchNorm1d(4),

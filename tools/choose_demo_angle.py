@@ -38,9 +38,9 @@ def choose_angle(means: Mapping[int, float], threshold: float = THRESHOLD) -> in
 
 def measure(angles: Sequence[int] = ANGLES, seeds: Sequence[int] = SEEDS) -> dict[int, list[float]]:
     """angle -> the pretrained network's target val accuracy per seed, with no transfer."""
-    from mentor_fn._demo import _one_torch_thread
-    from mentor_fn._demo_data import load_tasks
-    from mentor_fn._demo_runs import Watch, _pretrain, accuracy
+    from mentor_fn._app.demo.data import load_tasks
+    from mentor_fn._app.demo.protocol import Watch, _pretrain, accuracy
+    from mentor_fn._app.demo.run import _one_torch_thread
 
     table: dict[int, list[float]] = {angle: [] for angle in angles}
     with _one_torch_thread():  # as the demo runs: the same numbers

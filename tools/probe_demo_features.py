@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from mentor_fn._demo import _one_torch_thread
-    from mentor_fn._demo_data import load_tasks
-    from mentor_fn._demo_runs import Watch, _pretrain, accuracy
+    from mentor_fn._app.demo.data import load_tasks
+    from mentor_fn._app.demo.protocol import Watch, _pretrain, accuracy
+    from mentor_fn._app.demo.run import _one_torch_thread
 
     print(f"target rotated by {options.degrees:g} degrees; target val accuracy")
     print("seed  no transfer  probe on features  probe on pixels")

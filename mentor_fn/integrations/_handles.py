@@ -22,17 +22,31 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-if TYPE_CHECKING:
-    from ._run import CurriculumRun
+from .._wrapper.curriculum import Curriculum
 
 __all__ = ["LiveOptimizer", "LivePlateauScheduler", "LiveScheduler", "scheduler_handle"]
 
 _SCHEDULER_FORMAT = "mentor_fn.integrations.LiveScheduler"
+
+
+class CurriculumRun(Protocol):
+    """What a handle needs of the run it forwards to (``_run.CurriculumRun`` is one).
+
+    A protocol, not an import: the run module imports the handles, so the
+    handles name what they use instead of importing the run back.
+    """
+
+    @property
+    def curriculum(self) -> Curriculum: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None: ...
 
 
 class LiveOptimizer(torch.optim.Optimizer):

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._curriculum import Curriculum
-from .._groups import DECAY_KEY
-from .._state import CurriculumState
+from .._core.groups import DECAY_KEY
+from .._core.state import CurriculumState
+from .._wrapper.curriculum import Curriculum
 from ._views import ModelView, view_model
 
 __all__ = [

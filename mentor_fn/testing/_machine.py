@@ -16,19 +16,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from torch import nn
 from torch.optim import lr_scheduler
 
-from .._curriculum import Curriculum
-from .._plan import NoChange, Patch, Rebuild
-from .._state import CurriculumState
-from .._transitions import Freeze, SetLrCoefficient, Transition, Unfreeze
+from .._core.plan import NoChange, Patch, Rebuild
+from .._core.state import CurriculumState
+from .._core.transitions import Freeze, SetLrCoefficient, Transition, Unfreeze
+from .._wrapper.curriculum import Curriculum
 from ._checks import DEFAULT_REL_TOL, check_lrs, flags_agree, partition_agrees
 from ._diff import first_difference
-from ._resume import (
-    resume_from,
-    run_record,
-    scheduler_order_warning_off,
-    seeded,
-    snapshot_bytes,
-)
+from ._resume import resume_from, run_record, scheduler_order_warning_off, seeded, snapshot_bytes
 from ._strategies import TRANSITION_KINDS, transitions
 from ._views import ModelView, view_model
 

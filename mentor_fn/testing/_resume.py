@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .._curriculum import Curriculum
+from .._wrapper.curriculum import Curriculum
 from ._diff import first_difference
 
 __all__ = [

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import hypothesis.strategies as st
 from torch import nn
 
-from .._conditions import Condition, after_epochs, after_steps, all_of, any_of, plateau
-from .._schedule import Phase, Schedule
+from .._schedules.conditions import Condition, after_epochs, after_steps, all_of, any_of, plateau
+from .._schedules.schedule import Phase, Schedule
 from ._strategies import transitions
 
 __all__ = ["conditions", "schedules"]
@@ -21,7 +21,7 @@ def conditions(*, metrics: Sequence[str] = ("val_loss",)) -> st.SearchStrategy[C
 
     Example:
         >>> from hypothesis import given
-        >>> from mentor_fn._conditions import condition_from_dict
+        >>> from mentor_fn._schedules.conditions import condition_from_dict
         >>> @given(conditions())
         ... def test_plain_data(condition):
         ...     assert condition_from_dict(condition.to_dict()) == condition

@@ -11,9 +11,9 @@ from typing import Literal
 import hypothesis.strategies as st
 from torch import nn
 
-from .._layers import layer_names
-from .._state import NORM_POLICIES, CurriculumState
-from .._transitions import (
+from .._core.model_walk import layer_names
+from .._core.state import NORM_POLICIES, CurriculumState
+from .._core.transitions import (
     Transition,
     chain,
     freeze,

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._layers import unwrap_model
-from .._state import CurriculumState
+from .._core.state import CurriculumState
+from .._core.wrappers import unwrap_model
 
 __all__ = ["NORM_TYPES", "ModelView", "view_model"]
 

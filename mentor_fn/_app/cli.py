@@ -1,0 +1,162 @@
+"""``python -m mentor_fn``: the demo, and inspecting and plotting checkpoints.
+
+Commands::
+
+    python -m mentor_fn demo [--output DIR] [--seed S] [--seeds N] [--quiet]
+    python -m mentor_fn inspect CHECKPOINT
+    python -m mentor_fn plot CHECKPOINT [-o timeline.png|.svg|.pdf|...]
+
+This module parses and dispatches; the text comes from ``mentor_fn._app.render``,
+the image from ``mentor_fn._app.plot``. A usage error, or a checkpoint that is
+missing, unreadable, foreign or malformed, prints one line on stderr and
+exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from .._files.checkpoint import CheckpointError
+from .demo.data import ROTATION_DEGREES, SHOTS_PER_CLASS
+from .demo.run import DEFAULT_OUTPUT, DEFAULT_SEED, run_demo, run_demo_seeds
+from .plot import ImageFormatError, default_plot_path, plot_checkpoint
+from .render import inspect_text
+from .version import VERSION
+
+__all__ = ["main"]
+
+PROG = "python -m mentor_fn"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+def _fail(message: str) -> NoReturn:
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _parser() -> _Parser:
+    parser = _Parser(
+        prog=PROG,
+        description="mentor_fn: curriculum learning for PyTorch. Run the demo, or "
+        "inspect and plot a checkpoint written by Mentee.save / fit.",
+    )
+    # The installed distribution's version (see mentor_fn._app.version).
+    parser.add_argument("--version", action="version", version=f"mentor_fn {VERSION}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="does a curriculum earn its place? lp_ft vs plain fine-tuning on 8x8 digits",
+        description="Pretrain a small CNN on scikit-learn's 8x8 digits, transfer it to the "
+        f"same digits rotated by {ROTATION_DEGREES:g} degrees from {SHOTS_PER_CLASS} labelled "
+        "images per digit, with the lp_ft curriculum and with plain fine-tuning on the same "
+        "budget, and print what each transfer gains on the rotated digits and keeps of the "
+        "upright ones. One seed writes "
+        "a checkpoint and a timeline PNG; --seeds N prints the mean and spread over N seeds. "
+        "Needs: pip install 'mentor_fn[demo]'.",
+    )
+    demo.add_argument(
+        "--output",
+        "-o",
+        default=DEFAULT_OUTPUT,
+        metavar="DIR",
+        help=f"folder for demo.ckpt and timeline.png (default ./{DEFAULT_OUTPUT}; "
+        "not used with --seeds N > 1)",
+    )
+    demo.add_argument(
+        "--seed", type=_int, default=DEFAULT_SEED, help="random seed, or the first one (default 0)"
+    )
+    demo.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run N seeds (--seed, --seed + 1, ...) and print the mean and std of the "
+        "results; writes no files (default 1: one run, with files)",
+    )
+    demo.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="print only the result table, no epochs, no progress bars",
+    )
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="the per-layer table and the per-epoch history of a checkpoint",
+        description="Print the per-layer curriculum state (frozen, coefficient, effective lr, "
+        "parameters) and the per-epoch history of a checkpoint.",
+    )
+    inspect.add_argument("checkpoint", metavar="CHECKPOINT")
+
+    plot = commands.add_parser(
+        "plot",
+        help="an image of the curriculum timeline of a checkpoint",
+        description="Draw the curriculum timeline of a checkpoint: effective lr per layer "
+        "over epochs (frozen spans shown) above the training and validation metrics. "
+        "Needs matplotlib.",
+    )
+    plot.add_argument("checkpoint", metavar="CHECKPOINT")
+    plot.add_argument(
+        "-o",
+        "--output",
+        metavar="IMAGE",
+        default=None,
+        help="output file; its suffix picks the format (.png, .svg, .pdf, .jpg, ...) "
+        "(default: CHECKPOINT's name with _timeline.png, beside it)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (errors raise SystemExit(2))."""
+    parser = _parser()
+    arguments = parser.parse_args(argv)
+    if arguments.command is None:
+        parser.error("choose a command: demo, inspect or plot")
+    try:
+        if arguments.command == "demo" and arguments.seeds > 1:
+            run_demo_seeds(arguments.seeds, first_seed=arguments.seed, quiet=arguments.quiet)
+        elif arguments.command == "demo":
+            run_demo(output=arguments.output, seed=arguments.seed, quiet=arguments.quiet)
+        elif arguments.command == "inspect":
+            print(inspect_text(arguments.checkpoint))
+        else:
+            output = arguments.output or default_plot_path(arguments.checkpoint)
+            written = plot_checkpoint(arguments.checkpoint, output)
+            print(f"wrote {written}")
+    except (CheckpointError, ImageFormatError, ImportError) as error:
+        _fail(f"{PROG} {arguments.command}: error: {error}")
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        _fail(f"{PROG} {arguments.command}: error: {where}{error.strerror or error}")
+    except KeyboardInterrupt:
+        print(f"{PROG} {arguments.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0

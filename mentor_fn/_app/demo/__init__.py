@@ -1,0 +1,1 @@
+"""The demo (``python -m mentor_fn demo``): its data, model, protocol, tables and run."""
