@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Run the test suite on the lowest torch that mentor_fn declares (or on the
+# versions given), each in its own venv beside the checkout.
+#
+#   bash tools/check_torch_versions.sh            # torch 2.4.1, the declared floor
+#   bash tools/check_torch_versions.sh 2.5.1 2.6.0
+#
+# Each version gets .venv-torch-<version>/ (ignored by git). A venv that already
+# holds that torch is reused, so only the first run downloads it: PyPI has no
+# CPU-only build of old torch for Linux, so pip fetches the CUDA build and its
+# NVIDIA libraries (about 2.8 GB for 2.4.1; pip's own cache keeps the wheels for
+# a venv made again). Nothing here needs a GPU: the CUDA build runs on the CPU.
+#
+# The venv gets the library, its testing kit and the demo's extra, pytest and
+# numpy (the test-core extra), with torch pinned by a constraint so that no
+# dependency can lift it. Lightning, transformers and accelerate are left out:
+# their current releases need a newer torch, and their test modules skip
+# without them (the adapters are tested on the torch of .ci/run). Tests of what
+# an old torch lacks skip with the reason; `-rs` lists them at the end.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+versions=("$@")
+if [ ${#versions[@]} -eq 0 ]; then
+    versions=(2.4.1)
+fi
+
+for version in "${versions[@]}"; do
+    venv=".venv-torch-$version"
+    started=$SECONDS
+    installed=$("$venv/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
+    if [ "$installed" != "$version" ]; then
+        echo "== creating $venv (torch $version)"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        constraint="$venv/torch-constraint.txt"
+        echo "torch==$version" >"$constraint"
+        "$venv/bin/pip" install --quiet -c "$constraint" "torch==$version"
+        "$venv/bin/pip" install --quiet -c "$constraint" -e '.[test-core]'
+    else
+        echo "== reusing $venv (torch $version)"
+        # The project's own requirements may have changed since the venv was made.
+        "$venv/bin/pip" install --quiet -c "$venv/torch-constraint.txt" -e '.[test-core]'
+    fi
+    echo "== $venv ready in $((SECONDS - started)) s; running the suite"
+    started=$SECONDS
+    "$venv/bin/python" -m pytest -p no:cacheprovider -rs
+    echo "== torch $version: suite passed in $((SECONDS - started)) s"
+done
