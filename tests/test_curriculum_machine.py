@@ -1,4 +1,4 @@
-"""Curriculum under random runs: DESIGN.md's invariant, checked after every step.
+"""Curriculum under random runs: the invariant (docs/design.md), checked after every step.
 
 This project's own use of :class:`mentor_fn.testing.CurriculumMachine`: the
 public machine drives a live :class:`mentor_fn.Curriculum` on a tiny model

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from distributed_harness import run_world
 from torch import nn
+from torch_features import needs_fsdp2
 
 import mentor_fn as mf
 
@@ -50,6 +51,7 @@ def shard_after_construction(rank: int, derive_state_first: bool) -> dict[str, A
 
 
 @pytest.mark.parametrize("derive_state_first", [False, True], ids=["fresh", "state derived"])
+@needs_fsdp2
 def test_build_after_fully_shard_trains_the_shards(derive_state_first):
     for result in run_world(shard_after_construction, derive_state_first):
         assert result == {"holds_the_shards": True, "moved": True}

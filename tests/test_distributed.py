@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from distributed_harness import run_world
+from torch_features import needs_fsdp2
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
@@ -43,10 +44,12 @@ def test_ddp_wrappers_that_would_break_on_a_phase_change_are_refused():
     assert "find_unused_parameters=True" in messages["no_unused_detection"]
 
 
+@needs_fsdp2
 def test_fsdp2_phase_changes_with_mixed_units_equal_single_process(reference):
     assert_ranks_equal_reference(run_world(workers.fsdp_phases), reference)
 
 
+@needs_fsdp2
 def test_optimizer_built_before_fully_shard_is_refused_on_update_and_step():
     messages = run_world(workers.fsdp_stale_optimizer)[0]
     for key in ("update", "step"):
@@ -55,6 +58,7 @@ def test_optimizer_built_before_fully_shard_is_refused_on_update_and_step():
     assert messages["recovered"] == "True"
 
 
+@needs_fsdp2
 def test_distributed_checkpoint_of_sharded_run_with_frozen_layer_resumes_exactly(tmp_path):
     results = run_world(workers.fsdp_checkpoint, str(tmp_path / "checkpoint"))
     for result in results:
@@ -75,6 +79,7 @@ def test_distributed_checkpoint_of_sharded_run_with_frozen_layer_resumes_exactly
     assert "backbone.0.weight" in loaded["curriculum"]["optimizer_state_keys"]
 
 
+@needs_fsdp2
 def test_mentee_fit_under_ddp_and_fsdp2_equals_single_process(tmp_path):
     reference = workers.mentee_phases(None)
     for worker in (workers.mentee_ddp, workers.mentee_fsdp):

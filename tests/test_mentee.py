@@ -411,7 +411,7 @@ def test_frozen_before_build_needs_a_rebuild_raises_by_default():
     assert frozen_names(model) == set()
     for layer in owner_layers(model, "backbone"):
         assert lr_of(model, layer) == 1e-3
-    # the rebuild keeps the state of layers that stay trainable (DESIGN)
+    # the rebuild keeps the state of layers that stay trainable (docs/design.md)
     assert model.optimizer.state[model.head.weight]["step"] == head_state["step"]
     values = snapshot(model)
     train_step(model)
@@ -592,7 +592,7 @@ def test_rebuild_path_flat_group_raises_or_rebuilds():
     for layer in owner_layers(model, "backbone"):
         assert lr_of(model, layer) == pytest.approx(1e-4, rel=1e-12)
     assert lr_of(model, "head") == 1e-3
-    # the rebuild keeps the optimizer state of layers that stay trainable (DESIGN)
+    # the rebuild keeps the optimizer state of layers that stay trainable (docs/design.md)
     assert model.optimizer.state[model.head.weight]["step"] == 1
 
 

@@ -229,7 +229,7 @@ def test_plan_rejects_states_of_different_layers(model, initial):
 
 
 def expected_plan(groups, old, new, owners):
-    """Independent oracle of DESIGN.md's rules: 'rebuild', or (scales, reactivated)."""
+    """Independent oracle of the design's plan rules (docs/design.md): 'rebuild', or (scales, reactivated)."""
     grouped = {layer for group in groups for layer in group.layers}
     rebuild = any(
         layer in owners and not new.is_frozen(layer) and layer not in grouped

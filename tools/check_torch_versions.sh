@@ -28,7 +28,8 @@ fi
 for version in "${versions[@]}"; do
     venv=".venv-torch-$version"
     started=$SECONDS
-    installed=$("$venv/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
+    # PyPI's Linux builds say 2.4.1+cu121: compare the release alone.
+    installed=$("$venv/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
     if [ "$installed" != "$version" ]; then
         echo "== creating $venv (torch $version)"
         rm -rf "$venv"

@@ -1,8 +1,8 @@
 """Executing a plan on a live optimizer and its scheduler: patching, or rebuilding, in place.
 
 The :class:`~mentor_fn.Curriculum` decides (with :func:`~mentor_fn.plan`) and
-commits (state, flags, step hooks); these functions do what DESIGN.md's
-"Executing a plan" asks of the optimizer and scheduler themselves.
+commits (state, flags, step hooks); these functions do what the design page
+(docs/design.md, "Executing a plan") asks of the optimizer and scheduler themselves.
 
 A rebuild keeps the optimizer and scheduler objects: the derived groups
 replace the old ones inside the optimizer's own ``param_groups`` list, the

@@ -9,7 +9,7 @@ never imports this package (nor hypothesis).
   random single-layer writes), :func:`patterns` and :func:`transitions`
   (mentor_fn transition values whose patterns match a model),
   :func:`schedules` / :func:`conditions` (valid schedules of phases for a model).
-* Checks of DESIGN.md's invariant, each raising ``AssertionError`` that names
+* Checks of the invariant (docs/design.md), each raising ``AssertionError`` that names
   the parameter, layer or group at fault: :func:`check_flags` (1),
   :func:`check_partition` (2), :func:`check_lrs` (3), :func:`check_resume` (4).
 * :class:`CurriculumMachine`: a hypothesis ``RuleBasedStateMachine`` to

@@ -1,4 +1,4 @@
-"""Checks of DESIGN.md's invariant 1-3 on live objects, with readable failures.
+"""Checks of the invariant's points 1-3 (docs/design.md) on live objects, with readable failures.
 
 Each check reads the model through :func:`view_model` (torch's registries,
 not mentor_fn's traversal), collects every problem it finds and raises one

@@ -1,4 +1,4 @@
-"""``CurriculumMachine``: DESIGN.md's invariant on a user's own configuration."""
+"""``CurriculumMachine``: the invariant (docs/design.md) on a user's own configuration."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class CurriculumMachine(RuleBasedStateMachine):
     ``reset_optimizer_if_needed``, through ``update`` and the shortcut
     methods), optimizer steps on real gradients, scheduler steps, new phases
     (``build()``) and save/resume round trips into a fresh model and
-    Curriculum. After every step it checks DESIGN.md's invariant:
+    Curriculum. After every step it checks the invariant (docs/design.md):
 
     1. :func:`check_flags`, and frozen parameters never change in a step;
     2. :func:`check_partition` (and the reference group last, one layer per
@@ -490,7 +490,7 @@ class CurriculumMachine(RuleBasedStateMachine):
 
     @invariant()
     def the_invariant_holds(self) -> None:
-        """DESIGN.md's invariant 1-3 (4 is checked by each round trip)."""
+        """The invariant's points 1-3 (4 is checked by each round trip)."""
         flags_agree(self.curriculum.state, self.view())
         if self.built:
             self.check_partition()

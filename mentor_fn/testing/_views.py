@@ -26,12 +26,12 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.LocalResponseNorm,
     nn.CrossMapLRN2d,
 )
-"""Normalization modules, by type, as DESIGN.md's norm policy names them."""
+"""Normalization modules, by type, as the norm policy names them (docs/design.md)."""
 
 
 @dataclass(frozen=True, eq=False)
 class ModelView:
-    """One reading of a model, as DESIGN.md defines its layers.
+    """One reading of a model, as the design defines its layers (docs/design.md).
 
     Attributes:
         layers: root parameters first (registration order), then every module

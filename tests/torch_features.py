@@ -1,0 +1,46 @@
+"""Features of torch newer than the oldest torch mentor_fn supports (2.4).
+
+A test of such a feature skips on an older torch, naming the version that
+brought it (tools/check_torch_versions.sh runs the suite on torch 2.4.1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = text.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+TORCH_VERSION = _version(torch.__version__)
+
+
+def _missing_optimizer(name: str, since: str) -> type[torch.optim.Optimizer]:
+    """A stand-in for an optimizer class this torch lacks: constructing it skips
+    the test. It has no fused form, like the optimizers it stands in for, so a
+    module that probes for one at collection time still collects."""
+
+    def __init__(self: torch.optim.Optimizer, params: Any, **options: Any) -> None:
+        if options.get("fused"):
+            raise TypeError(f"{name} has no fused form")
+        pytest.skip(f"torch.optim.{name} is new in torch {since}")
+
+    return type(name, (torch.optim.Optimizer,), {"__init__": __init__})
+
+
+ADAFACTOR: type[torch.optim.Optimizer] = getattr(
+    torch.optim, "Adafactor", None
+) or _missing_optimizer("Adafactor", since="2.5")
+
+# FSDP2's fully_shard is public (torch.distributed.fsdp) from torch 2.6; before,
+# it was a prototype under a private path, which mentor_fn does not support.
+needs_fsdp2 = pytest.mark.skipif(
+    not torch.distributed.is_available() or TORCH_VERSION < (2, 6),
+    reason="FSDP2 (torch.distributed.fsdp.fully_shard) is public from torch 2.6",
+)
