@@ -14,6 +14,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 import mentor_fn as mf
+from mentor_fn._wrapper.ddp import reducer_rebuilds
 
 GLOBAL_BATCH = 8
 
@@ -104,23 +105,37 @@ def ddp_phases(rank: int) -> dict[str, Any]:
     state = mf.CurriculumState.from_model(model).freeze("backbone")
     mf.apply_requires_grad(state, model)
     ddp = mf.wrap_ddp(model)
-    return phases(new_curriculum(ddp, state), ddp, rank)
+    result = phases(new_curriculum(ddp, state), ddp, rank)
+    result["find_unused_parameters"] = ddp.find_unused_parameters
+    result["rebuilds"] = reducer_rebuilds(ddp)
+    return result
+
+
+def ddp_adopted(rank: int) -> dict[str, Any]:
+    """A plain DDP, built while a layer was frozen and without unused-parameter
+    detection: the Curriculum makes its reducer follow the phases."""
+    model = make_model()
+    state = mf.CurriculumState.from_model(model).freeze("backbone")
+    mf.apply_requires_grad(state, model)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    result = phases(new_curriculum(ddp, state), ddp, rank)
+    result["find_unused_parameters"] = ddp.find_unused_parameters
+    result["rebuilds"] = reducer_rebuilds(ddp)
+    return result
 
 
 def ddp_refused(rank: int) -> dict[str, str]:
-    """A DDP built with a frozen layer (or without unused detection) is refused."""
+    """A DDP whose reducer cannot be rebuilt as it was made is refused."""
     messages = {}
     model = make_model()
-    model.backbone.requires_grad_(False)
     try:
-        mf.Curriculum(nn.parallel.DistributedDataParallel(model), 0.1)
+        mf.Curriculum(nn.parallel.DistributedDataParallel(model, static_graph=True), 0.1)
     except ValueError as error:
-        messages["frozen_at_construction"] = str(error)
-    model.backbone.requires_grad_(True)
+        messages["static_graph"] = str(error)
     try:
-        mf.Curriculum(nn.parallel.DistributedDataParallel(model), 0.1)
+        mf.wrap_ddp(model, static_graph=True)
     except ValueError as error:
-        messages["no_unused_detection"] = str(error)
+        messages["wrap_static_graph"] = str(error)
     return messages
 
 
