@@ -432,7 +432,7 @@ def test_bad_arguments_to_save_checkpoint_and_load_checkpoint(tmp_path):
         save_checkpoint("", {})
     with pytest.raises(TypeError, match=r"str or os\.PathLike, got 5"):
         save_checkpoint(5, {})
-    with pytest.raises(TypeError, match=r"str or os\.PathLike, got None"):
+    with pytest.raises(TypeError, match=r"str or os\.PathLike\) or a binary file object.*got None"):
         load_checkpoint(None)
     assert folder_listing(tmp_path) == []
 

@@ -26,9 +26,13 @@ from .atomic_write import replace_file
 __all__ = [
     "CHECKPOINT_VERSION",
     "CheckpointError",
+    "describe_load_error",
+    "describe_open_error",
+    "is_binary_file",
     "is_plain_data",
     "load_checkpoint",
     "save_checkpoint",
+    "source_name",
     "write_checkpoint_to_file",
 ]
 
@@ -230,40 +234,70 @@ def _plain_bytes(value: Any) -> int:
     return total
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str] | BinaryIO) -> dict[str, Any]:
     """The plain contents of a mentor_fn checkpoint file.
 
     Loaded with ``torch.load(weights_only=True)`` on the CPU: no code in the
-    file ever runs.
+    file ever runs. ``path`` may also be a binary file object open for reading
+    (``open(..., "rb")``, ``io.BytesIO``), read from where it stands.
 
     Raises:
-        TypeError: ``path`` is not a str or path.
+        TypeError: ``path`` is neither a str, a path nor a binary file object.
         CheckpointError: the file is missing, a directory, unreadable (e.g.
             permission denied), truncated or corrupt, is not a mentor_fn
             checkpoint, or has an unknown format version.
     """
-    target = _target_path(path)
-    try:
-        handle = open(target, "rb")  # noqa: SIM115 (closed below; its errors told apart first)
-    except OSError as error:
-        raise CheckpointError(f"checkpoint {str(target)!r} {_open_problem(error)}") from None
-    with handle:
+    where = source_name(path)
+    if is_binary_file(path):
+        contents = _load_from(path, where)
+    elif not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            "a checkpoint must be a path (str or os.PathLike) or a binary file object "
+            f"(open(..., 'rb'), io.BytesIO), got {path!r}"
+        )
+    else:
+        target = _target_path(path)
         try:
-            contents = torch.load(handle, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many kinds for a bad file
-            raise CheckpointError(f"checkpoint {str(target)!r} {_load_problem(error)}") from None
+            handle = open(target, "rb")  # noqa: SIM115 (closed below; its errors told apart first)
+        except OSError as error:
+            raise CheckpointError(f"checkpoint {where!r} {describe_open_error(error)}") from None
+        with handle:
+            contents = _load_from(handle, where)
     if not isinstance(contents, dict) or contents.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{str(target)!r} is not a mentor_fn checkpoint")
+        raise CheckpointError(f"{where!r} is not a mentor_fn checkpoint")
     version = contents.get("version")
     if version != CHECKPOINT_VERSION:
         raise CheckpointError(
-            f"checkpoint {str(target)!r} has format version {version!r}; "
+            f"checkpoint {where!r} has format version {version!r}; "
             f"this mentor_fn reads version {CHECKPOINT_VERSION}"
         )
     return contents
 
 
-def _open_problem(error: OSError) -> str:
+def is_binary_file(value: object) -> bool:
+    """Whether ``value`` is a file object to read bytes from (not a path, not a text file)."""
+    return not isinstance(value, (str, os.PathLike, io.TextIOBase)) and callable(
+        getattr(value, "read", None)
+    )
+
+
+def source_name(source: object) -> str:
+    """How messages name a checkpoint: its path, or a file object's name."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    name = getattr(source, "name", None)
+    return name if isinstance(name, str) else f"<{type(source).__name__}>"
+
+
+def _load_from(handle: Any, where: str) -> Any:
+    try:
+        return torch.load(handle, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a bad file
+        raise CheckpointError(f"checkpoint {where!r} {describe_load_error(error)}") from None
+
+
+def describe_open_error(error: OSError) -> str:
+    """Why a file could not be opened, to follow its name ("not found", ...)."""
     if isinstance(error, FileNotFoundError):
         return "not found"
     if isinstance(error, IsADirectoryError):
@@ -277,8 +311,8 @@ _TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the 
 _UNPICKLER_ERROR = "WeightsUnpickler error:"
 
 
-def _load_problem(error: Exception) -> str:
-    """What was wrong with a file ``torch.load(weights_only=True)`` refused."""
+def describe_load_error(error: Exception) -> str:
+    """What was wrong with a file ``torch.load(weights_only=True)`` refused, to follow its name."""
     text = str(error)
     if isinstance(error, pickle.UnpicklingError) and text.startswith(_TORCH_ADVICE[0]):
         # torch's message advises weights_only=False or allowlisting globals,

@@ -25,7 +25,8 @@ and tensors only)::
                         "frozen": [str], "time": float, "phase": str (with a schedule)}]
     best              {"epoch": int, "metric": str, "mode": "min"|"max", "value": float}, or None
     best_weights      {str: Tensor} with the names and shapes of ``model``, or None
-    rng_state         uint8 Tensor (torch's CPU generator)
+    rng_state         uint8 Tensor (torch's CPU generator), or None (not saved: a
+                      converted torch_mentor file; resume leaves the generators as they are)
     optional sections (absent: the default)
     cuda_rng_states   [uint8 Tensor], default []
     python_rng_state  random.getstate(), default None
@@ -44,13 +45,21 @@ from typing import Any, BinaryIO
 
 from .._core.state import CurriculumState
 from . import mentee_fields as fields
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_checkpoint_to_file
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    source_name,
+    write_checkpoint_to_file,
+)
 from .mentee_values import MenteeCheckpoint
 from .random_states import RandomStates
 
 __all__ = [
     "DistributedPlainPart",
     "contents_of",
+    "is_mentee_contents",
+    "mentee_checkpoint_of",
     "read_distributed_plain_part",
     "read_mentee_checkpoint",
     "write_distributed_plain_part",
@@ -115,23 +124,41 @@ def write_mentee_checkpoint(destination: Destination, checkpoint: MenteeCheckpoi
         write_checkpoint_to_file(destination, contents)
 
 
-def read_mentee_checkpoint(path: str | os.PathLike[str]) -> MenteeCheckpoint:
+def read_mentee_checkpoint(path: str | os.PathLike[str] | BinaryIO) -> MenteeCheckpoint:
     """Load a Mentee checkpoint and check every field before anything is built from it.
 
+    ``path`` may be a binary file object (``open(..., "rb")``, ``io.BytesIO``).
+
     Raises:
+        TypeError: ``path`` is neither a path nor a binary file object.
         CheckpointError: the file is missing, unreadable or foreign, or a field
             is missing or of the wrong type or shape (the first one is named).
     """
     contents = load_checkpoint(path)
-    if "model_class" not in contents and "model" not in contents:
+    where = source_name(path)
+    if not is_mentee_contents(contents):
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is a mentor_fn checkpoint file but not a Mentee "
+            f"checkpoint {where!r} is a mentor_fn checkpoint file but not a Mentee "
             f"checkpoint (its keys: {', '.join(sorted(map(str, contents))[:12])})"
         )
+    return mentee_checkpoint_of(contents, where)
+
+
+def is_mentee_contents(contents: Mapping[str, Any]) -> bool:
+    """Whether a mentor_fn checkpoint's contents are a Mentee checkpoint's (by its keys)."""
+    return "model_class" in contents or "model" in contents
+
+
+def mentee_checkpoint_of(contents: Mapping[str, Any], where: str) -> MenteeCheckpoint:
+    """The checked Mentee checkpoint of contents already loaded from ``where``.
+
+    Raises:
+        CheckpointError: a field is missing or malformed (the first one is named).
+    """
     try:
-        return _read_contents(contents, path=str(path))
+        return _read_contents(contents, path=where)
     except fields.Malformed as problem:
-        raise CheckpointError(f"checkpoint {str(path)!r} is malformed: {problem}") from None
+        raise CheckpointError(f"checkpoint {where!r} is malformed: {problem}") from None
 
 
 # The plain part of a distributed checkpoint -------------------------------------------
@@ -205,7 +232,7 @@ def _read_contents(contents: Mapping[str, Any], *, path: str) -> MenteeCheckpoin
         best=_optional(contents, "best", fields.best),
         best_weights=best_weights,
         random_states=RandomStates(
-            torch_cpu=fields.torch_rng_state(fields.key(contents, "rng_state", ""), "rng_state"),
+            torch_cpu=_optional(contents, "rng_state", fields.torch_rng_state),
             cuda=tuple(optional["cuda_rng_states"]),
             python=optional["python_rng_state"],
             numpy=optional["numpy_rng_state"],

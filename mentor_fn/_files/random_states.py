@@ -23,7 +23,8 @@ __all__ = ["RandomStates"]
 class RandomStates:
     """The random number generators a continued run draws from, as saved."""
 
-    torch_cpu: torch.Tensor
+    torch_cpu: torch.Tensor | None
+    """None where the file holds none (a converted torch_mentor checkpoint)."""
     cuda: tuple[torch.Tensor, ...] = ()
     python: tuple[Any, ...] | None = None
     numpy: Mapping[str, Any] | None = None
@@ -37,8 +38,10 @@ class RandomStates:
         return cls(torch.get_rng_state(), cuda, random.getstate(), _numpy_state())
 
     def restore(self) -> None:
-        """Set the generators to these states (CUDA ones when the device count matches)."""
-        torch.set_rng_state(self.torch_cpu)
+        """Set the generators to these states (CUDA ones when the device count
+        matches; none of torch's when its CPU state was not saved)."""
+        if self.torch_cpu is not None:
+            torch.set_rng_state(self.torch_cpu)
         if self.cuda and torch.cuda.is_available() and len(self.cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(list(self.cuda))
         if self.python is not None:

@@ -81,7 +81,8 @@ def run_epochs(
     validates, steps the scheduler and appends one record to ``model.history``.
 
     The scheduler steps once per epoch; ReduceLROnPlateau gets the validation
-    loss (the training loss without validation data).
+    loss (the training loss without validation data, or when validation
+    reports no loss).
     """
     if epochs is None and hooks.stop is None:
         raise ValueError("run_epochs: epochs=None needs a stop hook, or it would never end")
@@ -102,7 +103,7 @@ def run_epochs(
         )
         scheduler = model.curriculum.scheduler
         if isinstance(scheduler, torch_schedulers.ReduceLROnPlateau):
-            scheduler.step((val_metrics or train_metrics)["loss"])
+            scheduler.step((val_metrics if "loss" in val_metrics else train_metrics)["loss"])
         elif scheduler is not None:
             scheduler.step()
         model.epoch += 1
@@ -152,14 +153,16 @@ def _run_epoch(
                     assert optimizer is not None
             else:
                 with torch.no_grad():
-                    output = as_step_output(model.validation_step(batch))
+                    # torch_mentor's validation steps may report metrics only (no loss).
+                    output = as_step_output(model.validation_step(batch), loss_required=False)
             size = _batch_size(batch)
             count += size
             values = {key: _scalar(value) for key, value in output.items()}
             for key, value in values.items():
                 totals[key] = totals.get(key, 0.0) + value * size
-            if progress:
-                bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+            if progress and values:
+                shown = "loss" if "loss" in values else next(iter(values))
+                bar.set_postfix({shown: f"{values[shown]:.4f}"}, refresh=False)
     finally:
         bar.close()
         model.train(was_training)
@@ -168,18 +171,25 @@ def _run_epoch(
     return {key: total / count for key, total in totals.items()}
 
 
-def as_step_output(output: Any) -> dict[str, Any]:
+def as_step_output(output: Any, *, loss_required: bool = True) -> dict[str, Any]:
     """A step's result as ``{"loss": tensor, **metrics}``.
 
     Accepts a loss tensor, a dict with ``"loss"``, or torch_mentor's
     ``(loss, metrics_dict)`` (its ``loss`` tensor wins over a ``"loss"`` metric).
+    Without ``loss_required`` (a validation step), a dict of metrics without
+    ``"loss"`` is accepted as it is (torch_mentor's validation steps may
+    report accuracy only): the epoch then has no validation loss.
 
     Raises:
         TypeError: anything else, named.
+
+    Example:
+        >>> as_step_output({"acc": 0.75}, loss_required=False)
+        {'acc': 0.75}
     """
     if isinstance(output, torch.Tensor):
         return {"loss": output}
-    if isinstance(output, Mapping) and "loss" in output:
+    if isinstance(output, Mapping) and ("loss" in output or not loss_required):
         return dict(output)
     if (
         isinstance(output, tuple)

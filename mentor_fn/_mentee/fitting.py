@@ -261,7 +261,7 @@ class MenteeFitting(nn.Module, abc.ABC):
         def at_epoch_end(record: dict[str, Any]) -> None:
             if runner is not None:
                 runner.epoch_end(epoch_metrics(record))
-            self._track_best(trainer, record["val"] or record["train"])
+            self._track_best(trainer, record)
             if checkpoint_path is not None and _is_main_process():
                 self.save(checkpoint_path)
 
@@ -280,8 +280,20 @@ class MenteeFitting(nn.Module, abc.ABC):
             stop=(lambda: runner.finished) if until_finished else None,
         )
 
-    def _track_best(self, trainer: Trainer, metrics: Mapping[str, float]) -> None:
-        name, mode = trainer.best_metric(metrics)
+    def _track_best(self, trainer: Trainer, record: Mapping[str, Any]) -> None:
+        """Keep the epoch of ``record`` as the best one if it beats the best so far.
+
+        Judged on the validation metrics; on the training ones when there is
+        no validation, or when validation reports neither the trainer's
+        principal metric nor a loss (the training loss then decides).
+        """
+        for metrics in (record["val"], record["train"]):
+            chosen = trainer.best_metric(metrics) if metrics else None
+            if chosen is not None:
+                break
+        else:
+            return
+        name, mode = chosen
         value = metrics[name]
         best = self.best
         # A best epoch by another metric (another trainer) cannot be compared.

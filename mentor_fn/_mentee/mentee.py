@@ -25,6 +25,7 @@ from torch.optim import lr_scheduler as torch_schedulers
 from .._core.model_walk import layer_names
 from .._core.selection import Patterns, select_layers
 from .._core.state import CurriculumState
+from .._core.validation import validate_lr
 from .._core.weight_decay import NoWeightDecayRule
 from .._files.mentee_file import read_mentee_checkpoint, write_mentee_checkpoint
 from .._files.mentee_values import MenteeCheckpoint, SchedulerRecipe
@@ -164,6 +165,11 @@ class Mentee(MenteeFitting):
     # A non-data descriptor, not a property: a subclass written for a plain
     # nn.Module that sets ``self.device = ...`` keeps working (its own value wins).
     device = _Device()
+
+    @property
+    def current_epoch(self) -> int:
+        """Epochs trained so far (torch_mentor's name for :attr:`epoch`)."""
+        return self.epoch
 
     @property
     def layer_names(self) -> list[str]:
@@ -371,7 +377,7 @@ class Mentee(MenteeFitting):
 
     @classmethod
     def resume(
-        cls, path: str | os.PathLike[str], model_class: type[Mentee] | None = None
+        cls, path: str | os.PathLike[str] | BinaryIO, model_class: type[Mentee] | None = None
     ) -> Mentee:
         """Rebuild the model from a checkpoint: weights, curriculum state, history.
 
@@ -379,14 +385,16 @@ class Mentee(MenteeFitting):
         :meth:`resume_training` to continue training).
 
         Args:
-            path: the checkpoint file.
+            path: the checkpoint file: a path, or a binary file object
+                (``open(..., "rb")``, ``io.BytesIO``) read from where it stands.
             model_class: the class to build (a subclass of the class this is
                 called on); by default the class this is called on, or for
                 ``Mentee.resume`` the saved class (it must be defined in this
                 process: nothing is imported).
 
         Raises:
-            TypeError: ``model_class`` is not a subclass of this class.
+            TypeError: ``model_class`` is not a subclass of this class; ``path``
+                is neither a path nor a binary file object.
             CheckpointError: the file is unusable or does not fit the model class.
         """
         target = cls._model_class_argument(model_class)
@@ -399,10 +407,11 @@ class Mentee(MenteeFitting):
     @classmethod
     def resume_training(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | BinaryIO,
         model_class: type[Mentee] | None = None,
         device: str | torch.device | None = None,
         *,
+        lr: float | None = None,
         optimizer: type[torch.optim.Optimizer] | None = None,
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         schedule: Schedule | None = None,
@@ -422,9 +431,15 @@ class Mentee(MenteeFitting):
         ``torch.optim.lr_scheduler`` class must be passed again.
 
         Args:
-            path: the checkpoint file.
+            path: the checkpoint file, or a binary file object (as for :meth:`resume`).
             model_class: as for :meth:`resume`.
             device: where to move the model before the optimizer state is loaded.
+            lr: torch_mentor's keyword. For a file saved before
+                ``create_train_objects``, the training objects are created at
+                this global lr (``create_train_objects(lr)``); for a file with
+                an optimizer, it may only repeat the global lr the optimizer
+                was created with (the saved run goes on as it was; a new lr is
+                a new phase: ``create_train_objects(lr=...)`` after resuming).
             optimizer: the optimizer class, when it is not one of ``torch.optim``'s.
             scheduler: the scheduler factory, when it was not a scheduler class.
             schedule: the schedule the file's run followed (checked against the
@@ -436,10 +451,13 @@ class Mentee(MenteeFitting):
 
         Returns:
             ``(model, optimizer, lr_scheduler)`` (both None when the file was
-            saved before ``create_train_objects``).
+            saved before ``create_train_objects`` and no ``lr`` is given).
 
         Raises:
-            TypeError: ``model_class`` is not a subclass of this class.
+            TypeError: ``model_class`` is not a subclass of this class; ``path``
+                is neither a path nor a binary file object.
+            ValueError: an invalid ``lr``, or one other than the global lr of
+                the file's optimizer (raised before anything is built).
             CheckpointError: the file is unusable, does not fit the model
                 class, or needs the optimizer class or scheduler factory
                 passed; ``schedule`` differs from the saved one without
@@ -447,7 +465,16 @@ class Mentee(MenteeFitting):
                 or its phases do not fit the saved cursor and state.
         """
         target = cls._model_class_argument(model_class)
+        if lr is not None:
+            lr = validate_lr(lr)
         checkpoint = read_mentee_checkpoint(path)
+        if lr is not None and checkpoint.has_optimizer and lr != checkpoint.global_lr:
+            raise ValueError(
+                f"resume_training(lr={lr:g}): the checkpoint's optimizer was created with "
+                f"global lr {checkpoint.global_lr:g} and goes on as saved; to train on at "
+                "another lr, resume first, then start a new phase with "
+                "create_train_objects(lr=...)"
+            )
         check_resume_schedule(checkpoint, schedule, allow_schedule_change)
         model = cast(Mentee, model_from(checkpoint, target))
         if device is not None:
@@ -461,7 +488,9 @@ class Mentee(MenteeFitting):
         )
         model._restore_run(checkpoint, curriculum, resumed_runner(curriculum, checkpoint, schedule))
         checkpoint.random_states.restore()
-        return model, curriculum.optimizer, curriculum.scheduler
+        if lr is not None and not checkpoint.has_optimizer:
+            model.create_train_objects(lr)
+        return model, model.optimizer, model.lr_scheduler
 
     def _restore_run(
         self, checkpoint: MenteeCheckpoint, curriculum: Curriculum, runner: ScheduleRunner | None

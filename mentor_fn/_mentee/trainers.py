@@ -59,14 +59,18 @@ class Trainer:
         """Epoch metrics from the batch-size-weighted means of the step metrics."""
         return means
 
-    def best_metric(self, metrics: Mapping[str, float]) -> tuple[str, str]:
+    def best_metric(self, metrics: Mapping[str, float]) -> tuple[str, str] | None:
         """The metric that picks the best epoch among ``metrics``, and its mode.
 
-        The principal metric when it is reported, else ``"loss"`` (lower is better).
+        The principal metric when it is reported, else ``"loss"`` (lower is
+        better); None when ``metrics`` has neither (a validation step that
+        reports other metrics only).
         """
         if self.principal_metric in metrics:
             return self.principal_metric, self.mode
-        return "loss", "min"
+        if "loss" in metrics:
+            return "loss", "min"
+        return None
 
     def is_better(self, value: float, best: float | None, *, mode: str | None = None) -> bool:
         """Whether ``value`` beats ``best`` (None: nothing yet) under ``mode``
