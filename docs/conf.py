@@ -15,7 +15,7 @@ import mentor_fn
 
 project = "mentor_fn"
 author = "the mentor_fn authors"
-copyright = "the mentor_fn authors"  # noqa: A001 (Sphinx reads this name)
+copyright = "the mentor_fn authors"
 release = mentor_fn.__version__
 version = release
 
@@ -44,14 +44,46 @@ autodoc_preserve_defaults = True
 
 nitpicky = True
 # Names no documentation of ours defines: torch's, the frameworks', Python's
-# typing helpers (intersphinx would link them, but needs the internet).
+# typing helpers (intersphinx would link them, but needs the internet), and the
+# private classes some public functions return (their public side is documented
+# with the function).
 nitpick_ignore_regex = [
+    ("py:.*", r"mentor_fn(\.integrations)?\._.*"),
+    ("py:.*", r"(Progress|follow_trainable_parameters|ValueError / TypeError)"),
     ("py:.*", r"(torch|lightning|transformers|hypothesis|optree|numpy)(\..*)?"),
     ("py:.*", r"(nn|optim|Tensor|Module|Optimizer|LRScheduler)(\..*)?"),
     ("py:.*", r"(typing|collections\.abc|abc|os|pathlib|enum|types|datetime)\..*"),
     ("py:class", r"(Any|Callable|Iterable|Iterator|Mapping|Sequence|Hashable|TypeVar|Path)"),
     ("py:class", r"(PathLike|BinaryIO|IO|Literal|Self|Protocol|NamedTuple)(\[.*\])?"),
 ]
+
+
+def _no_inline_type(
+    app: object, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
+    """Undo napoleon's reading of a property's first words as its type.
+
+    Napoleon takes ``first words: the rest`` on a property's or attribute's
+    first line as ``type: description`` and moves the words to a ``:type:``
+    field. Here every type is in the annotations, so such a field is a
+    misreading: connected after napoleon (priority 600 > 500), this puts the
+    words back where they were written.
+    """
+    if what not in ("property", "attribute") or not lines or not lines[-1].startswith(":type: "):
+        return
+    words = lines.pop()[len(":type: ") :]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    first = next((index for index, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        lines.append(words)
+    else:
+        lines[first] = f"{words}: {lines[first]}"
+
+
+def setup(app: object) -> None:
+    app.connect("autodoc-process-docstring", _no_inline_type, priority=600)  # type: ignore[attr-defined]
+
 
 html_theme = "furo"
 html_title = f"mentor_fn {release}"

@@ -41,7 +41,9 @@ def train(curriculum, model, rank, steps=3):
 
 def weights(model):
     """The model's full weights (a sharded parameter is gathered from every rank)."""
-    return [p.full_tensor() if hasattr(p, "full_tensor") else p.detach() for p in model.parameters()]
+    return [
+        p.full_tensor() if hasattr(p, "full_tensor") else p.detach() for p in model.parameters()
+    ]
 
 
 def same_on_every_rank(model):
@@ -58,8 +60,8 @@ def run(rank, folder):
     dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD_SIZE, timeout=timeout)
     say = print if rank == 0 else lambda *_: None
 
-    # DDP: wrap_ddp registers every parameter with DDP, so later phases may
-    # freeze and unfreeze with the same wrapper and the same optimizer.
+    # DDP: the wrapper's reducer follows the trainable parameters, so later
+    # phases may freeze and unfreeze with the same wrapper and optimizer.
     ddp = mf.wrap_ddp(build_model())
     curriculum = mf.Curriculum(ddp, lr=1e-2)
     curriculum.freeze("backbone")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = sorted(path.stem for path in (ROOT / "benchmarks").glob("bench_*.py"))
@@ -38,14 +41,16 @@ def test_quick_mode_runs_every_benchmark():
 
 
 SAVED = ROOT / "docs" / "benchmarks"
+# Where benchmark tables are quoted: the README's "Benchmarks" section, and the
+# benchmarks page of the docs.
+README_SECTION = "\n## Benchmarks\n"
+PAGE = ROOT / "docs" / "benchmarks.md"
 
 
-def _readme_benchmark_tables() -> list[str]:
-    """The markdown tables of the README's "Benchmarks" section, each as one string."""
-    section = (ROOT / "README.md").read_text().split("\n## Benchmarks\n", 1)[1]
-    section = section.split("\n## ", 1)[0]
+def _tables(text: str) -> list[str]:
+    """The markdown tables in ``text``, each as one string."""
     tables, current = [], []
-    for line in [*section.splitlines(), ""]:
+    for line in [*text.splitlines(), ""]:
         if line.startswith("|"):
             current.append(line)
         elif current:
@@ -54,13 +59,38 @@ def _readme_benchmark_tables() -> list[str]:
     return tables
 
 
-def test_the_readme_quotes_its_benchmark_tables_from_saved_outputs():
-    """Every table the README shows is a benchmark's output, verbatim, as saved by
-    ``python -m benchmarks --save docs/benchmarks`` (no number typed by hand)."""
-    tables = _readme_benchmark_tables()
-    assert len(tables) >= 6
+def _readme_section() -> str:
+    section = (ROOT / "README.md").read_text().split(README_SECTION, 1)[1]
+    return section.split("\n## ", 1)[0]
+
+
+def _saved() -> dict[str, str]:
     saved = {path.name: path.read_text() for path in SAVED.glob("bench_*.txt")}
     assert sorted(saved) == [f"{name}.txt" for name in BENCHMARKS]
+    return saved
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "at_least"),
+    [
+        ("README.md", _readme_section, 3),
+        ("docs/benchmarks.md", PAGE.read_text, 8),
+    ],
+)
+def test_quoted_benchmark_tables_are_saved_outputs(where, text, at_least):
+    """Every table quoted is a benchmark's output, verbatim, as saved by
+    ``python -m benchmarks --save docs/benchmarks`` (no number typed by hand)."""
+    tables = _tables(text())
+    assert len(tables) >= at_least, where
+    saved = _saved()
     for table in tables:
-        sources = [name for name, text in saved.items() if table in text]
-        assert sources, f"README table not in any docs/benchmarks/*.txt:\n{table}"
+        sources = [name for name, output in saved.items() if table in output]
+        assert sources, f"{where} table not in any docs/benchmarks/*.txt:\n{table}"
+
+
+def test_the_docs_name_the_machine_the_saved_outputs_name():
+    """The machine the page names is the one every saved output names."""
+    machine = re.search(r"Python [\d.]+, torch [^,]+, [^,]+, \d+ CPUs", PAGE.read_text())
+    assert machine is not None
+    for name, output in _saved().items():
+        assert machine.group(0) in output.splitlines()[0], name

@@ -58,7 +58,7 @@ class GroupLayout:
 
 @dataclass(frozen=True)
 class GroupScale:
-    """Scale group ``group`` from coefficient ``old`` to ``new`` (lr *= new / old)."""
+    """Scale group ``group`` from coefficient ``old`` to ``new`` (``lr *= new / old``)."""
 
     group: int
     old: float
