@@ -48,5 +48,9 @@ class DigitsCNN(Mentee):
         )
         self.head = nn.Linear(4 * width, num_classes)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head sees: the backbone's output, averaged over positions (``(N, 4 * width)``)."""
+        return self.backbone(x).mean(dim=(2, 3))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x).mean(dim=(2, 3)))
+        return self.head(self.features(x))

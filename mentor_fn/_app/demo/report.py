@@ -1,9 +1,9 @@
-"""The demo's result tables: one seed's accuracies, and their mean and spread over seeds.
+"""The demo's result tables: one seed's arms, one line per seed, and the mean and spread over seeds.
 
-Text only. Every number in them comes from :class:`~mentor_fn._app.demo.protocol.SeedResult`
-values; :class:`SeedsSummary` holds exactly what the seeds table shows, so a
-table can be read back (the README's copy is checked that way) and printed
-again identically.
+Text only. Every number in them comes from
+:class:`~mentor_fn._app.demo.experiment.SeedResult` values; :class:`SeedsSummary`
+holds exactly what the seeds table shows, so a printed table can be read back
+(docs/demo.md's copy is checked that way) and printed again identically.
 """
 
 from __future__ import annotations
@@ -13,43 +13,57 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..render import text_table
-from .data import CLASSES
-from .protocol import TRANSFER_EPOCHS, SeedResult, Transfer
+from .arms import ArmResult
+from .data import CLASSES, SHIFT_DEGREES
+from .experiment import SeedResult
+from .protocol import ARMS, TRANSFER_EPOCHS
 
 __all__ = [
     "COLUMNS",
-    "ROWS",
+    "Outcomes",
     "SeedsSummary",
     "Spread",
+    "seed_line",
+    "seed_lines_header",
     "seed_table",
     "seeds_table",
     "summarize",
 ]
 
-ROWS = {
-    "pretrained": "pretrained, no transfer",
-    "curriculum": "lp_ft (the curriculum)",
-    "baseline": "plain fine-tuning",
-}
-"""Row key -> label, in table order."""
 COLUMNS = {
-    "target": "target val accuracy",
-    "source": "source val accuracy",
-    "forgetting": "forgetting",
+    "id": "ID accuracy",
+    "ood": "OOD accuracy",
+    "change_id": "feature change, ID",
+    "change_ood": "feature change, OOD",
+    "backbone": "backbone weights changed",
 }
 """Column key -> header, in table order."""
+MEASURED = ("id", "ood", "change_id", "change_ood")
+"""The columns that hold a percentage (mean ± std over seeds)."""
 FOOTNOTE = (
-    f"chance is {1 / CLASSES:.0%}; forgetting = source val accuracy after pretraining "
-    "minus after the transfer, in points"
+    f"ID: the held-out images of digits 5-9, upright as trained on; OOD: the same images "
+    f"rotated by {SHIFT_DEGREES} degrees; chance is {1 / CLASSES:.0%}; feature change: how far "
+    "the features the head sees moved from the pretrained ones, relative to them"
 )
+COMPARED = ("lp_ft", "fine_tune")
+"""The comparison the demo asks about: lp_ft against fine-tuning, seed by seed."""
 
 
 @dataclass(frozen=True)
 class Spread:
-    """Mean and sample standard deviation over seeds, in percent (points for forgetting)."""
+    """Mean and sample standard deviation over seeds, in percent."""
 
     mean: float
     std: float
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Seeds on which lp_ft's accuracy was above, equal to, below fine-tuning's."""
+
+    ahead: int
+    tied: int
+    behind: int
 
 
 @dataclass(frozen=True)
@@ -59,92 +73,125 @@ class SeedsSummary:
     Attributes:
         first_seed: the first seed; the seeds are consecutive.
         count: how many seeds (>= 2).
-        cells: ``(row, column)`` -> spread, for the keys of ROWS and COLUMNS
-            (no forgetting for the pretrained row).
-        curriculum_ahead_target: seeds where the curriculum's target accuracy
-            is higher than the baseline's.
-        curriculum_ahead_source: the same for the source accuracy.
+        cells: ``(arm, column)`` -> spread, for the keys of ARMS and MEASURED.
+        backbone_changed: arm -> on how many seeds its backbone changed at all.
+        pretrained_upright: the pretrained network on its own validation images.
+        pretrained_shifted: the same under the shift.
+        versus: ``"id"`` and ``"ood"`` -> lp_ft against fine-tuning, seed by seed.
     """
 
     first_seed: int
     count: int
     cells: Mapping[tuple[str, str], Spread]
-    curriculum_ahead_target: int
-    curriculum_ahead_source: int
+    backbone_changed: Mapping[str, int]
+    pretrained_upright: Spread
+    pretrained_shifted: Spread
+    versus: Mapping[str, Outcomes]
 
 
-def _measures(result: SeedResult) -> dict[tuple[str, str], float]:
-    """Every cell of one seed's table, in percent (points for forgetting)."""
-    cells = {
-        ("pretrained", "target"): result.pretrained.target,
-        ("pretrained", "source"): result.pretrained.source,
+def _measures(arm: ArmResult) -> dict[str, float]:
+    """One arm's percentage columns."""
+    return {
+        "id": 100 * arm.id_accuracy,
+        "ood": 100 * arm.ood_accuracy,
+        "change_id": 100 * arm.feature_change_id,
+        "change_ood": 100 * arm.feature_change_ood,
     }
-    runs: dict[str, Transfer] = {"curriculum": result.curriculum, "baseline": result.baseline}
-    for row, run in runs.items():
-        cells[(row, "target")] = run.after.target
-        cells[(row, "source")] = run.after.source
-        cells[(row, "forgetting")] = result.forgetting(run)
-    return {key: 100 * value for key, value in cells.items()}
+
+
+def _spread(values: Sequence[float]) -> Spread:
+    return Spread(statistics.mean(values), statistics.stdev(values))
+
+
+def _outcomes(pairs: Sequence[tuple[float, float]]) -> Outcomes:
+    return Outcomes(
+        ahead=sum(mine > theirs for mine, theirs in pairs),
+        tied=sum(mine == theirs for mine, theirs in pairs),
+        behind=sum(mine < theirs for mine, theirs in pairs),
+    )
 
 
 def summarize(results: Sequence[SeedResult]) -> SeedsSummary:
     """Mean and spread of each cell over ``results`` (two or more consecutive seeds)."""
     if len(results) < 2:
         raise ValueError(f"a spread needs two seeds or more, got {len(results)}")
-    per_seed = [_measures(result) for result in results]
-    cells = {
-        key: Spread(
-            statistics.mean(m[key] for m in per_seed), statistics.stdev(m[key] for m in per_seed)
-        )
-        for key in per_seed[0]
-    }
+    per_seed = [{arm: _measures(r.arms[arm]) for arm in ARMS} for r in results]
+    mine, theirs = COMPARED
     return SeedsSummary(
         first_seed=results[0].seed,
         count=len(results),
-        cells=cells,
-        curriculum_ahead_target=sum(
-            r.curriculum.after.target > r.baseline.after.target for r in results
-        ),
-        curriculum_ahead_source=sum(
-            r.curriculum.after.source > r.baseline.after.source for r in results
-        ),
+        cells={
+            (arm, column): _spread([m[arm][column] for m in per_seed])
+            for arm in ARMS
+            for column in MEASURED
+        },
+        backbone_changed={
+            arm: sum(r.arms[arm].backbone_changed > 0 for r in results) for arm in ARMS
+        },
+        pretrained_upright=_spread([100 * r.pretrained.upright for r in results]),
+        pretrained_shifted=_spread([100 * r.pretrained.shifted for r in results]),
+        versus={
+            column: _outcomes([(m[mine][column], m[theirs][column]) for m in per_seed])
+            for column in ("id", "ood")
+        },
     )
 
 
 def _table(corner: str, cell: Callable[[str, str], str]) -> str:
-    body = [[label, *(cell(row, column) for column in COLUMNS)] for row, label in ROWS.items()]
-    return text_table([corner, *COLUMNS.values()], body, "lrrr")
+    body = [[label, *(cell(arm, column) for column in COLUMNS)] for arm, label in ARMS.items()]
+    return text_table([corner, *COLUMNS.values()], body, "lrrrrr")
 
 
 def seed_table(result: SeedResult) -> str:
-    """One seed's accuracies after the transfer, and what each run forgot."""
-    measures = _measures(result)
+    """One seed's arms: accuracies, feature changes, and how much of each backbone moved."""
 
-    def cell(row: str, column: str) -> str:
-        if (row, column) not in measures:
-            return "-"
-        value = measures[(row, column)]
-        return f"{value:.1f} pts" if column == "forgetting" else f"{value:.1f}%"
+    def cell(arm: str, column: str) -> str:
+        measured = result.arms[arm]
+        if column == "backbone":
+            return f"{measured.backbone_changed:,} of {result.backbone_weights:,}"
+        return f"{_measures(measured)[column]:.1f}%"
 
     corner = f"seed {result.seed}, {TRANSFER_EPOCHS} transfer epochs"
     return f"{_table(corner, cell)}\n({FOOTNOTE})"
 
 
-def seeds_table(summary: SeedsSummary) -> str:
-    """The mean ± std table over seeds, and how often the curriculum came out ahead."""
+def seed_lines_header() -> str:
+    """The line above :func:`seed_line`'s: which arm each value is."""
+    return f"per seed, arms in this order: {', '.join(ARMS.values())}"
 
-    def cell(row: str, column: str) -> str:
-        spread = summary.cells.get((row, column))
-        if spread is None:
-            return "-"
-        unit = " pts" if column == "forgetting" else "%"
-        return f"{spread.mean:.1f} ± {spread.std:.1f}{unit}"
+
+def seed_line(result: SeedResult) -> str:
+    """One seed's accuracies, in and out of distribution, one value per arm."""
+    values = {
+        column: " ".join(f"{_measures(result.arms[arm])[column]:5.1f}%" for arm in ARMS)
+        for column in ("id", "ood")
+    }
+    return f"seed {result.seed:>2}: ID {values['id']} | OOD {values['ood']}"
+
+
+def seeds_table(summary: SeedsSummary) -> str:
+    """The mean ± std table over seeds, the pretrained network, and lp_ft against fine-tuning."""
+
+    def cell(arm: str, column: str) -> str:
+        if column == "backbone":
+            return f"on {summary.backbone_changed[arm]} of {summary.count} seeds"
+        spread = summary.cells[(arm, column)]
+        return f"{spread.mean:.1f} ± {spread.std:.1f}%"
 
     last = summary.first_seed + summary.count - 1
     corner = f"seeds {summary.first_seed}-{last}, mean ± std"
-    ahead = (
-        f"lp_ft ahead of plain fine-tuning, seed by seed: target accuracy on "
-        f"{summary.curriculum_ahead_target} of {summary.count} seeds, source accuracy on "
-        f"{summary.curriculum_ahead_source} of {summary.count}"
+    up, shifted = summary.pretrained_upright, summary.pretrained_shifted
+    pretrained = (
+        f"pretrained network on its own validation images (digits 0-4): "
+        f"{up.mean:.1f} ± {up.std:.1f}% upright, {shifted.mean:.1f} ± {shifted.std:.1f}% "
+        f"rotated by {SHIFT_DEGREES} degrees"
     )
-    return f"{_table(corner, cell)}\n{ahead}\n({FOOTNOTE}; std over seeds)"
+    versus = "; ".join(
+        f"{name} accuracy ahead on {o.ahead}, tied on {o.tied}, behind on {o.behind}"
+        for name, o in (("ID", summary.versus["id"]), ("OOD", summary.versus["ood"]))
+    )
+    comparison = (
+        f"{ARMS['lp_ft']} against {ARMS['fine_tune']}, seed by seed: {versus} "
+        f"(of {summary.count} seeds)"
+    )
+    return f"{_table(corner, cell)}\n{pretrained}\n{comparison}\n({FOOTNOTE}; std over seeds)"

@@ -1,55 +1,58 @@
-"""The demo: does a curriculum earn its place when a network moves to a shifted domain?
+"""The demo: does LP-FT beat fine-tuning when a pretrained network gets a new head?
 
 ``python -m mentor_fn demo`` (or :func:`run_demo`) pretrains
-:class:`DigitsCNN` on scikit-learn's 8x8 digits, then transfers it to the
-same digits rotated by 15 degrees (``ROTATION_DEGREES``, chosen by the premise
-rule of docs/demo-protocol.md) from 10 labelled images per digit, twice:
-with the ``lp_ft`` curriculum (a linear probe, then full fine-tuning; driven
-by ``Mentee.fit(..., schedule=...)``) and with plain fine-tuning, on the same
-budget. It prints each epoch and a table of what each transfer gained on the
-target task and kept of the source task, and writes the curriculum run's
-checkpoint and timeline figure (the baseline's validation curve beside it).
+:class:`DigitsCNN` on scikit-learn's 8x8 digits 0-4, puts a new, randomly
+initialised head on it for digits 5-9, and trains that start four ways on
+the same 100 labelled images: a linear probe, plain fine-tuning, mentor_fn's
+``lp_ft`` recipe, and LP-FT written by hand in plain torch the usual way. It
+measures each on held-out images as trained on (in distribution) and rotated
+(out of distribution), prints the tables, and writes the ``lp_ft`` run's
+checkpoint and timeline figure (fine-tuning's validation curve beside it).
 :func:`run_demo_seeds` repeats the protocol over seeds and prints the mean
-and spread. The protocol lives in ``mentor_fn._app.demo.protocol``, the data in
-``mentor_fn._app.demo.data``, the tables in ``mentor_fn._app.demo.report``. Needs the
-``demo`` extra (scikit-learn, matplotlib); nothing is downloaded.
+and spread. docs/demo-protocol.md is the protocol; docs/demo.md the results.
+Needs the ``demo`` extra (scikit-learn, matplotlib); nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import torch
-
 from ..plot import attach_baseline, plot_timeline
 from ..render import epoch_line, layer_table, live_layer_rows
-from .data import MISSING_EXTRA, ROTATION_DEGREES, SHOTS_PER_CLASS, load_tasks
+from .data import (
+    MISSING_EXTRA,
+    PRETRAIN_ROTATION_DEGREES,
+    SHIFT_DEGREES,
+    SHOTS_PER_CLASS,
+    load_tasks,
+)
+from .experiment import SeedResult, run_seed
 from .model import DigitsCNN
 from .protocol import (
+    ARMS,
     BATCH_SIZE,
     GAMMA,
+    HEAD,
     LR,
     LR_RATIO,
     PRETRAIN_EPOCHS,
     PROBE_EPOCHS,
     TRANSFER_EPOCHS,
-    SeedResult,
-    Watch,
-    run_seed,
 )
-from .report import SeedsSummary, seed_table, seeds_table, summarize
+from .report import SeedsSummary, seed_line, seed_lines_header, seed_table, seeds_table, summarize
+from .training import Watch, reproducible
 
 __all__ = ["DemoResult", "DigitsCNN", "run_demo", "run_demo_seeds"]
 
 DEFAULT_OUTPUT = "mentor_fn_demo"
 DEFAULT_SEED = 0
-BASELINE_NAME = "plain fine-tuning"
+BASELINE = "fine_tune"
+"""The arm whose validation curve the figure draws beside lp_ft's."""
 
 
 @dataclass(frozen=True)
@@ -71,18 +74,6 @@ class _Printer:
             print(text, file=self.stream, flush=True)
 
 
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    # The model is tiny: one thread is as fast as several, and on a busy
-    # machine intra-op threads spin-wait for each other (measured 30x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _check_seed(seed: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
@@ -90,34 +81,52 @@ def _check_seed(seed: int) -> None:
 
 def _stage_titles() -> Mapping[str, str]:
     adam = f"Adam at lr {LR:g}, ExponentialLR(gamma={GAMMA:g}), batch {BATCH_SIZE}"
-    return {
-        "pretrain": f"== pretrain on the source task: everything trainable, {adam}, "
+    count = len(ARMS)
+    titles = {
+        "pretrain": f"\n== pretrain on the source task: everything trainable, {adam}, "
         f"{PRETRAIN_EPOCHS} epochs",
-        "curriculum": f"== transfer with the curriculum: lp_ft('head', probe_epochs="
-        f"{PROBE_EPOCHS}) from the pretrained weights, {adam}, {TRANSFER_EPOCHS} epochs "
-        f"(fine-tuning on a fresh optimizer at {LR_RATIO:g} x lr)",
-        "baseline": f"== transfer without a curriculum ({BASELINE_NAME}): everything "
-        f"trainable, {adam}, {TRANSFER_EPOCHS} epochs, the same batches in the same order",
+        "probe": f"the backbone frozen throughout (mentor_fn's freeze), the head at lr {LR:g}",
+        "fine_tune": f"everything trainable at lr {LR:g}",
+        "lp_ft": f'mf.lp_ft("{HEAD}", probe_epochs={PROBE_EPOCHS}) through '
+        f"Mentee.fit(schedule=): the head alone, then everything on a fresh optimizer at "
+        f"{LR_RATIO:g} x lr",
+        "by_hand": "plain torch, the usual way: the optimizer built over "
+        "filter(lambda p: p.requires_grad, model.parameters()) during the probe, then "
+        f"backbone.requires_grad_(True) and the lr set to {LR * LR_RATIO:g} after "
+        f"{PROBE_EPOCHS} epochs",
     }
+    for number, (arm, label) in enumerate(ARMS.items(), start=1):
+        titles[arm] = f"-- arm {number}/{count}, {label}: {titles[arm]}"
+    titles["probe"] = (
+        "\n== transfer to the target task: the pretrained backbone under a new, randomly "
+        f"initialised head for digits 5-9; every arm starts from these weights and trains "
+        f"{TRANSFER_EPOCHS} epochs on the same batches in the same order, {adam}\n"
+        + titles["probe"]
+    )
+    return titles
 
 
 def _printing_watch(say: _Printer, *, progress: bool) -> Watch:
     titles = _stage_titles()
 
-    def stage(name: str) -> None:
-        say(f"\n{titles[name]}")
-
     def phase(model: DigitsCNN) -> None:
         runner = model.schedule_runner
         assert runner is not None and runner.phase is not None and runner.cursor is not None
         count = len(runner.schedule.phases)
-        say(f"-- phase {runner.cursor.phase + 1}/{count}: {runner.phase.name}")
+        say(f"phase {runner.cursor.phase + 1}/{count}: {runner.phase.name}")
         say(layer_table(live_layer_rows(model), trainable_column=True))
 
     def epoch(record: Mapping[str, Any]) -> None:
         say(epoch_line(record, show_time=False))
 
-    return Watch(stage=stage, phase=phase, epoch=epoch, progress=progress)
+    return Watch(
+        stage=lambda name: say(titles[name]),
+        phase=phase,
+        epoch=epoch,
+        note=say,
+        curves=True,
+        progress=progress,
+    )
 
 
 def run_demo(
@@ -141,7 +150,7 @@ def run_demo(
     """
     _check_seed(seed)
     say = _Printer(stream or sys.stdout, quiet)
-    with _one_torch_thread():
+    with reproducible():
         return _run(Path(output), seed, say, progress=not quiet)
 
 
@@ -149,31 +158,34 @@ def _run(folder: Path, seed: int, say: _Printer, *, progress: bool) -> DemoResul
     started = time.perf_counter()
     _require_matplotlib()
     tasks = load_tasks(seed)
+    target = tasks.target
     say(
-        f"mentor_fn demo, seed {seed}: scikit-learn's 8x8 digits, split in two halves "
-        "(stratified by digit)\n"
-        f"source task: the ten digits upright, {len(tasks.source.train)} training / "
-        f"{len(tasks.source.val)} validation images\n"
-        f"target task: the ten digits rotated by {ROTATION_DEGREES:g} degrees, "
-        f"{SHOTS_PER_CLASS} labelled images per digit ({len(tasks.target.train)}), "
-        f"{len(tasks.target.val)} validation images"
+        f"mentor_fn demo, seed {seed}: scikit-learn's 8x8 digits; pretrain on digits 0-4, "
+        "transfer to digits 5-9 with a new head\n"
+        f"source task: digits 0-4, {len(tasks.source.train)} training images (each rotated "
+        f"at random within {PRETRAIN_ROTATION_DEGREES} degrees either way, afresh each "
+        f"epoch), {len(tasks.source.val)} validation images\n"
+        f"target task: digits 5-9 (new classes), {SHOTS_PER_CLASS} labelled images per digit "
+        f"({len(target.train)}), upright; {len(target.test)} held-out images, measured "
+        f"upright (ID) and rotated by {SHIFT_DEGREES} degrees (OOD)"
     )
-    result = run_seed(seed, _printing_watch(say, progress=progress))
+    result = run_seed(seed, _printing_watch(say, progress=progress), tasks)
 
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / "demo.ckpt"
     timeline = folder / "timeline.png"
-    model = result.curriculum.model
-    # The curriculum's checkpoint carries the baseline's validation metrics
-    # epoch by epoch, so that plotting it later shows both runs.
-    model.history = attach_baseline(model.history, result.baseline.model.history, BASELINE_NAME)
+    model = result.arms["lp_ft"].model
+    # The lp_ft run's checkpoint carries fine-tuning's validation metrics epoch
+    # by epoch, so that plotting it later shows both runs.
+    baseline = ARMS[BASELINE]
+    model.history = attach_baseline(model.history, result.arms[BASELINE].model.history, baseline)
     model.save(checkpoint)
     plot_timeline(
         model.history,
         timeline,
         layers=[row.layer for row in live_layer_rows(model)],
-        title=f"mentor_fn demo, seed {seed}: lp_ft from upright to rotated digits "
-        f"(dashed grey: {BASELINE_NAME})",
+        title=f"mentor_fn demo, seed {seed}: lp_ft on digits 5-9 with a new head "
+        f"(dashed grey: {baseline})",
     )
     seconds = time.perf_counter() - started
     say("")
@@ -203,7 +215,8 @@ def run_demo_seeds(
 ) -> SeedsSummary:
     """Run the demo's protocol for ``count`` consecutive seeds; print mean and spread.
 
-    Writes no files. Without ``quiet``, one line per seed as it finishes.
+    Writes no files. Without ``quiet``, one line per seed as it finishes (its
+    accuracies, arm by arm).
 
     Args:
         count: how many seeds (>= 2: a spread needs two).
@@ -217,16 +230,12 @@ def run_demo_seeds(
     say = _Printer(stream or sys.stdout, quiet)
     started = time.perf_counter()
     results = []
-    with _one_torch_thread():
+    say(seed_lines_header())
+    with reproducible():
         for seed in range(first_seed, first_seed + count):
-            begun = time.perf_counter()
             result = run_seed(seed)
             results.append(result)
-            say(
-                f"seed {seed}: target val accuracy lp_ft {result.curriculum.after.target:.1%}, "
-                f"{BASELINE_NAME} {result.baseline.after.target:.1%} "
-                f"({time.perf_counter() - begun:.1f} s)"
-            )
+            say(seed_line(result))
     summary = summarize(results)
     say("")
     say(
