@@ -9,6 +9,11 @@
 
 Workers write their result (plain data and tensors) with torch.save, or their
 traceback as text; the parent raises with every rank's traceback.
+
+``MENTOR_FN_TEST_BACKEND=nccl`` runs the worlds on NCCL, rank r on cuda:r
+(skipped with fewer than 2 GPUs); workers put their models and data on
+:func:`device` and use :func:`on_cuda` to pick the frameworks' accelerator.
+The default is gloo on the CPU. Results come back on the CPU either way.
 """
 
 from __future__ import annotations
@@ -27,7 +32,33 @@ from typing import Any
 import torch
 
 WORLD_SIZE = 2
+BACKEND = os.environ.get("MENTOR_FN_TEST_BACKEND", "gloo")
+if BACKEND not in ("gloo", "nccl"):
+    raise ValueError(f"MENTOR_FN_TEST_BACKEND must be 'gloo' or 'nccl', got {BACKEND!r}")
 _CONTEXT: Any = None
+
+
+def on_cuda() -> bool:
+    """Whether the worlds run on NCCL and CUDA (MENTOR_FN_TEST_BACKEND=nccl)."""
+    return BACKEND == "nccl"
+
+
+def device(rank: int | None = None) -> torch.device:
+    """Where a rank's (or, for None, the single-process reference's) tensors live."""
+    if not on_cuda():
+        return torch.device("cpu")
+    return torch.device("cuda", 0 if rank is None else rank)
+
+
+def skip_reason() -> str | None:
+    """Why the worlds cannot run here (None: they can)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return "torch.distributed unavailable"
+    if on_cuda() and torch.cuda.device_count() < WORLD_SIZE:
+        return f"MENTOR_FN_TEST_BACKEND=nccl needs {WORLD_SIZE} GPUs"
+    return None
 
 
 def _context() -> Any:
@@ -41,10 +72,13 @@ def _context() -> Any:
             "mentor_fn",
             "distributed_workers",
         ]
-        # Lightning's import costs seconds in each rank; imported once in the
-        # server, every world forks with it (the suite runs a Lightning world).
+        # Lightning's and transformers' imports cost seconds in each rank;
+        # imported once in the server, every world forks with them (the suite
+        # runs worlds of both).
         if importlib.util.find_spec("lightning") is not None:
             preload += ["lightning.pytorch", "lightning_workers"]
+        if importlib.util.find_spec("transformers") is not None:
+            preload += ["transformers", "trainer_workers"]
         context.set_forkserver_preload(preload)
         _CONTEXT = context
     return _CONTEXT
@@ -59,9 +93,11 @@ def _worker(
 
     try:
         torch.set_num_threads(1)
+        if on_cuda():
+            torch.cuda.set_device(rank)
         store = dist.FileStore(os.path.join(folder, "store"), WORLD_SIZE)
         dist.init_process_group(
-            "gloo",
+            BACKEND,
             store=store,
             rank=rank,
             world_size=WORLD_SIZE,
@@ -111,6 +147,8 @@ def run_world(function: Callable[..., Any], *arguments: Any, deadline: float = 9
                 f"distributed run failed (exit codes {codes}):\n" + "\n".join(errors)
             )
         return [
-            torch.load(os.path.join(folder, f"result{rank}.pt"), weights_only=True)
+            torch.load(
+                os.path.join(folder, f"result{rank}.pt"), weights_only=True, map_location="cpu"
+            )
             for rank in range(WORLD_SIZE)
         ]

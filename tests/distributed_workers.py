@@ -1,7 +1,8 @@
 """Functions run on each rank by tests/test_distributed.py (importable by workers).
 
 Each scenario also runs in one process on the combined batch (``rank=None``):
-that is the reference the ranks must equal.
+that is the reference the ranks must equal. Models and data live on
+``current_device()``: the CPU, or a rank's GPU under MENTOR_FN_TEST_BACKEND=nccl.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from distributed_harness import device
 from torch import nn
 from torch.optim import lr_scheduler
 
@@ -19,20 +21,25 @@ from mentor_fn._wrapper.ddp import reducer_rebuilds
 GLOBAL_BATCH = 8
 
 
+def current_device() -> torch.device:
+    """This rank's device, or the single-process reference's outside a world."""
+    return device(dist.get_rank() if dist.is_initialized() else None)
+
+
 def make_model() -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential()
     model.add_module("backbone", nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8)))
     model.add_module("head", nn.Linear(8, 3))
-    return model
+    return model.to(current_device())
 
 
 def batches(count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(1)
     return [
         (
-            torch.randn(GLOBAL_BATCH, 4, generator=generator),
-            torch.randn(GLOBAL_BATCH, 3, generator=generator),
+            torch.randn(GLOBAL_BATCH, 4, generator=generator).to(current_device()),
+            torch.randn(GLOBAL_BATCH, 3, generator=generator).to(current_device()),
         )
         for _ in range(count)
     ]

@@ -33,6 +33,7 @@ __all__ = [
     "follow_trainable_parameters",
     "is_following",
     "reducer_rebuilds",
+    "sync_reducer",
     "wrap_ddp",
 ]
 
@@ -87,7 +88,7 @@ def follow_trainable_parameters(
         return
     _check_rebuildable(wrapper)
     _FOLLOWED[wrapper] = _Registration(wrapper, built_now=built_now)
-    wrapper.register_forward_pre_hook(_register_changes, prepend=True)
+    wrapper.register_forward_pre_hook(_before_forward, prepend=True)
 
 
 def is_following(wrapper: DistributedDataParallel) -> bool:
@@ -130,17 +131,22 @@ def _comm_hook_name(wrapper: DistributedDataParallel) -> str:
     return str(wrapper._get_ddp_logging_data().get("comm_hook", "") or "")
 
 
-def _register_changes(wrapper: nn.Module, inputs: Any) -> None:
-    """Forward pre-hook: rebuild the reducer if the trainable parameters changed."""
-    if not torch.is_grad_enabled():
-        return  # no reduction follows this forward
-    registration = _FOLLOWED.get(wrapper)  # type: ignore[call-overload]
+def _before_forward(wrapper: nn.Module, inputs: Any) -> None:
+    """Forward pre-hook of a followed wrapper."""
+    if torch.is_grad_enabled():  # else no reduction follows this forward
+        sync_reducer(wrapper)  # type: ignore[arg-type]
+
+
+def sync_reducer(wrapper: DistributedDataParallel) -> None:
+    """Rebuild a followed wrapper's reducer if the trainable parameters changed since it
+    was built (what its forward pre-hook does; a no-op for a wrapper not followed)."""
+    registration = _FOLLOWED.get(wrapper)
     if registration is None:
         return
     flags = registration.current_flags()
     if flags == registration.flags:
         return
-    _rebuild_reducer(wrapper)  # type: ignore[arg-type]
+    _rebuild_reducer(wrapper)
     registration.flags = flags
     registration.rebuilds += 1
 

@@ -28,6 +28,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from .._wrapper.curriculum import Curriculum
+from .._wrapper.plan_execution import reference_index
 
 __all__ = ["LiveOptimizer", "LivePlateauScheduler", "LiveScheduler", "scheduler_handle"]
 
@@ -43,6 +44,12 @@ class CurriculumRun(Protocol):
 
     @property
     def curriculum(self) -> Curriculum: ...
+
+    @property
+    def attached(self) -> bool: ...
+
+    @property
+    def attach_hint(self) -> str: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -111,6 +118,17 @@ class LiveOptimizer(torch.optim.Optimizer):
         self.live.defaults = defaults
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Step the live optimizer (with the handle's step hooks around it).
+
+        Raises:
+            RuntimeError: the adapter's callback does not drive the run (it was
+                left out of the framework's callbacks); nothing has changed.
+        """
+        if not self._run.attached:
+            raise RuntimeError(
+                "the curriculum's optimizer is being stepped, but its CurriculumCallback is not "
+                "driving the run, so no phase would ever change: " + self._run.attach_hint
+            )
         arguments: tuple[Any, ...] = () if closure is None else (closure,)
         keywords: dict[str, Any] = {}
         for hook in list(self._optimizer_step_pre_hooks.values()):
@@ -173,10 +191,13 @@ class LiveScheduler(LRScheduler):
     marker that :meth:`load_state_dict` checks.
     """
 
-    def __init__(self, run: CurriculumRun, optimizer: LiveOptimizer) -> None:
+    def __init__(
+        self, run: CurriculumRun, optimizer: LiveOptimizer, *, reports_reference: bool = False
+    ) -> None:
         # Not LRScheduler.__init__: it would write initial lrs into the live groups.
         self._run = run
         self.optimizer = optimizer
+        self._reports_reference = reports_reference
 
     @property
     def live(self) -> Any:
@@ -189,6 +210,13 @@ class LiveScheduler(LRScheduler):
             live.step(*args, **kwargs)
 
     def get_last_lr(self) -> list[float]:  # type: ignore[override]
+        """The live scheduler's last lr of each group; with ``reports_reference``, only the
+        run's lr (the reference group's), for frameworks that log ``get_last_lr()[0]``."""
+        if self._reports_reference:
+            groups = self.optimizer.param_groups  # the live optimizer's, through the handle
+            live_optimizer = self._run.curriculum.optimizer
+            assert live_optimizer is not None
+            return [float(groups[reference_index(live_optimizer)]["lr"])]
         live = self.live
         if live is None:
             return [group["lr"] for group in self.optimizer.param_groups]
@@ -196,7 +224,9 @@ class LiveScheduler(LRScheduler):
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         live = self.live
-        return self.get_last_lr() if live is None else list(live.get_lr())
+        if live is None or self._reports_reference:
+            return self.get_last_lr()
+        return list(live.get_lr())
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -220,7 +250,7 @@ class LiveScheduler(LRScheduler):
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes the handle lacks: read them from the live scheduler.
-        if name.startswith("__") or name in ("_run", "optimizer"):
+        if name.startswith("__") or name in ("_run", "optimizer", "_reports_reference"):
             raise AttributeError(name)
         live = self.live
         if live is None:
@@ -236,8 +266,17 @@ class LivePlateauScheduler(LiveScheduler, ReduceLROnPlateau):
     and step it with the monitored metric."""
 
 
-def scheduler_handle(run: CurriculumRun, optimizer: LiveOptimizer) -> LiveScheduler:
-    """The handle for the run's scheduler, of the kind frameworks expect for it."""
-    if isinstance(run.curriculum.scheduler, ReduceLROnPlateau):
-        return LivePlateauScheduler(run, optimizer)
-    return LiveScheduler(run, optimizer)
+def scheduler_handle(
+    run: CurriculumRun, optimizer: LiveOptimizer, *, reports_reference: bool = False
+) -> LiveScheduler:
+    """The handle for the run's scheduler, of the kind frameworks expect for it.
+
+    ``reports_reference``: its ``get_last_lr()`` is ``[the run's lr]`` (see
+    :meth:`LiveScheduler.get_last_lr`).
+    """
+    kind = (
+        LivePlateauScheduler
+        if isinstance(run.curriculum.scheduler, ReduceLROnPlateau)
+        else LiveScheduler
+    )
+    return kind(run, optimizer, reports_reference=reports_reference)

@@ -32,9 +32,21 @@ class CurriculumRun:
     Args:
         curriculum: the curriculum of the model the framework trains.
         schedule: phases to run; None leaves every change to the user.
+        attach_hint: what the user must do for the adapter's callback to drive
+            the run (the optimizer handle refuses to step until it does).
+        reports_reference: the scheduler handle reports the run's lr only
+            (``get_last_lr() == [reference lr]``), for frameworks that log
+            ``get_last_lr()[0]`` as the run's lr.
     """
 
-    def __init__(self, curriculum: Curriculum, schedule: Schedule | None = None) -> None:
+    def __init__(
+        self,
+        curriculum: Curriculum,
+        schedule: Schedule | None = None,
+        *,
+        attach_hint: str = "add the adapter's CurriculumCallback to the framework's callbacks",
+        reports_reference: bool = False,
+    ) -> None:
         if not isinstance(curriculum, Curriculum):
             raise TypeError(f"curriculum must be a mentor_fn.Curriculum, got {curriculum!r}")
         if schedule is not None and not isinstance(schedule, Schedule):
@@ -44,6 +56,9 @@ class CurriculumRun:
         self._optimizer = LiveOptimizer(self)
         self._scheduler: LiveScheduler | None = None
         self._started = False
+        self._attached = False
+        self._attach_hint = attach_hint
+        self._reports_reference = reports_reference
         self.extra: dict[str, Any] = {}
         """Plain data an adapter saves and restores with the run (its own bookkeeping)."""
 
@@ -54,6 +69,23 @@ class CurriculumRun:
     @property
     def runner(self) -> ScheduleRunner | None:
         return self._runner
+
+    @property
+    def attached(self) -> bool:
+        """Whether the adapter's callback drives the run now (between train begin and end)."""
+        return self._attached
+
+    @property
+    def attach_hint(self) -> str:
+        return self._attach_hint
+
+    def attach(self) -> None:
+        """The callback drives the run from now on: the optimizer handle may step."""
+        self._attached = True
+
+    def detach(self) -> None:
+        """Training ended: the optimizer handle refuses to step until the next attach."""
+        self._attached = False
 
     @property
     def optimizer(self) -> LiveOptimizer:
@@ -70,7 +102,9 @@ class CurriculumRun:
         if self._scheduler is None:
             if not self._started:
                 raise RuntimeError("start() the run before asking for its scheduler handle")
-            self._scheduler = scheduler_handle(self, self._optimizer)
+            self._scheduler = scheduler_handle(
+                self, self._optimizer, reports_reference=self._reports_reference
+            )
         return self._scheduler
 
     def start(self) -> None:

@@ -20,9 +20,20 @@ What the callback does, at each point of Lightning's loop:
   steps, not batches; several steps in one batch under manual optimization
   are counted at that batch's end): ``runner.step()``, which ramps warmups
   and ends step-counted phases.
-* at each training epoch's end (after validation): ``runner.epoch_end`` with
-  ``trainer.callback_metrics``; under DDP every rank uses rank 0's metrics,
-  so all ranks change phase together.
+* at each training epoch's end (after validation), when the epoch's data was
+  exhausted: ``runner.epoch_end`` with ``trainer.callback_metrics``; under
+  DDP and FSDP every rank uses rank 0's metrics, so all ranks change phase
+  together. Lightning calls ``on_train_epoch_end`` also when ``max_steps`` or
+  ``trainer.should_stop`` (early stopping) ends training in the middle of an
+  epoch; that is not an epoch end for the schedule (Lightning's own test,
+  the one that decides whether its epoch schedulers step: the epoch's batches
+  all ran, or the last one was fetched).
+* logs: at each optimizer step, ``lr`` (the run's lr: the curriculum's
+  reference group, the global lr under the scheduler) and ``lr/<layer>`` for
+  each layer with a coefficient of its own, the lrs that step used
+  (``log_lrs=False`` turns them off). Lightning's ``LearningRateMonitor``
+  names param groups by position (``pg1`` is the first layer's group, not
+  the run's lr) and only those there at the start.
 * checkpoints: the run (curriculum state, optimizer state by parameter name,
   scheduler, schedule cursor) is what the optimizer handle's ``state_dict``
   returns, so it lands in Lightning's own ``optimizer_states``. On
@@ -37,12 +48,27 @@ What the callback does, at each point of Lightning's loop:
   aggregated over the epoch (``on_epoch=True`` in ``training_step``) is not
   aggregated yet at that point, so a ``plateau`` on one resumes exactly only
   from checkpoints written at the epoch's end.
-* DDP (``DDPStrategy(find_unused_parameters=True)``): DDP registers only the
-  parameters that require grad when it wraps the model, so the callback makes
-  every parameter trainable before Lightning wraps it (``setup``) and the
-  curriculum sets each phase's flags afterwards; frozen layers are then
-  skipped by DDP's unused-parameter search. Lightning's own ``BaseFinetuning``
-  desynchronizes ranks when it unfreezes under DDP (Lightning issue #20340).
+* the optimizer handle steps only while the callback drives the run (from
+  ``on_train_start`` to ``on_train_end``): handles given to Lightning by
+  ``callback.configure_optimizers(self)`` with the callback left out of the
+  Trainer's callbacks would train the whole run in the first phase.
+* DDP (``strategy="ddp"``, no ``find_unused_parameters`` needed): DDP
+  registers only the parameters that require grad when it wraps the model;
+  the callback makes the strategy's DDP wrapper follow the phases (its
+  reducer is rebuilt before the first forward after the trainable
+  parameters changed), so frozen layers cost nothing and unfrozen ones are
+  reduced. ``static_graph=True`` is refused. Lightning's own
+  ``BaseFinetuning`` desynchronizes ranks when it unfreezes under DDP
+  (Lightning issue #20340).
+* FSDP2 (``ModelParallelStrategy``, the model sharded with ``fully_shard`` in
+  ``configure_model``): the curriculum is built on the sharded parameters;
+  freezing, unfreezing and coefficient changes work on them in place.
+  Lightning saves an FSDP2 run's optimizer through
+  ``torch.distributed.checkpoint``, which reads the handle as a plain torch
+  optimizer; the callback then saves the run beside it (see
+  ``_sharded_checkpoints``). ``FSDPStrategy`` (FSDP1: flat parameters, whose
+  ``requires_grad`` is fixed when they are made) and ``DeepSpeedStrategy``
+  are refused.
 """
 
 from __future__ import annotations
@@ -53,6 +79,9 @@ from typing import Any
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import Curriculum, Schedule, ScheduleRunner, unwrap_model
+from .._wrapper.ddp import follow_trainable_parameters
+from ._distributed import rank_zero_metrics
+from ._lr_logs import layer_lrs, reference_lr
 from ._requirements import require
 from ._run import CurriculumRun, plain_metrics
 
@@ -64,12 +93,23 @@ require(
 )
 
 import lightning.pytorch as pl  # noqa: E402
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy  # noqa: E402
+from lightning.pytorch.strategies import (  # noqa: E402
+    DDPStrategy,
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+)
 
 __all__ = ["CurriculumCallback", "curriculum_optimizers"]
 
 CurriculumSource = Curriculum | Callable[[pl.LightningModule], Curriculum]
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: "exhausted" (version 1 files read as exhausted: they were)
+_LR_KEY = "lr"
+_ATTACH_HINT = (
+    "add the callback to the Trainer, L.Trainer(callbacks=[callback]), and return "
+    "curriculum_optimizers(self) from configure_optimizers"
+)
 
 
 class CurriculumCallback(pl.Callback):
@@ -90,6 +130,8 @@ class CurriculumCallback(pl.Callback):
             ``frequency``, ``monitor``, ``name``...). Lightning steps the
             scheduler once per epoch by default; per-step schedules need
             ``{"interval": "step"}``.
+        log_lrs: log ``lr`` (the run's lr) and ``lr/<layer>`` (each layer with a
+            coefficient of its own) at each optimizer step.
     """
 
     def __init__(
@@ -98,6 +140,7 @@ class CurriculumCallback(pl.Callback):
         schedule: Schedule | None = None,
         *,
         lr_scheduler_config: Mapping[str, Any] | None = None,
+        log_lrs: bool = True,
     ) -> None:
         if not isinstance(curriculum, Curriculum) and not callable(curriculum):
             raise TypeError(
@@ -114,9 +157,12 @@ class CurriculumCallback(pl.Callback):
                 "lr_scheduler_config must not hold 'scheduler': the curriculum's scheduler factory "
                 "makes it"
             )
+        if not isinstance(log_lrs, bool):
+            raise TypeError(f"log_lrs must be a bool, got {log_lrs!r}")
         self._source = curriculum
         self._schedule = schedule
         self._lr_scheduler_config = config
+        self._log_lrs = log_lrs
         self._run: CurriculumRun | None = None
         # trainer.global_step when the runner last counted an optimizer step.
         self._steps_counted = 0
@@ -147,11 +193,14 @@ class CurriculumCallback(pl.Callback):
         optimizer and scheduler, as handles, in Lightning's dict form.
 
         Raises:
-            ValueError: the curriculum is not on ``module``; a DDP wrapper
-                without ``find_unused_parameters=True``.
+            ValueError: the curriculum is not on ``module``; a DDP wrapper that
+                cannot follow phase changes (``static_graph=True``).
         """
         run = self._run_for(module)
-        _check_ddp_wrapper(module.trainer)
+        wrapper = module.trainer.strategy.model
+        if isinstance(wrapper, DistributedDataParallel):
+            # Wrapped by now (DDPStrategy.setup wraps, then sets up the optimizers).
+            follow_trainable_parameters(wrapper)
         run.start()
         configuration: dict[str, Any] = {"optimizer": run.optimizer}
         if run.curriculum.scheduler is not None:
@@ -169,7 +218,7 @@ class CurriculumCallback(pl.Callback):
                 raise TypeError(
                     f"the curriculum factory must return a mentor_fn.Curriculum, got {curriculum!r}"
                 )
-            self._run = CurriculumRun(curriculum, self._schedule)
+            self._run = CurriculumRun(curriculum, self._schedule, attach_hint=_ATTACH_HINT)
         if unwrap_model(self._run.curriculum.model) is not module:
             raise ValueError(
                 "the curriculum must be on the LightningModule being fitted "
@@ -184,19 +233,16 @@ class CurriculumCallback(pl.Callback):
         if stage != "fit":
             return
         self._trainer = trainer
-        strategy = trainer.strategy
-        if isinstance(strategy, DDPStrategy):
-            # DDP registers only the parameters that require grad when it wraps
-            # the module, right after this hook: all of them, so that later
-            # phases may unfreeze any. configure_optimizers, after the wrap,
-            # sets the phase's flags.
+        problem = _unsupported_strategy(trainer.strategy)
+        if problem:
+            raise ValueError(f"CurriculumCallback: {problem}")
+        if isinstance(trainer.strategy, DDPStrategy):
+            # DDP refuses a module with no trainable parameter when it wraps it,
+            # right after this hook; the phase's flags are not set yet (the
+            # curriculum sets them in configure_optimizers, after the wrap,
+            # and the wrapper's reducer then follows them).
             for parameter in pl_module.parameters():
                 parameter.requires_grad_(True)
-        elif not isinstance(strategy, SingleDeviceStrategy):
-            raise ValueError(
-                f"CurriculumCallback supports Lightning's single-device and DDP strategies, not "
-                f"{type(strategy).__name__}"
-            )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         run = self._run
@@ -207,11 +253,18 @@ class CurriculumCallback(pl.Callback):
                 "callback.configure_optimizers(self)), so that Lightning trains the curriculum's "
                 "optimizer"
             )
+        run.attach()
         self._steps_counted = trainer.global_step
         restored = self._restored
-        if restored is not None and restored["epoch"] < trainer.current_epoch:
+        if (
+            restored is not None
+            and restored["exhausted"]
+            and restored["epoch"] < trainer.current_epoch
+        ):
             # Resuming after the epoch the checkpoint was written in, whose end
-            # Lightning will not run again: the schedule sees it now.
+            # Lightning will not run again: the schedule sees it now. (Not when
+            # the checkpoint was written at a stop mid-epoch: Lightning goes on
+            # with the next epoch, but that one's data was never exhausted.)
             self._epoch_end(trainer, restored["epoch"], {})
 
     def on_train_batch_end(
@@ -223,6 +276,15 @@ class CurriculumCallback(pl.Callback):
         batch_idx: int,
     ) -> None:
         assert self._run is not None
+        if self._steps_counted == trainer.global_step:
+            return  # accumulating gradients: no optimizer step in this batch
+        if self._log_lrs:
+            # Before the phase moves on, and before Lightning steps a per-step
+            # scheduler: the lrs the step just taken used.
+            curriculum = self._run.curriculum
+            lrs = {_LR_KEY: reference_lr(curriculum), **layer_lrs(curriculum, prefix=_LR_KEY)}
+            for name, value in lrs.items():
+                pl_module.log(name, value, on_step=True, on_epoch=False)
         # Counted from global_step, which moves once per optimizer step (not
         # per batch under gradient accumulation).
         while self._steps_counted < trainer.global_step:
@@ -230,7 +292,13 @@ class CurriculumCallback(pl.Callback):
             self._steps_counted += 1
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not _epoch_exhausted(trainer):
+            return  # stopped mid-epoch (max_steps, should_stop): not an epoch end
         self._epoch_end(trainer, trainer.current_epoch, trainer.callback_metrics)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._run is not None:
+            self._run.detach()
 
     def _epoch_end(self, trainer: pl.Trainer, epoch: int, metrics: Mapping[str, Any]) -> None:
         assert self._run is not None
@@ -243,34 +311,38 @@ class CurriculumCallback(pl.Callback):
             # callback saw it (after validation): Lightning's metrics of then
             # come from the checkpoint (a resumed Trainer has none yet).
             plain = {**restored["metrics"], **plain}
-        if trainer.world_size > 1:
-            # Metrics logged without sync_dist differ between ranks; rank 0's
-            # decide for all, so every rank changes phase at the same epoch.
-            plain = trainer.strategy.broadcast(plain, src=0)
-        self._run.epoch_end(plain)
+        # Metrics logged without sync_dist differ between ranks; rank 0's
+        # decide for all, so every rank changes phase at the same epoch.
+        self._run.epoch_end(rank_zero_metrics(plain))
         self._last_epoch_end = epoch
 
     # Checkpoints -----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The epoch whose end the schedule last saw, and the epoch and metrics now
-        (the run itself is saved through the optimizer handle)."""
+        """The epoch whose end the schedule last saw; the epoch now, whether its data
+        is exhausted, and the metrics now (the run itself is saved through the
+        optimizer handle)."""
         trainer = self._trainer
         return {
             "version": _STATE_VERSION,
             "last_epoch_end": self._last_epoch_end,
             "epoch": -1 if trainer is None else trainer.current_epoch,
+            "exhausted": trainer is not None and _epoch_exhausted(trainer),
             "metrics": {} if trainer is None else plain_metrics(trainer.callback_metrics),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not isinstance(state_dict, Mapping) or state_dict.get("version") != _STATE_VERSION:
+        if not isinstance(state_dict, Mapping) or state_dict.get("version") not in (
+            1,
+            _STATE_VERSION,
+        ):
             raise ValueError(
-                f"not a CurriculumCallback state of version {_STATE_VERSION}: {state_dict!r}"
+                f"not a CurriculumCallback state of version 1 or {_STATE_VERSION}: {state_dict!r}"
             )
         self._last_epoch_end = int(state_dict["last_epoch_end"])
         self._restored = {
             "epoch": int(state_dict["epoch"]),
+            "exhausted": bool(state_dict.get("exhausted", True)),
             "metrics": {str(k): float(v) for k, v in state_dict["metrics"].items()},
         }
 
@@ -294,18 +366,38 @@ def curriculum_optimizers(module: pl.LightningModule) -> dict[str, Any]:
     return callbacks[0].configure_optimizers(module)
 
 
-def _check_ddp_wrapper(trainer: pl.Trainer) -> None:
-    wrapper = trainer.strategy.model
-    if not isinstance(wrapper, DistributedDataParallel):
-        return
-    if not wrapper.find_unused_parameters:
-        raise ValueError(
-            "CurriculumCallback under DDP needs DDPStrategy(find_unused_parameters=True) (or "
-            "strategy='ddp_find_unused_parameters_true'): frozen layers produce no gradient, "
-            "and without it DDP's next gradient reduction fails"
+def _unsupported_strategy(strategy: Any) -> str:
+    """Why the callback cannot drive a run under ``strategy`` ("" when it can)."""
+    if isinstance(strategy, (SingleDeviceStrategy, ModelParallelStrategy)):
+        return ""
+    if isinstance(strategy, DeepSpeedStrategy):  # a DDPStrategy subclass: before it
+        return (
+            "DeepSpeedStrategy is not supported yet (a ZeRO engine owns the optimizer and its "
+            "partitions): use strategy='ddp', or FSDP2 with ModelParallelStrategy and "
+            "fully_shard in configure_model"
         )
-    if wrapper.static_graph:
-        raise ValueError(
-            "CurriculumCallback under DDP needs DDPStrategy(static_graph=False): each phase "
-            "change changes which parameters get gradients"
+    if isinstance(strategy, DDPStrategy):
+        return ""
+    if isinstance(strategy, FSDPStrategy):
+        return (
+            "FSDPStrategy (FSDP1) is not supported: it flattens each unit's parameters into "
+            "one, whose requires_grad is fixed when it is made, so a later phase could not "
+            "unfreeze a layer. Use FSDP2: ModelParallelStrategy, with fully_shard applied in "
+            "LightningModule.configure_model"
         )
+    return (
+        f"{type(strategy).__name__} is not supported: use the single-device, DDP or "
+        "ModelParallelStrategy (FSDP2) strategies"
+    )
+
+
+def _epoch_exhausted(trainer: pl.Trainer) -> bool:
+    """Whether the training epoch Lightning ends now ran out of batches.
+
+    Lightning's own test (the one that decides whether epoch-interval
+    schedulers step): every batch of the epoch was fetched, or the last one
+    was (an iterable of unknown length). False when ``max_steps`` or
+    ``should_stop`` ended the epoch early.
+    """
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return bool(progress.is_last_batch) or progress.current.ready == trainer.num_training_batches
