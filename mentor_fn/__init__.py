@@ -50,6 +50,7 @@ from ._schedules.recipes import fine_tune, gradual_unfreeze, lp_ft
 # Files: checkpoints written atomically and read without running code.
 from ._files.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ._files.distributed_checkpoint import load_distributed_checkpoint, save_distributed_checkpoint
+from ._files.torch_mentor_conversion import TorchMentorConversion, convert_torch_mentor_checkpoint
 
 # Mentee: torch_mentor's object API (an nn.Module that fits, saves and resumes itself).
 from ._mentee.trainers import Classifier, Regressor, Trainer
@@ -76,6 +77,7 @@ __all__ = [
     "Schedule",
     "ScheduleCursor",
     "ScheduleRunner",
+    "TorchMentorConversion",
     "Trainer",
     "Transition",
     "after_epochs",
@@ -85,6 +87,7 @@ __all__ = [
     "apply_requires_grad",
     "chain",
     "condition_from_dict",
+    "convert_torch_mentor_checkpoint",
     "fine_tune",
     "freeze",
     "gradual_unfreeze",

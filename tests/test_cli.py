@@ -17,7 +17,7 @@ import mentor_fn as mf
 from mentor_fn._app import cli as cli_module
 from mentor_fn._app.cli import main
 from mentor_fn._app.demo.model import DigitsCNN
-from mentor_fn._app.demo.protocol import TRANSFER_EPOCHS
+from mentor_fn._app.demo.protocol import PROBE_EPOCHS, TRANSFER_EPOCHS
 from mentor_fn._app.plot import default_plot_path, image_format, plot_timeline
 from mentor_fn._app.render import inspect_text as inspect_checkpoint
 
@@ -56,11 +56,14 @@ def test_inspect_prints_the_layer_table_and_the_history(checkpoint, capsys):
     for layer in LAYERS:
         assert f"\n{layer} " in table
     assert "mentor_fn._app.demo.model.DigitsCNN" in out
-    total = sum(parameter.numel() for parameter in DigitsCNN().parameters())
+    saved = mf.Mentee.resume(checkpoint)  # the demo transfers to a head of its own size
+    total = sum(parameter.numel() for parameter in saved.parameters())
     assert f"{total:,}" in table
     history = out.split("history:")[1].strip().splitlines()
     assert len(history) == 2 + TRANSFER_EPOCHS  # header, rule, one line per epoch
-    assert [line.split()[1] for line in history[2:]] == ["probe"] * 4 + ["fine_tune"] * 8
+    assert [line.split()[1] for line in history[2:]] == ["probe"] * PROBE_EPOCHS + [
+        "fine_tune"
+    ] * (TRANSFER_EPOCHS - PROBE_EPOCHS)
     assert "val accuracy" in history[0]
 
 

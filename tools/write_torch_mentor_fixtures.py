@@ -103,13 +103,21 @@ def _write_version(version: str, output: Path) -> None:
     )
 
     class TinyNet(Mentee):
-        """A parameter on the model itself, a BatchNorm, a nested body, a head."""
+        """A parameter on the model itself, a BatchNorm, a nested body, a head.
+
+        The Linear before the BatchNorm has no bias, as usual: the BatchNorm
+        removes it, so its gradient would be rounding noise, which Adam scales
+        up to full steps, and no two builds of torch would agree on it.
+        """
 
         def __init__(self, hidden=6, num_classes=3):
             super().__init__()
             self.scale = nn.Parameter(torch.ones(num_classes))
             self.body = nn.Sequential(
-                nn.Linear(4, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, hidden)
+                nn.Linear(4, hidden, bias=False),
+                nn.BatchNorm1d(hidden),
+                nn.ReLU(),
+                nn.Linear(hidden, hidden),
             )
             self.head = nn.Linear(hidden, num_classes)
             self.trainer = Classifier()

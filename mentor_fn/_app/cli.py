@@ -5,6 +5,7 @@ Commands::
     python -m mentor_fn demo [--output DIR] [--seed S] [--seeds N] [--quiet]
     python -m mentor_fn inspect CHECKPOINT
     python -m mentor_fn plot CHECKPOINT [-o timeline.png|.svg|.pdf|...]
+    python -m mentor_fn convert TORCH_MENTOR_CHECKPOINT MENTEE_FILE [--trust]
 
 This module parses and dispatches; the text comes from ``mentor_fn._app.render``,
 the image from ``mentor_fn._app.plot``. A usage error, or a checkpoint that is
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .._files.checkpoint import CheckpointError
+from .._files.torch_mentor_conversion import convert_torch_mentor_checkpoint
 from .demo.data import SHIFT_DEGREES, SHOTS_PER_CLASS
 from .demo.run import DEFAULT_OUTPUT, DEFAULT_SEED, run_demo, run_demo_seeds
 from .plot import ImageFormatError, default_plot_path, plot_checkpoint
@@ -132,7 +134,36 @@ def _parser() -> _Parser:
         help="output file; its suffix picks the format (.png, .svg, .pdf, .jpg, ...) "
         "(default: CHECKPOINT's name with _timeline.png, beside it)",
     )
+
+    convert = commands.add_parser(
+        "convert",
+        help="turn a torch_mentor checkpoint into a mentor_fn Mentee file",
+        description="Convert a checkpoint written by torch_mentor (0.2.2, 0.2.3, 0.3.0) into a "
+        "Mentee file that Mentee.resume_training continues: weights, constructor arguments, "
+        "frozen layers and lr coefficients, Adam's moments by parameter name, StepLR, "
+        "history, best epoch, epoch. Prints what was carried, changed and not carried. "
+        "The source is only read; without --trust nothing in it is run.",
+    )
+    convert.add_argument("source", metavar="TORCH_MENTOR_CHECKPOINT")
+    convert.add_argument("destination", metavar="MENTEE_FILE")
+    convert.add_argument(
+        "--trust",
+        action="store_true",
+        help="if the file cannot be read by torch's weights-only unpickler (which runs nothing), "
+        "read it by full unpickling, which RUNS CODE NAMED IN THE FILE: only for files whose "
+        "origin you trust as you trust your own code",
+    )
     return parser
+
+
+def _converted(source: str, destination: str, *, trust: bool) -> str:
+    try:
+        report = convert_torch_mentor_checkpoint(source, destination, trust=trust)
+    except CheckpointError:
+        raise
+    except ValueError as error:  # the destination is the source
+        _fail(f"{PROG} convert: error: {error}")
+    return str(report)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     arguments = parser.parse_args(argv)
     if arguments.command is None:
-        parser.error("choose a command: demo, inspect or plot")
+        parser.error("choose a command: demo, inspect, plot or convert")
     try:
         if arguments.command == "demo" and arguments.seeds > 1:
             run_demo_seeds(arguments.seeds, first_seed=arguments.seed, quiet=arguments.quiet)
@@ -148,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_demo(output=arguments.output, seed=arguments.seed, quiet=arguments.quiet)
         elif arguments.command == "inspect":
             print(inspect_text(arguments.checkpoint))
+        elif arguments.command == "convert":
+            print(_converted(arguments.source, arguments.destination, trust=arguments.trust))
         else:
             output = arguments.output or default_plot_path(arguments.checkpoint)
             written = plot_checkpoint(arguments.checkpoint, output)

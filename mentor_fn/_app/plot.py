@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .._files.checkpoint import CheckpointError
-from .._files.mentee_file import read_mentee_checkpoint
+from .._files.saved_files import read_saved_file
 
 __all__ = [
     "BASELINE",
@@ -114,7 +114,13 @@ def plot_checkpoint(checkpoint: str | os.PathLike[str], output: str | os.PathLik
         CheckpointError: the checkpoint is missing, foreign, malformed or has no history.
     """
     image_format(output)  # before reading and drawing anything
-    saved = read_mentee_checkpoint(checkpoint)
+    found = read_saved_file(checkpoint)
+    saved = found.mentee
+    if saved is None:
+        raise CheckpointError(
+            f"{str(checkpoint)!r} is a {found.kind}: it holds no history to plot (plot draws "
+            "the history of a Mentee checkpoint; inspect describes this file)"
+        )
     if not saved.history:
         raise CheckpointError(f"checkpoint {str(checkpoint)!r} has no epochs to plot yet")
     state = saved.state

@@ -1,8 +1,8 @@
 """Terminal rendering: per-layer tables, per-epoch lines and tables, a checkpoint's summary.
 
 What ``python -m mentor_fn inspect`` prints and what the demo prints as it
-trains, from a live model or from a checkpoint (read through
-``mentor_fn._files.mentee_file``). Text only: no matplotlib here.
+trains, from a live model or from any file mentor_fn writes (read through
+``mentor_fn._files.saved_files``). Text only: no matplotlib here.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from typing import Any
 
 from .._core.model_walk import walk_model
 from .._core.state import CurriculumState
-from .._files.mentee_file import read_mentee_checkpoint
-from .._files.mentee_values import MenteeCheckpoint
+from .._files.mentee_values import MenteeCheckpoint, SavedCurriculum
+from .._files.saved_files import SavedFile, Section, read_saved_file
+from .._schedules.saved_schedule import SavedSchedule
 from .._schedules.text import schedule_lines
 
 __all__ = [
     "LayerRow",
+    "curriculum_layer_rows",
     "epoch_line",
     "history_table",
     "inspect_text",
@@ -40,7 +42,8 @@ class LayerRow:
     coefficient: float
     lr: float | None
     """Effective lr (None when frozen or unknown)."""
-    parameters: int
+    parameters: int | None
+    """None when unknown (a Curriculum state dict saved without the weights)."""
 
 
 def live_layer_rows(model: Any) -> list[LayerRow]:
@@ -59,29 +62,45 @@ def live_layer_rows(model: Any) -> list[LayerRow]:
 
 
 def saved_layer_rows(checkpoint: MenteeCheckpoint) -> tuple[list[LayerRow], bool]:
-    """Rows of the layers that own parameters, from a checkpoint.
+    """Rows of the layers that own parameters, from a Mentee checkpoint.
 
     Returns:
         The rows, and whether some counts were estimated from the saved weights
         (layers with no optimizer group: their floating-point buffers count too).
     """
-    state = checkpoint.state
+    return curriculum_layer_rows(checkpoint.saved_curriculum, checkpoint.weights)
+
+
+def curriculum_layer_rows(
+    saved: SavedCurriculum, weights: Mapping[str, Any] | None
+) -> tuple[list[LayerRow], bool]:
+    """Rows of the layers that own parameters, from a saved Curriculum state dict.
+
+    ``weights``: the model's state dict saved beside it, to count parameters
+    (None: the counts are unknown).
+
+    Returns:
+        The rows, and whether some counts were estimated from the weights.
+    """
+    state = saved.state
     lr_of: dict[str, float] = {}
     known_parameters: set[str] = set()
     reference_lr = None
-    for group in checkpoint.saved_groups:
+    for group in saved.groups:
         if group.is_reference:
             reference_lr = group.lr
         for layer in group.layers:
             lr_of[layer] = group.lr
         known_parameters.update(group.parameters)
-    fallback = reference_lr if reference_lr is not None else checkpoint.global_lr
+    fallback = reference_lr if reference_lr is not None else saved.global_lr
+    if weights is None:
+        return _rows(state, lr_of, None, fallback_lr=fallback), False
 
     owners = state.parameter_owners
     counts: dict[str, int] = {}
     seen: set[tuple[int, int, tuple[int, ...]]] = set()
     estimated = False
-    for name, tensor in checkpoint.weights.items():
+    for name, tensor in weights.items():
         owner = name if name in owners else name.rpartition(".")[0]
         if owner not in owners or not tensor.is_floating_point():
             continue
@@ -103,9 +122,9 @@ def saved_layer_rows(checkpoint: MenteeCheckpoint) -> tuple[list[LayerRow], bool
 def _rows(
     state: CurriculumState,
     lr_of: Mapping[str, float],
-    counts: Mapping[str, int],
+    counts: Mapping[str, int] | None,
     *,
-    fallback_lr: float,
+    fallback_lr: float | None,
 ) -> list[LayerRow]:
     rows = []
     for layer, frozen, coefficient in zip(
@@ -113,8 +132,9 @@ def _rows(
     ):
         if layer not in state.parameter_owners:
             continue
-        lr = None if frozen else lr_of.get(layer, fallback_lr * coefficient)
-        rows.append(LayerRow(layer, frozen, coefficient, lr, counts.get(layer, 0)))
+        lr = lr_of.get(layer, None if fallback_lr is None else fallback_lr * coefficient)
+        count = None if counts is None else counts.get(layer, 0)
+        rows.append(LayerRow(layer, frozen, coefficient, None if frozen else lr, count))
     return rows
 
 
@@ -145,6 +165,7 @@ def layer_table(rows: Sequence[LayerRow], *, trainable_column: bool = False) -> 
     (0 for a frozen layer).
     """
     last = "trainable params" if trainable_column else "parameters"
+    known = all(row.parameters is not None for row in rows)
     body = []
     for row in rows:
         count = 0 if (trainable_column and row.frozen) else row.parameters
@@ -154,20 +175,18 @@ def layer_table(rows: Sequence[LayerRow], *, trainable_column: bool = False) -> 
                 "yes" if row.frozen else "no",
                 f"{row.coefficient:g}",
                 _format_lr(row.lr),
-                f"{count:,}",
+                "?" if count is None else f"{count:,}",
             ]
         )
-    total = sum(row.parameters for row in rows)
-    trainable = sum(row.parameters for row in rows if not row.frozen)
-    body.append(
-        [
-            "total",
-            f"{sum(row.frozen for row in rows)} of {len(rows)}",
-            "",
-            "",
-            f"{trainable:,} of {total:,}" if trainable_column else f"{total:,}",
-        ]
-    )
+    total = sum(row.parameters or 0 for row in rows)
+    trainable = sum(row.parameters or 0 for row in rows if not row.frozen)
+    if not known:
+        counted = "?"
+    elif trainable_column:
+        counted = f"{trainable:,} of {total:,}"
+    else:
+        counted = f"{total:,}"
+    body.append(["total", f"{sum(row.frozen for row in rows)} of {len(rows)}", "", "", counted])
     return text_table(["layer", "frozen", "coefficient", "effective lr", last], body, "llrrr")
 
 
@@ -229,11 +248,12 @@ def history_table(history: Sequence[Mapping[str, Any]], owners: int) -> str:
         for split, name in columns:
             value = (record.get(split) or {}).get(name)
             row.append("" if value is None else _format_metric(name, value))
-        frozen = len(record.get("frozen", ()))
+        # A converted torch_mentor history does not say what was frozen.
+        trainable = f"{owners - len(record['frozen'])}/{owners}" if "frozen" in record else "?"
         row += [
-            f"{owners - frozen}/{owners}",
+            trainable,
             _lr_span(record.get("lr", {})),
-            f"{record.get('time', 0.0):.1f} s",
+            f"{record['time']:.1f} s" if "time" in record else "-",
         ]
         body.append(row)
     align = "r" + ("l" if with_phase else "") + "r" * (len(header) - 1 - with_phase)
@@ -241,24 +261,44 @@ def history_table(history: Sequence[Mapping[str, Any]], owners: int) -> str:
 
 
 def inspect_text(path: str | os.PathLike[str]) -> str:
-    """The text ``python -m mentor_fn inspect`` prints for a checkpoint: the
-    per-layer table, the schedule run (when ``fit`` followed one) and the history.
+    """The text ``python -m mentor_fn inspect`` prints for any file mentor_fn writes.
+
+    The first line says what kind of file it is. A Mentee checkpoint gets the
+    per-layer table, the schedule run (when ``fit`` followed one) and the
+    history; any other file (a ``save_checkpoint`` file, a ``torch.save`` of
+    ``Curriculum.state_dict()`` or ``ScheduleRunner.state_dict()``, a
+    distributed checkpoint's plain part) a description of each mentor_fn
+    section it holds: a Curriculum's state table with its optimizer and
+    scheduler, a schedule run, a curriculum state.
 
     Raises:
         CheckpointError: the file is missing, unreadable, foreign or malformed.
     """
-    checkpoint = read_mentee_checkpoint(path)
+    saved = read_saved_file(path)
+    if saved.mentee is not None:
+        return "\n".join([f"{saved.kind} {path}", *_mentee_lines(saved.mentee)])
+    lines = [f"{saved.kind}: {path}"]
+    if saved.epoch is not None:
+        lines.append(f"epoch {saved.epoch}")
+    for section in saved.sections:
+        lines += ["", *_section_lines(section, saved)]
+    return "\n".join(lines)
+
+
+def _mentee_lines(checkpoint: MenteeCheckpoint) -> list[str]:
     rows, estimated = saved_layer_rows(checkpoint)
     optimizer = checkpoint.optimizer_name.rpartition(".")[2]
     recipe = checkpoint.scheduler_recipe
     scheduler = "" if recipe is None else recipe.name.rpartition(".")[2]
     lines = [
-        f"checkpoint {path}",
         f"model {checkpoint.model_class}, epoch {checkpoint.epoch}, "
         f"{optimizer} at global lr {checkpoint.global_lr:g}"
         + (f", {scheduler}" if scheduler else "")
         + ("" if checkpoint.has_optimizer else " (no optimizer built)"),
     ]
+    policy = checkpoint.state.norm_policy
+    if policy != "stats":
+        lines.append(f"norm policy {policy!r}")
     best = checkpoint.best
     if best:
         value = _format_metric(best["metric"], best["value"])
@@ -276,4 +316,56 @@ def inspect_text(path: str | os.PathLike[str]) -> str:
     if checkpoint.schedule is not None:
         lines += ["", *schedule_lines(checkpoint.schedule, epoch=checkpoint.epoch)]
     lines += ["", "history:", history_table(checkpoint.history, len(rows))]
-    return "\n".join(lines)
+    return lines
+
+
+def _section_lines(section: Section, saved: SavedFile) -> list[str]:
+    where = section.where or "the file"
+    value = section.value
+    if isinstance(value, SavedCurriculum):
+        return _curriculum_lines(value, where, saved.weights)
+    if isinstance(value, SavedSchedule):
+        lines = schedule_lines(value, epoch=saved.epoch or 0)
+        if saved.epoch is None:  # the planned end counts from the run's epoch
+            lines = [line for line in lines if not line.startswith("  planned end")]
+        return [f"ScheduleRunner state dict ({where}):", *lines]
+    rows = _rows(value, {}, None, fallback_lr=None)
+    policy = "" if value.norm_policy == "stats" else f", norm policy {value.norm_policy!r}"
+    return [f"curriculum state ({where}){policy}:", layer_table(rows)]
+
+
+def _curriculum_lines(
+    saved: SavedCurriculum, where: str, weights: Mapping[str, Any] | None
+) -> list[str]:
+    optimizer = saved.optimizer_name.rpartition(".")[2]
+    lines = [f"Curriculum state dict ({where}): {optimizer} at global lr {saved.global_lr:g}"]
+    groups = [group for group in saved.groups if not group.is_reference]
+    if saved.has_optimizer:
+        lines.append(
+            f"optimizer: {len(groups)} group(s)"
+            + (" (coalesced)" if saved.coalesce else "")
+            + f", {saved.parameters_with_state} parameter(s) with optimizer state"
+        )
+    else:
+        lines.append("optimizer: not built when saved")
+    scheduler = saved.scheduler
+    if scheduler is not None:
+        classes = [name.rpartition(".")[2] for name in saved.scheduler_classes] or ["scheduler"]
+        steps = scheduler.get("last_epoch")
+        lines.append(
+            f"scheduler: {' + '.join(classes)}"
+            + (f", {steps} step(s) taken" if isinstance(steps, int) else "")
+        )
+    policy = saved.state.norm_policy
+    if policy != "stats":
+        lines.append(f"norm policy {policy!r}")
+    rows, estimated = curriculum_layer_rows(saved, weights)
+    lines += ["layers that own parameters:", layer_table(rows)]
+    if weights is None:
+        lines.append("(parameters: '?', the file holds no weights beside the state dict)")
+    elif estimated:
+        lines.append(
+            "(layers with no optimizer group: parameters counted from the saved weights, "
+            "floating-point buffers included)"
+        )
+    return lines

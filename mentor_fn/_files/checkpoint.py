@@ -33,6 +33,7 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "source_name",
+    "unpickling_diagnosis",
     "write_checkpoint_to_file",
 ]
 
@@ -326,6 +327,11 @@ def describe_load_error(error: Exception) -> str:
         # torch's KeyError for a foreign file says only a record number.
         reason = f"{type(error).__name__} {reason}".strip()
     return f"is truncated, corrupt or not a torch file ({reason})"
+
+
+def unpickling_diagnosis(error: Exception) -> str:
+    """Where the unpickler stopped, without torch's advice to load unsafely."""
+    return _diagnosis(str(error)) or type(error).__name__
 
 
 def _diagnosis(text: str) -> str:

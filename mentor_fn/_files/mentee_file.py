@@ -62,6 +62,7 @@ __all__ = [
     "mentee_checkpoint_of",
     "read_distributed_plain_part",
     "read_mentee_checkpoint",
+    "split_distributed_curriculum",
     "write_distributed_plain_part",
     "write_mentee_checkpoint",
 ]
@@ -181,6 +182,18 @@ def write_distributed_plain_part(path: str | os.PathLike[str], part: Distributed
         "extra": part.extra,
     }
     save_checkpoint(path, contents)
+
+
+def split_distributed_curriculum(
+    section: Mapping[str, Any],
+) -> tuple[Mapping[str, Any], int | None]:
+    """A Curriculum section without a distributed plain part's state keys, and how many
+    parameters those name (None for an ordinary Curriculum state dict)."""
+    if "optimizer_state_keys" not in section:
+        return section, None
+    rest = dict(section)
+    keys = rest.pop("optimizer_state_keys")
+    return rest, len(keys) if isinstance(keys, Mapping) else 0
 
 
 def read_distributed_plain_part(path: str | os.PathLike[str]) -> DistributedPlainPart:

@@ -22,7 +22,13 @@ from .._wrapper.curriculum import is_reference_group
 from .checkpoint import CheckpointError
 from .random_states import RandomStates
 
-__all__ = ["ConstructorArguments", "MenteeCheckpoint", "SavedGroup", "SchedulerRecipe"]
+__all__ = [
+    "ConstructorArguments",
+    "MenteeCheckpoint",
+    "SavedCurriculum",
+    "SavedGroup",
+    "SchedulerRecipe",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,92 @@ class SavedGroup:
 
 
 @dataclass(frozen=True)
+class SavedCurriculum:
+    """A saved ``Curriculum.state_dict()`` (checked), read as values.
+
+    Example:
+        >>> import torch
+        >>> from mentor_fn import Curriculum
+        >>> curriculum = Curriculum(torch.nn.Linear(2, 1), 0.1)
+        >>> _ = curriculum.build()
+        >>> saved = SavedCurriculum(curriculum.state_dict())
+        >>> saved.optimizer_name, saved.global_lr, [g.parameters for g in saved.groups]
+        ('torch.optim.adam.Adam', 0.1, [('weight', 'bias'), ()])
+    """
+
+    section: Mapping[str, Any]
+    distributed_state_count: int | None = None
+    """For a distributed checkpoint's plain part: how many parameters have
+    optimizer state (their tensors are in the DCP shards)."""
+
+    @cached_property
+    def state(self) -> CurriculumState:
+        return CurriculumState.from_dict(self.section["state"])
+
+    @property
+    def optimizer_name(self) -> str:
+        return str(self.section["recipe"]["optimizer"])
+
+    @property
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        return dict(self.section["recipe"]["optimizer_kwargs"])
+
+    @property
+    def global_lr(self) -> float:
+        return float(self.section["recipe"]["lr"])
+
+    @property
+    def coalesce(self) -> bool:
+        return bool(self.section["recipe"]["coalesce"])
+
+    @property
+    def has_optimizer(self) -> bool:
+        return self.section["optimizer"] is not None
+
+    @property
+    def has_scheduler_state(self) -> bool:
+        return self.section["scheduler"] is not None
+
+    @property
+    def scheduler(self) -> Mapping[str, Any] | None:
+        """The scheduler's saved state dict, or None."""
+        scheduler: Mapping[str, Any] | None = self.section["scheduler"]
+        return scheduler
+
+    @property
+    def scheduler_classes(self) -> list[str]:
+        """Qualified names of the scheduler and its nested ones (empty when unknown)."""
+        classes = self.section.get("scheduler_classes")
+        return list(classes) if isinstance(classes, list) else []
+
+    @property
+    def parameters_with_state(self) -> int:
+        """How many parameters have per-parameter optimizer state (moments)."""
+        optimizer = self.section["optimizer"]
+        if optimizer is None:
+            return 0
+        if self.distributed_state_count is not None:
+            return self.distributed_state_count
+        return len(optimizer["state"])
+
+    @property
+    def groups(self) -> tuple[SavedGroup, ...]:
+        """The optimizer's groups as saved (empty when none was built)."""
+        optimizer = self.section["optimizer"]
+        if optimizer is None:
+            return ()
+        return tuple(
+            SavedGroup(
+                layers=tuple(group.get("layers", ())),
+                parameters=tuple(group["params"]),
+                lr=float(group["lr"]),
+                is_reference=is_reference_group(group),
+            )
+            for group in optimizer["param_groups"]
+        )
+
+
+@dataclass(frozen=True)
 class MenteeCheckpoint:
     """What a Mentee checkpoint holds (``mentor_fn._files.mentee_file`` has the file's keys)."""
 
@@ -73,51 +165,45 @@ class MenteeCheckpoint:
     """The file it was read from ("" when built to be written)."""
 
     @cached_property
+    def saved_curriculum(self) -> SavedCurriculum:
+        """The curriculum section, as a value."""
+        return SavedCurriculum(self.curriculum)
+
+    @property
     def state(self) -> CurriculumState:
         """The saved curriculum state."""
-        return CurriculumState.from_dict(self.curriculum["state"])
+        return self.saved_curriculum.state
 
     @property
     def optimizer_name(self) -> str:
         """Qualified name of the optimizer class (e.g. ``torch.optim.adam.Adam``)."""
-        return str(self.curriculum["recipe"]["optimizer"])
+        return self.saved_curriculum.optimizer_name
 
     @property
     def optimizer_kwargs(self) -> dict[str, Any]:
-        return dict(self.curriculum["recipe"]["optimizer_kwargs"])
+        return self.saved_curriculum.optimizer_kwargs
 
     @property
     def global_lr(self) -> float:
-        return float(self.curriculum["recipe"]["lr"])
+        return self.saved_curriculum.global_lr
 
     @property
     def coalesce(self) -> bool:
-        return bool(self.curriculum["recipe"]["coalesce"])
+        return self.saved_curriculum.coalesce
 
     @property
     def has_optimizer(self) -> bool:
         """Whether an optimizer was built when the file was saved."""
-        return self.curriculum["optimizer"] is not None
+        return self.saved_curriculum.has_optimizer
 
     @property
     def has_scheduler_state(self) -> bool:
-        return self.curriculum["scheduler"] is not None
+        return self.saved_curriculum.has_scheduler_state
 
     @property
     def saved_groups(self) -> tuple[SavedGroup, ...]:
         """The optimizer's groups as saved (empty when none was built)."""
-        optimizer = self.curriculum["optimizer"]
-        if optimizer is None:
-            return ()
-        return tuple(
-            SavedGroup(
-                layers=tuple(group.get("layers", ())),
-                parameters=tuple(group["params"]),
-                lr=float(group["lr"]),
-                is_reference=is_reference_group(group),
-            )
-            for group in optimizer["param_groups"]
-        )
+        return self.saved_curriculum.groups
 
     def check_fits(self, layers: Sequence[str], model_state: Mapping[str, Any]) -> None:
         """Raise CheckpointError naming every difference between the file and a model.

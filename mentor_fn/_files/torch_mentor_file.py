@@ -22,6 +22,7 @@ release): 0.2.2 (no lr coefficients), 0.2.3 (``lr_coefficients``) and 0.3.0
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,13 @@ from typing import Any, ClassVar
 import torch
 
 from . import mentee_fields as fields
-from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, describe_load_error, describe_open_error
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    describe_load_error,
+    describe_open_error,
+    unpickling_diagnosis,
+)
 
 __all__ = [
     "KNOWN_VERSIONS",
@@ -99,29 +106,29 @@ class TorchMentorCheckpoint:
     path: str
     version: str
     """The torch_mentor release whose layout the file has (``KNOWN_VERSIONS``)."""
-    contents: Mapping[str, Any]
+    data: Mapping[str, Any]
     fully_unpickled: bool
     """Read with full unpickling (``trust=True``), not weights-only."""
 
     def __getitem__(self, key: str) -> Any:
-        return self.contents[key]
+        return self.data[key]
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self.contents.get(key, default)
+        return self.data.get(key, default)
 
     @property
     def weights(self) -> dict[str, torch.Tensor]:
-        return dict(self.contents["state_dict"])
+        return dict(self.data["state_dict"])
 
     @property
     def model_class(self) -> str:
         """``module.Name`` of the saved model's class."""
-        return f"{self.contents['class_module']}.{self.contents['class_name']}"
+        return f"{self.data['class_module']}.{self.data['class_name']}"
 
     @property
     def epoch(self) -> int:
         """Epochs trained (torch_mentor's ``current_epoch``: its train history's length)."""
-        return len(self.contents["train_history"])
+        return len(self.data["train_history"])
 
 
 def read_torch_mentor_checkpoint(
@@ -146,15 +153,15 @@ def read_torch_mentor_checkpoint(
     if not isinstance(trust, bool):
         raise TypeError(f"trust must be a bool, got {trust!r}")
     where = str(path)
-    contents, fully_unpickled = _load(Path(path), where, trust)
-    version = _layout_version(contents, where)
+    data, fully_unpickled = _load(Path(path), where, trust)
+    version = _layout_version(data, where)
     try:
-        _check_fields(contents)
+        _check_fields(data)
     except fields.Malformed as problem:
         raise CheckpointError(
             f"torch_mentor checkpoint {where!r} is malformed: {problem}"
         ) from None
-    return TorchMentorCheckpoint(where, version, contents, fully_unpickled)
+    return TorchMentorCheckpoint(where, version, data, fully_unpickled)
 
 
 def stand_ins(value: Any, where: str = "") -> Iterator[tuple[str, StandIn]]:
@@ -174,28 +181,38 @@ def stand_ins(value: Any, where: str = "") -> Iterator[tuple[str, StandIn]]:
 
 def _load(path: Path, where: str, trust: bool) -> tuple[Any, bool]:
     try:
-        with open(path, "rb") as handle:
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(handle)
+        handle = open(path, "rb")  # noqa: SIM115 (closed below; its errors told apart first)
     except OSError as error:
         raise CheckpointError(f"checkpoint {where!r} {describe_open_error(error)}") from None
-    except Exception as error:  # torch raises many kinds for a bad file
-        raise CheckpointError(f"checkpoint {where!r} {describe_load_error(error)}") from None
+    with handle:
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(handle)
+        except Exception as error:  # torch raises many kinds (OSError too) for a bad file
+            raise CheckpointError(f"checkpoint {where!r} {describe_load_error(error)}") from None
     allowed = [_allowed(name) for name in names]
     try:
         with open(path, "rb") as handle, torch.serialization.safe_globals(allowed):
             return torch.load(handle, map_location="cpu", weights_only=True), False
-    except Exception as error:
+    except pickle.UnpicklingError as error:
+        if not str(error).startswith(_REFUSED):
+            raise CheckpointError(f"checkpoint {where!r} {describe_load_error(error)}") from None
         if not trust:
             raise CheckpointError(
                 f"checkpoint {where!r} can only be read by full unpickling, which runs code "
-                f"the file names ({describe_load_error(error)}); if you trust its origin, "
-                "convert it with trust=True (python -m mentor_fn convert --trust)"
+                "the file names (the weights-only unpickler, which runs nothing, stops at: "
+                f"{unpickling_diagnosis(error)}); if you trust its origin, convert it with "
+                "trust=True (python -m mentor_fn convert --trust)"
             ) from None
+    except Exception as error:  # torch raises many kinds for a damaged file
+        raise CheckpointError(f"checkpoint {where!r} {describe_load_error(error)}") from None
     try:
         with open(path, "rb") as handle:
             return torch.load(handle, map_location="cpu", weights_only=False), True
     except Exception as error:  # a trusted file can still be damaged
         raise CheckpointError(f"checkpoint {where!r} {describe_load_error(error)}") from None
+
+
+_REFUSED = "Weights only load failed"  # how torch starts the message of a refused global or opcode
 
 
 def _allowed(name: str) -> Any:
@@ -239,23 +256,23 @@ def _numpy_scalar_global(name: str) -> Any:
 # The layout ------------------------------------------------------------------------------
 
 
-def _layout_version(contents: Any, where: str) -> str:
-    if isinstance(contents, Mapping) and contents.get("format") == CHECKPOINT_FORMAT:
+def _layout_version(data: Any, where: str) -> str:
+    if isinstance(data, Mapping) and data.get("format") == CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{where!r} is already a mentor_fn checkpoint: nothing to convert "
             "(python -m mentor_fn inspect shows it)"
         )
-    if not isinstance(contents, Mapping) or not {"class_name", "state_dict"} <= set(contents):
+    if not isinstance(data, Mapping) or not {"class_name", "state_dict"} <= set(data):
         kind = (
-            f"a dict with keys {sorted(map(str, contents))[:8]}"
-            if isinstance(contents, Mapping)
-            else f"a {type(contents).__name__}"
+            f"a dict with keys {sorted(map(str, data))[:8]}"
+            if isinstance(data, Mapping)
+            else f"a {type(data).__name__}"
         )
         raise CheckpointError(
             f"{where!r} is not a torch_mentor checkpoint (Mentee.save writes a dict with "
             f"class_name, state_dict, constructor_params...; this file holds {kind})"
         )
-    keys = set(contents) - _OPTIONAL_KEYS
+    keys = set(data) - _OPTIONAL_KEYS
     for version, layout in _LAYOUTS.items():
         if keys == layout:
             return version
@@ -272,35 +289,33 @@ def _layout_version(contents: Any, where: str) -> str:
     )
 
 
-def _check_fields(contents: Mapping[str, Any]) -> None:
+def _check_fields(data: Mapping[str, Any]) -> None:
     """Check the fields conversion reads; raise Malformed at the first bad one."""
-    fields.string(contents["class_name"], "class_name")
-    fields.string(contents["class_module"], "class_module")
-    fields.tensor_mapping(contents["state_dict"], "state_dict")
-    best = fields.mapping(contents["best_weights_so_far"], "best_weights_so_far")
+    fields.string(data["class_name"], "class_name")
+    fields.string(data["class_module"], "class_module")
+    fields.tensor_mapping(data["state_dict"], "state_dict")
+    best = fields.mapping(data["best_weights_so_far"], "best_weights_so_far")
     fields.tensor_mapping(best, "best_weights_so_far")
-    fields.integer(contents["best_epoch_so_far"], "best_epoch_so_far", minimum=-1)
-    fields.mapping(contents["constructor_params"], "constructor_params")
-    history = contents["train_history"]
+    fields.integer(data["best_epoch_so_far"], "best_epoch_so_far", minimum=-1)
+    fields.mapping(data["constructor_params"], "constructor_params")
+    history = data["train_history"]
     if not isinstance(history, list):
         raise fields.Malformed("train_history", f"must be a list, got {fields.shown(history)}")
     for index, record in enumerate(history):
         fields.mapping(record, f"train_history[{index}]")
-    validated = contents["validate_history"]
+    validated = data["validate_history"]
     if not isinstance(validated, Mapping):
         raise fields.Malformed("validate_history", f"must be a dict, got {fields.shown(validated)}")
     for epoch, record in validated.items():
         fields.integer(epoch, f"validate_history key {epoch!r}", minimum=0)
         fields.mapping(record, f"validate_history[{epoch!r}]")
-    fields.string_list(contents["frozen_modules"], "frozen_modules")
-    fields.string_list(contents["layer_names"], "layer_names")
-    for name, value in fields.mapping(
-        contents.get("lr_coefficients", {}), "lr_coefficients"
-    ).items():
+    fields.string_list(data["frozen_modules"], "frozen_modules")
+    fields.string_list(data["layer_names"], "layer_names")
+    for name, value in fields.mapping(data.get("lr_coefficients", {}), "lr_coefficients").items():
         fields.number(value, f"lr_coefficients[{name!r}]")
-    if "total_train_iterations" in contents:
-        fields.integer(contents["total_train_iterations"], "total_train_iterations", minimum=0)
-    optimizer = contents.get("optimizer_state")
+    if "total_train_iterations" in data:
+        fields.integer(data["total_train_iterations"], "total_train_iterations", minimum=0)
+    optimizer = data.get("optimizer_state")
     if optimizer is not None:
         section = fields.mapping(optimizer, "optimizer_state")
         groups = fields.key(section, "param_groups", "optimizer_state")
@@ -327,6 +342,6 @@ def _check_fields(contents: Mapping[str, Any]) -> None:
         for index, values in state.items():
             fields.integer(index, f"optimizer_state['state'] key {index!r}", minimum=0)
             fields.mapping(values, f"optimizer_state['state'][{index!r}]")
-    scheduler = contents.get("lr_scheduler_state")
+    scheduler = data.get("lr_scheduler_state")
     if scheduler is not None:
         fields.mapping(scheduler, "lr_scheduler_state")
