@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -333,25 +334,40 @@ def test_frozen_layers_never_move_and_the_invariant_holds_at_every_step(tmp_path
         assert not torch.equal(after, final[name])  # and training again
 
 
+class LoggedLrs(TrainerCallback):
+    """What the Trainer logs as lrs, and the live groups' lrs at each step (read where the
+    Trainer reads the lr it logs: after the optimizer step, before the scheduler's)."""
+
+    def __init__(self, callback: CurriculumCallback) -> None:
+        self.callback = callback
+        self.logged: list[dict[str, float]] = []
+        self.groups: list[list[dict[str, Any]]] = []
+
+    def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+        self.first_optimizer = self.callback.curriculum.optimizer
+
+    def on_optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        optimizer = self.callback.curriculum.optimizer
+        assert optimizer is not None
+        self.groups.append(
+            [
+                {
+                    "lr": g["lr"],
+                    "layers": g["layers"],
+                    "trains": any(p.requires_grad for p in g["params"]),
+                }
+                for g in optimizer.param_groups
+            ]
+        )
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
+        if logs and "learning_rate" in logs:
+            self.logged.append({k: v for k, v in logs.items() if k.startswith("learning_rate")})
+
+
 def test_the_trainer_reaches_the_new_optimizer_and_scheduler_after_a_fresh_phase(tmp_path):
-    class Logged(TrainerCallback):
-        def __init__(self, callback: CurriculumCallback) -> None:
-            self.callback = callback
-            self.learning_rates: list[tuple[float, float]] = []
-
-        def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
-            self.first_optimizer = self.callback.curriculum.optimizer
-
-        def on_optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-            # The Trainer reads the lr it logs here: after the step, before the scheduler's.
-            self.stepped_with = self.callback.curriculum.optimizer.param_groups[0]["lr"]  # type: ignore[union-attr]
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
-            if logs and "learning_rate" in logs:
-                self.learning_rates.append((logs["learning_rate"], self.stepped_with))
-
     _, callback, trainer, (logged,) = train(
-        tmp_path, 6, schedule=phased_schedule(), probes=lambda c: [Logged(c)]
+        tmp_path, 6, schedule=phased_schedule(), probes=lambda c: [LoggedLrs(c)]
     )
     curriculum = callback.curriculum
     assert curriculum.optimizer is not None
@@ -361,9 +377,92 @@ def test_the_trainer_reaches_the_new_optimizer_and_scheduler_after_a_fresh_phase
     assert trainer.optimizer.optimizer is callback.optimizers()[0]
     assert trainer.optimizer.param_groups is curriculum.optimizer.param_groups
     assert trainer.optimizer.state is curriculum.optimizer.state
-    assert trainer.lr_scheduler.get_last_lr() == curriculum.scheduler.get_last_lr()
-    # the lr the Trainer logged was the live first group's (through the scheduler handle)
-    assert logged.learning_rates and all(a == b for a, b in logged.learning_rates)
+    # the scheduler handle reports the run's lr: the reference group's, last
+    assert trainer.lr_scheduler.get_last_lr() == [curriculum.optimizer.param_groups[-1]["lr"]]
+
+
+def test_the_run_lr_is_logged_as_learning_rate_and_each_layers_under_its_own_key(tmp_path):
+    # A callback before the curriculum's sees what the Trainer itself logged;
+    # one after it, and the Trainer's history, also the layers' keys.
+    _, _, trainer, (after,) = train(
+        tmp_path,
+        6,
+        schedule=phased_schedule(),
+        probes=lambda c: [LoggedLrs(c)],
+        logging_strategy="steps",
+        logging_steps=1,
+    )
+    history = [
+        {k: v for k, v in entry.items() if k.startswith("learning_rate")}
+        for entry in trainer.state.log_history
+        if "learning_rate" in entry
+    ]
+    assert history == after.logged and len(history) == len(after.groups) == 24
+    decayed = 0
+    for logs, groups in zip(after.logged, after.groups):
+        reference = groups[-1]
+        assert reference["layers"] == ()  # the reference group: the run's lr
+        assert logs["learning_rate"] == reference["lr"]
+        training = {layer: g["lr"] for g in groups if g["trains"] for layer in g["layers"]}
+        rules = [key.removeprefix("learning_rate/") for key in logs if key != "learning_rate"]
+        for rule in rules:
+            # the layers whose nearest logged rule is this one train at its lr
+            covered = [lr for layer, lr in training.items() if nearest(layer, rules) == rule]
+            assert covered, (rule, logs, sorted(training))
+            for lr in covered:
+                assert lr == pytest.approx(logs[f"learning_rate/{rule}"], rel=1e-12)
+        # and every other training layer at the run's lr
+        for layer, lr in training.items():
+            if nearest(layer, rules) is None:
+                assert lr == pytest.approx(logs["learning_rate"], rel=1e-12), layer
+        decayed += "learning_rate/bert.embeddings" in logs
+    # the layer-wise decayed phase: the embeddings at 0.5**3 of the run's lr,
+    # under their own key, while learning_rate stays the run's
+    assert decayed > 0
+    last = after.logged[-1]
+    assert last["learning_rate/bert.embeddings"] == pytest.approx(last["learning_rate"] * 0.5**3)
+
+
+def nearest(layer: str, rules: list[str]) -> str | None:
+    """The longest rule that is ``layer`` or one of its ancestors."""
+    matches = [rule for rule in rules if layer == rule or layer.startswith(f"{rule}.")]
+    return max(matches, key=len, default=None)
+
+
+def test_the_trainer_logs_the_run_lr_before_any_callback_sees_it(tmp_path):
+    model = tiny_bert()
+    callback = CurriculumCallback(
+        mf.Curriculum(model, 1e-2), mf.Schedule([mf.Phase("decayed", LLRD)])
+    )
+    first = LoggedLrs(callback)
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        per_device_train_batch_size=8,
+    )
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=Tokens(32, 1),
+        optimizers=callback.optimizers(),
+        callbacks=[first, callback],  # `first` is called before the curriculum's callback
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    assert len(first.logged) == 3
+    for logs, groups in zip(first.logged, first.groups):
+        # group 0 (the embeddings, at 0.5**3) is not what the Trainer logs
+        assert groups[0]["lr"] != groups[-1]["lr"]
+        assert logs == {"learning_rate": groups[-1]["lr"]}
+
+
+LLRD = mf.layerwise_lr_decay(
+    0.5, patterns=[r"bert\.embeddings", r"bert\.encoder\.layer\.\d", "classifier"]
+)
 
 
 def test_the_trainer_must_be_given_the_curriculum_optimizers(tmp_path):
@@ -375,6 +474,131 @@ def test_the_trainer_must_be_given_the_curriculum_optimizers(tmp_path):
     trainer = Trainer(model=model, args=arguments, train_dataset=Tokens(8, 1), callbacks=[callback])
     with pytest.raises(RuntimeError, match=r"optimizers=callback.optimizers\(\)"):
         trainer.train()
+
+
+# Epoch ends, misuse, the Trainer's own settings ---------------------------------------------------
+
+
+def epoch_schedule() -> mf.Schedule:
+    return mf.Schedule(
+        [
+            mf.Phase("head", mf.freeze("bert"), until=mf.after_epochs(1)),
+            mf.Phase(
+                "top",
+                mf.unfreeze(r"bert\.encoder\.layer\.1"),
+                until=mf.after_epochs(1),
+                warmup_steps=2,
+            ),
+            mf.Phase("all", mf.unfreeze("bert")),
+        ]
+    )
+
+
+class StopAt(TrainerCallback):
+    """Early stopping's way of ending training: control.should_training_stop."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+@pytest.mark.parametrize("stop", ["max_steps", "should_training_stop"])
+def test_a_stop_in_the_middle_of_an_epoch_is_not_an_epoch_end(tmp_path, stop):
+    # 4 steps per epoch; stopped at step 6, in the middle of "top"'s epoch. The
+    # Trainer still calls on_epoch_end and, with save_strategy="epoch", writes
+    # checkpoint-6 right after: the resumed run must go on in "top".
+    schedule = epoch_schedule()
+    _, whole, _, _ = train(tmp_path / "whole", 3, schedule=schedule, eval_strategy="no")
+    options: dict[str, Any] = {"max_steps": 6} if stop == "max_steps" else {}
+    _, stopped, _, _ = train(
+        tmp_path,
+        3,
+        schedule=schedule,
+        eval_strategy="no",
+        save_strategy="epoch",
+        probes=lambda callback: [] if stop == "max_steps" else [StopAt(6)],
+        **options,
+    )
+    runner = stopped.runner
+    assert runner is not None and runner.phase is not None
+    assert (runner.phase.name, runner.cursor.epochs, runner.cursor.steps) == ("top", 0, 2)
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == [
+        "checkpoint-4",
+        "checkpoint-6",
+    ]
+    _, resumed, _, _ = train(
+        tmp_path / "resumed",
+        3,
+        schedule=schedule,
+        eval_strategy="no",
+        resume=tmp_path / "checkpoint-6",
+    )
+    assert_same_run(whole, resumed)
+
+
+def test_handles_given_to_a_trainer_without_the_callback_refuse_to_step(tmp_path):
+    model = tiny_bert()
+    initial = {k: v.detach().clone() for k, v in model.named_parameters()}
+    callback = CurriculumCallback(mf.Curriculum(model, 1e-2), epoch_schedule())
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, report_to="none", use_cpu=True, disable_tqdm=True
+    )
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=Tokens(16, 1),
+        optimizers=callback.optimizers(),  # and no callbacks=[callback]
+    )
+    with pytest.raises(RuntimeError, match=r"callbacks=\[callback\]"):
+        trainer.train()
+    for name, value in model.named_parameters():
+        assert torch.equal(value, initial[name]), name
+
+
+def trainer_with(tmp_path: Path, **arguments: Any) -> Trainer:
+    model = tiny_bert()
+    callback = CurriculumCallback(mf.Curriculum(model, 1e-2), epoch_schedule())
+    settings = {"output_dir": str(tmp_path), "report_to": "none", "use_cpu": True, **arguments}
+    return Trainer(
+        model=model,
+        args=TrainingArguments(**settings),
+        train_dataset=Tokens(16, 1),
+        optimizers=callback.optimizers(),
+        callbacks=[callback],
+    )
+
+
+def test_the_trainers_own_optimizer_settings_are_named_when_they_would_be_ignored(tmp_path):
+    with pytest.warns(UserWarning, match="CurriculumCallback") as caught:
+        trainer_with(
+            tmp_path,
+            learning_rate=1e-3,
+            weight_decay=0.1,
+            lr_scheduler_type="cosine",
+            warmup_steps=3,
+        )
+    (message,) = [str(w.message) for w in caught if "CurriculumCallback" in str(w.message)]
+    for setting in ("learning_rate=0.001", "weight_decay=0.1", "'cosine'", "warmup_steps=3"):
+        assert setting in message
+    assert "scheduler factory" in message and "Adam, lr 0.01" in message
+    with warnings.catch_warnings(record=True) as defaults:
+        warnings.simplefilter("always")
+        trainer_with(tmp_path, max_grad_norm=0.5, num_train_epochs=2)  # not optimizer settings
+    assert not [w for w in defaults if "CurriculumCallback" in str(w.message)]
+
+
+def test_deepspeed_is_refused_when_the_trainer_is_built(tmp_path, monkeypatch):
+    pytest.importorskip("deepspeed")
+    # accelerate records the plugin in the environment: keep it to this test
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    with pytest.raises(ValueError, match=r"DeepSpeed .* not supported .* DDP .* FSDP2"):
+        trainer_with(
+            tmp_path,
+            deepspeed={"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 2}},
+        )
 
 
 # The handles on their own ---------------------------------------------------------------------------
@@ -391,6 +615,7 @@ def small_run(schedule: mf.Schedule | None = None) -> tuple[nn.Module, Curriculu
 def test_the_handles_follow_every_new_optimizer_and_keep_their_step_hooks():
     model, callback = small_run()
     optimizer, scheduler = callback.optimizers()
+    callback._run.attach()  # what the callback does at on_train_begin
     calls: list[str] = []
     optimizer.register_step_post_hook(lambda *args: calls.append("post"))
     curriculum = callback.curriculum
@@ -401,7 +626,8 @@ def test_the_handles_follow_every_new_optimizer_and_keep_their_step_hooks():
     optimizer.step()
     scheduler.step()
     assert calls == ["post"]
-    assert scheduler.get_last_lr() == curriculum.scheduler.get_last_lr() == [0.05, 0.05]
+    assert curriculum.scheduler.get_last_lr() == [0.05, 0.05]  # the layer's group, the reference
+    assert scheduler.get_last_lr() == [0.05]  # the run's lr: what the Trainer logs
     assert scheduler.last_epoch == 1
 
 

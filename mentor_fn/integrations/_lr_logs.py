@@ -7,16 +7,20 @@ first group's; under layer-wise decay that is the embeddings' lr at a
 fraction of the run's, which misreads as the run's. The adapters log the
 reference group's lr under the framework's usual key instead, and one key per
 coefficient rule of the state (the layers a ``set_lr_coefficient``,
-``layerwise_lr_decay`` or a warmup gave their own coefficient), for the layers
-that train: ``<key>/<layer>``. Layers without a rule train at the reference lr.
+``layerwise_lr_decay`` or a warmup gave their own coefficient) that some
+trainable parameter takes its lr from: ``<key>/<layer>``. Layers without a
+rule train at the reference lr.
 """
 
 from __future__ import annotations
 
+import functools
+
+from .._core.state import CurriculumState
 from .._wrapper.curriculum import Curriculum
 from .._wrapper.plan_execution import reference_index
 
-__all__ = ["layer_lrs", "reference_lr"]
+__all__ = ["effective_rules", "layer_lrs", "reference_lr"]
 
 
 def reference_lr(curriculum: Curriculum) -> float:
@@ -32,7 +36,7 @@ def reference_lr(curriculum: Curriculum) -> float:
 
 
 def layer_lrs(curriculum: Curriculum, *, prefix: str) -> dict[str, float]:
-    """``{prefix/layer: lr}`` for each layer with a coefficient rule that trains now.
+    """``{prefix/layer: lr}`` for each coefficient rule some trainable parameter's lr comes from.
 
     Example:
         >>> import torch
@@ -46,8 +50,27 @@ def layer_lrs(curriculum: Curriculum, *, prefix: str) -> dict[str, float]:
     """
     state = curriculum.state
     lr = reference_lr(curriculum)
-    return {
-        f"{prefix}/{layer}": lr * coefficient
-        for layer, coefficient in state.coefficients.items()
-        if not state.is_frozen(layer)
-    }
+    coefficients = state.coefficients
+    return {f"{prefix}/{layer}": lr * coefficients[layer] for layer in effective_rules(state)}
+
+
+@functools.lru_cache(maxsize=4)
+def effective_rules(state: CurriculumState) -> tuple[str, ...]:
+    """The coefficient rules (their layers, in rule order) that the coefficient of some
+    trainable layer owning parameters resolves at: the nearest rule on the layer or an
+    ancestor. One pass over the layers, cached per state (a state changes only at a
+    transition; a warmup makes one per step while it lasts)."""
+    rules = state.coefficients
+    if not rules:
+        return ()
+    owners = state.parameter_owners
+    found: set[str] = set()
+    for layer, trains in zip(state.layers, state.resolved_trainable()):
+        if not trains or layer not in owners:
+            continue
+        path = layer
+        while path not in rules and "." in path:
+            path = path.rsplit(".", 1)[0]
+        if path in rules:
+            found.add(path)
+    return tuple(layer for layer in rules if layer in found)
