@@ -262,7 +262,7 @@ def test_the_model_settles_what_the_file_cannot_say(tmp_path):
     assert model.curriculum_state.norm_layers == {"body.1"}  # known from the model's types
     with pytest.raises(CheckpointError, match="does not fit the model given"):
         converted(tmp_path, "0.2.3_trained", model=TinyNet(hidden=7))
-    with pytest.raises(TypeError, match="model must be an nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
         converted(tmp_path, "0.2.3_trained", model="TinyNet")
 
 

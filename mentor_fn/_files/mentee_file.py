@@ -146,8 +146,19 @@ def read_mentee_checkpoint(path: str | os.PathLike[str] | BinaryIO) -> MenteeChe
 
 
 def is_mentee_contents(contents: Mapping[str, Any]) -> bool:
-    """Whether a mentor_fn checkpoint's contents are a Mentee checkpoint's (by its keys)."""
-    return "model_class" in contents or "model" in contents
+    """Whether a mentor_fn checkpoint's contents are a Mentee checkpoint's (by its keys).
+
+    Two of the keys only a Mentee file has are enough, so that a damaged
+    Mentee file (one of them lost) is still read, and refused, as one; a
+    ``save_checkpoint`` file of one's own with ``model`` and ``curriculum``
+    keys is not taken for one.
+    """
+    return len(_MENTEE_ONLY_KEYS & set(contents)) >= 2
+
+
+_MENTEE_ONLY_KEYS = frozenset(
+    {"model_class", "constructor", "scheduler_recipe", "best_weights", "rng_state"}
+)
 
 
 def mentee_checkpoint_of(contents: Mapping[str, Any], where: str) -> MenteeCheckpoint:
