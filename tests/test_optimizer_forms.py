@@ -6,15 +6,20 @@ groups. In a coalesced group the re-activated layer has no optimizer state
 while its group mates have some: a mixed list, which torch's fused SGD cannot
 take. Each form's trajectory is compared, step by step, with the for-loop
 implementation's on the same run (same initial weights, data and phase
-changes): exactly where torch's own forms agree exactly on a plain run, within
-a few ulps where they do not (fused SGD with nesterov, foreach ASGD).
+changes), within a float32 tolerance (FORM_TOLERANCE): the forms are different
+kernels, which round differently, and which of them happen to agree bit for
+bit depends on the CPU kernels and on the lrs (with torch's generic, AVX2 and
+AVX512 kernels, different forms drift an ulp or a few from the for-loop). What
+mentor_fn could get wrong here is far above rounding: a missing lr
+coefficient, stale optimizer state for a re-activated layer, or a skipped
+first step moves parameters by about lr x gradient (a test below checks that
+the tolerance sees an lr 1% off).
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from functools import cache
 from typing import Any
 
 import pytest
@@ -43,6 +48,11 @@ OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
     "Adafactor": (ADAFACTOR, {}),
 }
 LOOP = {"foreach": False}
+FORM_TOLERANCE = {"rtol": 1e-6, "atol": 1e-7}
+"""About eight float32 ulps relative (eps is 1.2e-7), and 1e-7 absolute for
+values near zero: six steps of a few roundings each, accumulated. Measured
+with ATEN_CPU_CAPABILITY=default, avx2 and avx512, the worst case (foreach
+NAdam) uses under a quarter of it."""
 FORMS = {"foreach": {"foreach": True}, "fused": {"fused": True}}
 LR = 0.05
 
@@ -133,35 +143,34 @@ def run(name: str, form: dict[str, Any], path: str, coalesce: bool) -> list[list
     return PATHS[path](curriculum)
 
 
-@cache
-def torch_forms_agree_exactly(name: str, form: str) -> bool:
-    """Whether torch's form and its for-loop give identical results on a plain run."""
-    optimizer_class, kwargs = OPTIMIZERS[name]
-    results = []
-    for options in (LOOP, FORMS[form]):
-        model = make_model()
-        optimizer = optimizer_class(model.parameters(), lr=LR, **kwargs, **options)
-        for inputs, targets in BATCHES:
-            optimizer.zero_grad()
-            nn.functional.mse_loss(model(inputs), targets).backward()
-            optimizer.step()
-        results.append([parameter.detach().clone() for parameter in model.parameters()])
-    return all(torch.equal(a, b) for a, b in zip(*results))
-
-
 @pytest.mark.parametrize("coalesce", [False, True], ids=["per-layer", "coalesced"])
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize(("name", "form"), CASES)
 def test_form_follows_the_for_loop_through_phase_changes(name, form, path, coalesce):
     expected = run(name, LOOP, path, coalesce)
     got = run(name, FORMS[form], path, coalesce)
-    exact = torch_forms_agree_exactly(name, form)
-    for step, (expected_step, got_step) in enumerate(zip(expected, got)):
-        for index, (want, have) in enumerate(zip(expected_step, got_step)):
-            if exact:
-                assert torch.equal(have, want), (step, index, (have - want).abs().max())
-            else:
-                torch.testing.assert_close(have, want, rtol=1e-6, atol=1e-7)
+    for step, (expected_step, got_step) in enumerate(zip(expected, got, strict=True)):
+        for index, (want, have) in enumerate(zip(expected_step, got_step, strict=True)):
+            torch.testing.assert_close(
+                have,
+                want,
+                **FORM_TOLERANCE,
+                msg=lambda text, step=step, index=index: f"step {step}, tensor {index}: {text}",
+            )
+
+
+def test_the_tolerance_sees_an_lr_one_percent_off():
+    """The comparison can fail: layer 0 at a coefficient of 0.505 instead of 0.5."""
+
+    def first_step(coefficient: float) -> torch.Tensor:
+        curriculum = mf.Curriculum(make_model(), LR, optimizer=torch.optim.Adam)
+        curriculum.set_lr_coefficient(coefficient, "0")
+        curriculum.build()
+        train_step(curriculum, BATCHES[0])
+        return snapshot(curriculum)[0]
+
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(first_step(0.505), first_step(0.5), **FORM_TOLERANCE)
 
 
 def test_the_coalesced_fused_case_is_the_mixed_list_torch_refuses():
