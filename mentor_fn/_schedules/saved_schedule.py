@@ -131,9 +131,12 @@ def _read(field: str, read: Any, data: Mapping[str, Any]) -> Any:
 def check_agreement(
     expected: CurriculumState, actual: CurriculumState, phase: Phase, *, hint: str = ""
 ) -> None:
-    """Raise ValueError, naming the layers, unless ``actual`` resolves like ``expected``.
+    """Raise ValueError, naming what differs, unless ``actual`` is ``expected`` as a whole.
 
-    ``hint`` ends the message (by default: load the curriculum's state first).
+    The whole state is compared: every layer's resolved frozen flag and
+    coefficient, the norm policy, and the layer kinds (which layers own
+    parameters, which are normalization layers). ``hint`` ends the message
+    (by default: load the curriculum's state first).
     """
     expected_values = zip(expected.resolved_frozen(), expected.resolved_coefficients())
     actual_values = zip(actual.resolved_frozen(), actual.resolved_coefficients())
@@ -143,10 +146,26 @@ def check_agreement(
         for layer, want, have in zip(expected.layers, expected_values, actual_values)
         if want != have
     ]
+    parts = [f"{len(differences)} layer(s) differ"] if differences else []
+    if expected.norm_policy != actual.norm_policy:
+        differences.insert(
+            0,
+            f"the norm policy: the schedule has {expected.norm_policy!r}, the curriculum "
+            f"{actual.norm_policy!r}",
+        )
+        parts.append("the norm policy differs")
+    for kind in ("parameter_owners", "norm_layers"):
+        want, have = getattr(expected, kind), getattr(actual, kind)
+        if want != have:
+            differences.append(
+                f"{kind}: the schedule's state has {sorted(want ^ have)[:5]} "
+                + ("where the curriculum's has not" if want - have else "differently")
+            )
+            parts.append(f"{kind} differ")
     if differences:
         shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
         raise ValueError(
             f"the curriculum's state is not the schedule's state in phase {phase.name!r} at the "
-            f"cursor ({len(differences)} layer(s) differ: {shown}). "
+            f"cursor ({', '.join(parts)}: {shown}). "
             + (hint or "Load the curriculum's own state dict from the same checkpoint first")
         )
