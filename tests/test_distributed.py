@@ -58,6 +58,7 @@ def test_ddp_wrappers_whose_reducer_cannot_be_rebuilt_are_refused():
     assert "static_graph=True" in messages["wrap_static_graph"]
 
 
+@needs_fsdp2
 def test_fsdp2_phase_changes_with_mixed_units_equal_single_process(reference):
     assert_ranks_equal_reference(run_world(workers.fsdp_phases), reference)
 

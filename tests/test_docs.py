@@ -179,3 +179,19 @@ def test_every_page_is_reachable_from_the_index():
     pages -= {"index"}
     pages = {page for page in pages if not page.startswith("_build")}
     assert pages - listed == set()
+
+
+LAYERS = ("_core", "_wrapper", "_schedules", "_files", "_mentee", "_app")
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_the_design_page_maps_every_module_of_each_layer(layer: str):
+    """The module map of docs/design.md names each module of a layer in that
+    layer's paragraph (a subpackage as ``name/``), so a new module gets its line."""
+    design = (DOCS / "design.md").read_text().split("## The module map", 1)[1]
+    section = design.split(f"**`{layer}`", 1)[1].split("\n**", 1)[0]
+    folder = PACKAGE / layer
+    modules = [path.name for path in folder.glob("*.py") if path.name != "__init__.py"]
+    modules += [f"{path.name}/" for path in folder.iterdir() if (path / "__init__.py").exists()]
+    missing = [name for name in modules if f"`{name}`" not in section]
+    assert missing == [], f"docs/design.md's {layer} paragraph does not name {missing}"

@@ -22,6 +22,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from torch import nn
+from torch_features import needs_dynamo_explain
 
 import mentor_fn as mf
 from mentor_fn._core.state import NORM_POLICIES
@@ -497,6 +498,7 @@ def test_the_invariant_holds_with_split_groups(coalesce):
     )
 
 
+@needs_dynamo_explain
 def test_compiled_eval_hooks_guard_on_their_own_record_not_on_a_registry(tmp_path, monkeypatch):
     """dynamo traces the hooks: their guards must not index a registry of models.
 

@@ -225,6 +225,8 @@ def test_junk_scheduler_state_is_named(junk, match):
 
 def test_scheduler_state_of_an_older_torch_without_new_bookkeeping_loads():
     state_dict = saved()
+    if "_is_initial" not in state_dict["scheduler"]:
+        pytest.skip("this torch saves no _is_initial: its own states are the older form")
     del state_dict["scheduler"]["_is_initial"]
     state_dict["scheduler"]["verbose"] = False  # what torch < 2.7 saved
     curriculum = target()

@@ -44,3 +44,11 @@ needs_fsdp2 = pytest.mark.skipif(
     not torch.distributed.is_available() or TORCH_VERSION < (2, 6),
     reason="FSDP2 (torch.distributed.fsdp.fully_shard) is public from torch 2.6",
 )
+
+# torch 2.4's torch._dynamo.explain reports no graph at all for a model whose
+# forward hooks dynamo traces (graph_count 0, graph_break_count -1): nothing to
+# read the graph breaks and guards from.
+needs_dynamo_explain = pytest.mark.skipif(
+    TORCH_VERSION < (2, 5),
+    reason="torch 2.4's torch._dynamo.explain reports no graph for a hooked model",
+)

@@ -14,7 +14,6 @@ rebuilding from it (``_mentee_resume``).
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, BinaryIO, cast
 
@@ -25,6 +24,7 @@ from torch.optim import lr_scheduler as torch_schedulers
 from .._core.model_walk import layer_names
 from .._core.selection import Patterns, select_layers
 from .._core.state import CurriculumState
+from .._core.torch_compat import is_dtensor
 from .._core.validation import validate_lr
 from .._core.weight_decay import NoWeightDecayRule
 from .._files.mentee_file import read_mentee_checkpoint, write_mentee_checkpoint
@@ -517,9 +517,7 @@ class Mentee(MenteeFitting):
 
 
 def _is_sharded(parameter: torch.Tensor) -> bool:
-    # No DTensor can exist unless torch.distributed.tensor was imported.
-    module = sys.modules.get("torch.distributed.tensor")
-    return module is not None and isinstance(parameter, module.DTensor)
+    return is_dtensor(parameter)
 
 
 def _user_class(model_class: type[Mentee]) -> type[Mentee]:
