@@ -3,6 +3,18 @@
 Two controls per layer, frozen and lr coefficient, held in a
 :class:`CurriculumState`; optimizer param groups are derived from it, and
 :func:`plan` says how a live optimizer moves from one state to the next.
+:class:`Curriculum` executes those plans on a live optimizer and scheduler,
+:class:`ScheduleRunner` runs a :class:`Schedule` of phases in your own loop,
+and :class:`Mentee` is torch_mentor's object API on top. The invariant they
+keep, and the guides: the documentation site (``docs/``; ``docs/design.md``
+for the design).
+
+Example:
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> state = CurriculumState.from_model(model).freeze("0")
+    >>> [group["layers"] for group in param_groups(state, model, lr=0.1)]
+    [('2',)]
 """
 
 # Each group is one layer of the package, bottom up; a layer imports only those above it here.
