@@ -3,6 +3,7 @@ as they run (the docs include the files themselves; the README's copy is compare
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import re
@@ -25,7 +26,18 @@ NEEDS_TORCH = {
         "FSDP2 (torch.distributed.fsdp.fully_shard) is public from torch 2.6",
     )
 }
-NEEDS_MODULES = {"lightning_finetune.py": "lightning", "transformers_finetune.py": "transformers"}
+# The optional frameworks an example may import (each an extra of its own).
+FRAMEWORKS = ("lightning", "transformers", "accelerate", "deepspeed")
+
+
+def _imported_frameworks(script: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Import):
+            found += [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append(node.module.split(".")[0])
+    return sorted({name for name in found if name in FRAMEWORKS})
 
 
 def _skip_reason(script: Path) -> str | None:
@@ -33,9 +45,9 @@ def _skip_reason(script: Path) -> str | None:
     version, reason = NEEDS_TORCH.get(script.name, ((0, 0), ""))
     if version > TORCH_VERSION:
         return reason
-    module = NEEDS_MODULES.get(script.name)
-    if module is not None and importlib.util.find_spec(module) is None:
-        return f"needs {module}, not installed"
+    for framework in _imported_frameworks(script):
+        if importlib.util.find_spec(framework) is None:
+            return f"needs {framework}, not installed"
     return None
 
 
