@@ -26,6 +26,7 @@ from mentor_fn import (
 from mentor_fn._core.transitions import (
     TRANSITION_KINDS,
     LayerwiseLrSpread,
+    depth_ranks,
     layerwise_lr_spread,
     register_transition_kind,
     transition_from_dict,
@@ -170,28 +171,96 @@ def test_llrd_example():
     assert layerwise_lr_decay(0.5)(state).resolved_coefficients() == (0.25, 0.5, 1.0)
 
 
-def test_llrd_equals_the_seed_loop_on_a_nested_model():
-    state = CurriculumState(LAYERS).freeze("blocks").set_lr_coefficient(0.3, "blocks.1")
-    result = layerwise_lr_decay(0.9)(state)
-    assert result == seed_llrd(state, 0.9)
-    assert result.resolved_coefficients() == tuple(0.9**k for k in (5, 4, 3, 2, 1, 0))
-    # Frozen flags are untouched.
+def test_llrd_ranks_parameter_owning_layers_by_depth_on_a_nested_cnn():
+    # Four conv + BatchNorm blocks and a head, nested in containers.
+    blocks = [
+        torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.ReLU())
+        for _ in range(4)
+    ]
+    model = torch.nn.Sequential(torch.nn.Sequential(*blocks), torch.nn.Linear(3, 2))
+    state = CurriculumState.from_model(model)
+    result = layerwise_lr_decay(0.8)(state)
+    for block in range(4):
+        # The conv and the BatchNorm after it share a rank: 5 ranks in all.
+        for part in ("0", "1"):
+            assert result.coefficient(f"0.{block}.{part}") == pytest.approx(0.8 ** (4 - block))
+    assert result.coefficient("1") == 1.0
+    # Containers own no parameter: they are no rank and get no rule.
+    assert "0" not in result.coefficients and "0.0" not in result.coefficients
+    # torch_mentor's loop over every layer name counts containers and norms:
+    # the first conv would get 0.8 ** 11 (13 layer names), not about 0.8 ** 4.
+    assert seed_llrd(state, 0.8).coefficient("0.0.0") == pytest.approx(0.8**11)
     assert result.resolved_frozen() == state.resolved_frozen()
 
 
-@given(
-    module_trees(),
-    st.sampled_from([0.9, 0.5, 0.1, 1.0, 0.75]),
-    st.data(),
-)
-def test_llrd_equals_the_seed_loop(model, decay, data):
-    # Layer names of these trees are also exact patterns of themselves (no
-    # name matches another's "." wildcard), so the seed's loop can pass them
-    # as they are.
+class _Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1 = torch.nn.LayerNorm(4)
+        self.attn = torch.nn.Module()
+        self.attn.qkv = torch.nn.Linear(4, 12)
+        self.attn.proj = torch.nn.Linear(4, 4)
+        self.norm2 = torch.nn.LayerNorm(4)
+        self.mlp = torch.nn.Module()
+        self.mlp.fc1 = torch.nn.Linear(4, 8)
+        self.mlp.fc2 = torch.nn.Linear(8, 4)
+
+
+class _VitShaped(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls_token = torch.nn.Parameter(torch.zeros(1, 1, 4))
+        self.pos_embed = torch.nn.Parameter(torch.zeros(1, 5, 4))
+        self.patch_embed = torch.nn.Module()
+        self.patch_embed.proj = torch.nn.Conv2d(3, 4, 2, 2)
+        self.blocks = torch.nn.Sequential(_Block(), _Block())
+        self.norm = torch.nn.LayerNorm(4)
+        self.head = torch.nn.Linear(4, 2)
+
+
+def test_llrd_ranks_on_a_vit_shaped_model():
+    state = CurriculumState.from_model(_VitShaped())
+    result = layerwise_lr_decay(0.5)(state)
+    ranks = {
+        "cls_token": 0,
+        "pos_embed": 1,
+        "patch_embed.proj": 2,
+        "blocks.0.norm1": 2,  # a norm shares the rank of the layer before it
+        "blocks.0.attn.qkv": 3,
+        "blocks.0.attn.proj": 4,
+        "blocks.0.norm2": 4,
+        "blocks.0.mlp.fc1": 5,
+        "blocks.0.mlp.fc2": 6,
+        "blocks.1.norm1": 6,
+        "blocks.1.attn.qkv": 7,
+        "blocks.1.attn.proj": 8,
+        "blocks.1.norm2": 8,
+        "blocks.1.mlp.fc1": 9,
+        "blocks.1.mlp.fc2": 10,
+        "norm": 10,  # the final norm: the last block's rank, as timm has it
+        "head": 11,
+    }
+    assert {layer for layer in state.layers if layer in state.parameter_owners} == set(ranks)
+    for layer, rank in ranks.items():
+        assert result.coefficient(layer) == 0.5 ** (11 - rank), layer
+    # Per block, as timm's recipe ranks a ViT, is what groups= is for.
+    per_block = layerwise_lr_decay(
+        0.5, groups=["cls_token|pos_embed|patch_embed", "blocks.0", "blocks.1|norm", "head"]
+    )(state)
+    assert per_block.coefficient("blocks.0.mlp.fc2") == 0.25
+    assert per_block.coefficient("norm") == 0.5
+
+
+@given(module_trees(), st.sampled_from([0.9, 0.5, 0.1, 1.0, 0.75]), st.data())
+def test_llrd_and_spread_agree_on_what_a_rank_is(model, decay, data):
     state = CurriculumState.from_model(model)
-    assert all(state.select(layer) == (layer,) for layer in state.layers)
     state = apply_writes(state, data.draw(writes_for(state.layers, max_size=4)))
-    assert layerwise_lr_decay(decay)(state) == seed_llrd(state, decay)
+    ranks = len(depth_ranks(state, state.layers))
+    decayed = layerwise_lr_decay(decay)(state)
+    spread = layerwise_lr_spread(decay ** max(ranks - 1, 0))(state)
+    for layer in state.parameter_owners:
+        assert decayed.coefficient(layer) == pytest.approx(spread.coefficient(layer), rel=1e-12)
+    assert decayed.resolved_frozen() == state.resolved_frozen()
 
 
 def test_llrd_restricted_to_patterns():

@@ -25,6 +25,7 @@ __all__ = [
     "TRANSITION_KINDS",
     "Transition",
     "chain",
+    "depth_ranks",
     "freeze",
     "layerwise_lr_decay",
     "layerwise_lr_spread",
@@ -142,7 +143,8 @@ class SetLrCoefficient:
 class LayerwiseLrDecay:
     """Coefficient ``decay ** (n - 1 - i)`` for the i-th of n ranks.
 
-    A rank is one selected layer (``patterns``, or every layer), or, with
+    A rank is a layer that owns parameters, by depth (see :func:`depth_ranks`),
+    among the selected layers (``patterns``, or every layer); or, with
     ``groups``, every layer the i-th group's patterns select.
     """
 
@@ -155,9 +157,14 @@ class LayerwiseLrDecay:
         if self.groups is not None:
             return state.set_coefficients(self._coefficients_by_group(state))
         selected = state.layers if self.patterns is None else state.select(self.patterns)
-        count = len(selected)
+        ranks = depth_ranks(state, selected)
+        count = len(ranks)
         return state.set_coefficients(
-            {layer: self.decay ** (count - 1 - rank) for rank, layer in enumerate(selected)}
+            {
+                layer: self.decay ** (count - 1 - rank)
+                for rank, layers in enumerate(ranks)
+                for layer in layers
+            }
         )
 
     def _coefficients_by_group(self, state: CurriculumState) -> dict[str, float]:
@@ -224,7 +231,8 @@ class SetNormPolicy:
 @register_transition_kind("layerwise_lr_spread")
 @dataclass(frozen=True)
 class LayerwiseLrSpread:
-    """Coefficients ``lowest ** (1 - i / (n - 1))`` over the n selected layers owning parameters."""
+    """Coefficients ``lowest ** (1 - i / (n - 1))`` over the n ranks of the selected layers
+    (see :func:`depth_ranks`)."""
 
     kind: ClassVar[str]
     lowest: float
@@ -232,14 +240,18 @@ class LayerwiseLrSpread:
 
     def __call__(self, state: CurriculumState) -> CurriculumState:
         selected = state.layers if self.patterns is None else state.select(self.patterns)
-        owners = [layer for layer in selected if layer in state.parameter_owners]
-        last = len(owners) - 1
+        ranks = depth_ranks(state, selected)
+        last = len(ranks) - 1
         if last <= 0:
-            return state.set_coefficients(dict.fromkeys(owners, 1.0))
+            return state.set_coefficients({layer: 1.0 for layers in ranks for layer in layers})
         # The exponents are exactly 1.0 and 0.0 at the ends, so the first
-        # layer gets exactly ``lowest`` and the last exactly 1.0.
+        # rank gets exactly ``lowest`` and the last exactly 1.0.
         return state.set_coefficients(
-            {layer: self.lowest ** ((last - rank) / last) for rank, layer in enumerate(owners)}
+            {
+                layer: self.lowest ** ((last - rank) / last)
+                for rank, layers in enumerate(ranks)
+                for layer in layers
+            }
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -299,6 +311,43 @@ def set_lr_coefficient(coefficient: float, patterns: Patterns) -> SetLrCoefficie
     return SetLrCoefficient(validate_coefficient(coefficient), normalize_patterns(patterns))
 
 
+def depth_ranks(state: CurriculumState, selected: Sequence[str]) -> list[list[str]]:
+    """The ranks of ``selected`` by depth, input side first: what LLRD and spreads count.
+
+    A rank is a layer that owns parameters (a container that owns none is no
+    rank and gets no rule: it holds nothing a coefficient applies to). A
+    normalization layer is no rank of its own: it joins the rank of the
+    layer before it (the one it normalizes; the first rank when it comes
+    first), so a CNN of conv + BatchNorm blocks has one rank per conv, and a
+    ViT's final norm shares the last block's rank, as in timm. With no layer
+    but normalization layers selected, each is a rank.
+
+    Example:
+        >>> state = CurriculumState(
+        ...     ("net", "net.conv", "net.bn", "head"),
+        ...     parameter_owners=("net.conv", "net.bn", "head"),
+        ...     norm_layers=("net.bn",),
+        ... )
+        >>> depth_ranks(state, state.layers)
+        [['net.conv', 'net.bn'], ['head']]
+    """
+    owners = [layer for layer in selected if layer in state.parameter_owners]
+    norms = state.norm_layers
+    if all(layer in norms for layer in owners):
+        return [[layer] for layer in owners]
+    ranks: list[list[str]] = []
+    leading: list[str] = []
+    for layer in owners:
+        if layer not in norms:
+            ranks.append([*leading, layer])
+            leading = []
+        elif ranks:
+            ranks[-1].append(layer)
+        else:
+            leading.append(layer)
+    return ranks
+
+
 def layerwise_lr_decay(
     decay: float,
     *,
@@ -307,11 +356,17 @@ def layerwise_lr_decay(
 ) -> LayerwiseLrDecay:
     """Layer-wise lr decay (LLRD) as one transition.
 
-    The i-th of the n layers (all layers, or those matching ``patterns``, in
-    layer order) gets coefficient ``decay ** (n - 1 - i)``: the last layer
-    (the output) learns at the global lr, each earlier one ``decay`` times
-    slower. The result equals the seed's loop of ``set_lr_coefficient`` calls
-    in layer order; frozen flags are unchanged.
+    The i-th of the n ranks gets coefficient ``decay ** (n - 1 - i)``: the
+    last rank (the output) learns at the global lr, each earlier one
+    ``decay`` times slower. A rank is a layer that owns parameters, by depth
+    (:func:`depth_ranks`): containers are no ranks, and a normalization layer
+    shares the rank of the layer it follows. So a CNN of four conv +
+    BatchNorm blocks and a head has five ranks, and its first conv gets
+    ``decay ** 4``. This is what :func:`layerwise_lr_spread` counts too.
+    torch_mentor's LLRD loop (``set_lr_coefficient`` over every name of
+    ``layer_names``) counts containers and norms as ranks as well (the same
+    CNN's first conv gets ``decay ** 11`` there); write that loop to get its
+    numbers. Frozen flags are unchanged.
 
     With ``groups``, ranks are given explicitly: group i of the n groups (each
     a pattern or a list of patterns) gets ``decay ** (n - 1 - i)`` on every
@@ -342,6 +397,13 @@ def layerwise_lr_decay(
         (0.25, 0.5, 1.0)
         >>> layerwise_lr_decay(0.5, groups=["embed|block", "head"])(state).resolved_coefficients()
         (0.5, 0.5, 1.0)
+        >>> cnn = CurriculumState(
+        ...     ("features", "features.conv", "features.bn", "head"),
+        ...     parameter_owners=("features.conv", "features.bn", "head"),
+        ...     norm_layers=("features.bn",),
+        ... )
+        >>> layerwise_lr_decay(0.5)(cnn).resolved_coefficients()  # the container keeps 1.0
+        (1.0, 0.5, 0.5, 1.0)
     """
     checked_decay = validate_fraction(decay, what="decay")
     if groups is None:
@@ -364,12 +426,13 @@ def layerwise_lr_decay(
 def layerwise_lr_spread(lowest: float, *, patterns: Patterns | None = None) -> LayerwiseLrSpread:
     """Coefficients spread geometrically from ``lowest`` up to 1.0 (fastai's ``slice``).
 
-    Over the n layers that own parameters among all layers (or those matching
-    ``patterns``), in layer order, the i-th gets ``lowest ** (1 - i / (n - 1))``:
-    exactly ``lowest`` on the first (input side), exactly 1.0 on the last (the
-    head), evenly spaced on a log scale between. A single such layer gets 1.0.
-    Layers owning no parameter (containers) are not written: they hold no
-    parameter a coefficient could apply to. Frozen flags are unchanged.
+    Over the n ranks of all layers (or those matching ``patterns``), input
+    side first, the i-th gets ``lowest ** (1 - i / (n - 1))``: exactly
+    ``lowest`` on the first, exactly 1.0 on the last (the head), evenly
+    spaced on a log scale between. A single rank gets 1.0. Ranks are
+    :func:`layerwise_lr_decay`'s (:func:`depth_ranks`): layers that own
+    parameters, a normalization layer sharing the rank of the layer it
+    follows; containers are not written. Frozen flags are unchanged.
 
     Args:
         lowest: the first layer's coefficient, in (0, 1].

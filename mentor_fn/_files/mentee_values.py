@@ -65,11 +65,11 @@ class SavedCurriculum:
     Example:
         >>> import torch
         >>> from mentor_fn import Curriculum
-        >>> curriculum = Curriculum(torch.nn.Linear(2, 1), 0.1)
+        >>> curriculum = Curriculum(torch.nn.Sequential(torch.nn.Linear(2, 1)), 0.1)
         >>> _ = curriculum.build()
         >>> saved = SavedCurriculum(curriculum.state_dict())
         >>> saved.optimizer_name, saved.global_lr, [g.parameters for g in saved.groups]
-        ('torch.optim.adam.Adam', 0.1, [('weight', 'bias'), ()])
+        ('torch.optim.adam.Adam', 0.1, [('0.weight', '0.bias'), ()])
     """
 
     section: Mapping[str, Any]
