@@ -14,18 +14,20 @@ import warnings
 from typing import Any
 
 import torch
+from distributed_harness import BACKEND, on_cuda
 from torch import nn
 from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import mentor_fn as mf
+from mentor_fn._wrapper.ddp import reducer_rebuilds
 
 warnings.filterwarnings("ignore", module="lightning")
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
 import lightning.pytorch as pl  # noqa: E402
-from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy  # noqa: E402
 
 from mentor_fn.integrations.lightning import (  # noqa: E402
     CurriculumCallback,
@@ -62,6 +64,21 @@ class Regression(pl.LightningModule):
         return curriculum_optimizers(self)
 
 
+class ShardedRegression(Regression):
+    """Regression sharded with FSDP2 in ``configure_model`` (ModelParallelStrategy):
+    backbone.0 its own unit, the rest of the backbone another, the head a third."""
+
+    def configure_model(self) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        if self.device_mesh is None or hasattr(self.head, "reshard"):
+            return  # no mesh (one process), or sharded already (a second fit)
+        mesh = self.device_mesh["data_parallel"]
+        fully_shard(self.backbone[0], mesh=mesh)
+        fully_shard(self.backbone, mesh=mesh)
+        fully_shard(self.head, mesh=mesh)
+
+
 def data() -> TensorDataset:
     generator = torch.Generator().manual_seed(1)
     return TensorDataset(
@@ -87,6 +104,28 @@ def unfreeze_schedule() -> mf.Schedule:
     )
 
 
+def distributed_schedule() -> mf.Schedule:
+    """Every transition kind, 2 steps per epoch: the head alone for an epoch; the top
+    block unfrozen (a rebuild) with a warmup, for 3 steps; the backbone with layer-wise
+    decay while the head is frozen, for 2 steps; the head again at its own coefficient."""
+    return mf.Schedule(
+        [
+            mf.Phase("head", mf.freeze("backbone"), until=mf.after_epochs(1)),
+            mf.Phase("top", mf.unfreeze("backbone.2"), until=mf.after_steps(3), warmup_steps=2),
+            mf.Phase(
+                "decay",
+                mf.chain(
+                    mf.unfreeze("backbone"),
+                    mf.freeze("head"),
+                    mf.layerwise_lr_decay(0.5, patterns=r"backbone\.\d"),
+                ),
+                until=mf.after_steps(2),
+            ),
+            mf.Phase("all", mf.chain(mf.unfreeze("head"), mf.set_lr_coefficient(0.3, "head"))),
+        ]
+    )
+
+
 def new_callback(model: Regression, schedule: mf.Schedule) -> CurriculumCallback:
     curriculum = mf.Curriculum(
         model,
@@ -100,7 +139,7 @@ def new_callback(model: Regression, schedule: mf.Schedule) -> CurriculumCallback
 def trainer(epochs: int, callbacks: list[pl.Callback], folder: str, **options: Any) -> pl.Trainer:
     settings: dict[str, Any] = {
         "max_epochs": epochs,
-        "accelerator": "cpu",
+        "accelerator": "gpu" if on_cuda() else "cpu",
         "logger": False,
         "enable_progress_bar": False,
         "enable_model_summary": False,
@@ -112,45 +151,118 @@ def trainer(epochs: int, callbacks: list[pl.Callback], folder: str, **options: A
     return pl.Trainer(callbacks=callbacks, **settings)
 
 
+class StepProbe(pl.Callback):
+    """After each optimizer step (after the curriculum's callback): the phase, the
+    group lrs and every parameter (gathered from the shards under FSDP2)."""
+
+    def __init__(self, callback: CurriculumCallback) -> None:
+        self.callback = callback
+        self.phases: list[str] = []
+        self.lrs: list[list[float]] = []
+        self.parameters: list[dict[str, torch.Tensor]] = []
+        self.wrapper: dict[str, Any] = {}
+
+    def on_train_start(self, trainer: Any, module: Any) -> None:
+        wrapper = trainer.strategy.model
+        if isinstance(wrapper, nn.parallel.DistributedDataParallel):
+            self.ddp = wrapper
+            self.wrapper["find_unused_parameters"] = wrapper.find_unused_parameters
+
+    def on_train_end(self, trainer: Any, module: Any) -> None:
+        if "find_unused_parameters" in self.wrapper:
+            self.wrapper["reducer_rebuilds"] = reducer_rebuilds(self.ddp)
+
+    def on_train_batch_end(self, trainer: Any, module: Any, *args: Any) -> None:
+        runner, curriculum = self.callback.runner, self.callback.curriculum
+        assert runner is not None and runner.phase is not None
+        assert curriculum is not None and curriculum.optimizer is not None
+        self.phases.append(runner.phase.name)
+        self.lrs.append([group["lr"] for group in curriculum.optimizer.param_groups])
+        self.parameters.append(full_parameters(module))
+
+
+def full_parameters(module: nn.Module) -> dict[str, torch.Tensor]:
+    result = {}
+    for name, parameter in module.named_parameters():
+        value = parameter.detach()
+        if hasattr(value, "full_tensor"):  # an FSDP2 DTensor shard
+            value = value.full_tensor()
+        result[name] = value.cpu().clone()
+    return result
+
+
 def outcome(model: Regression, callback: CurriculumCallback) -> dict[str, Any]:
     curriculum = callback.curriculum
     assert curriculum is not None and curriculum.optimizer is not None and callback.runner
     return {
-        "parameters": {name: value.detach().clone() for name, value in model.named_parameters()},
+        "parameters": full_parameters(model),
         "lrs": [group["lr"] for group in curriculum.optimizer.param_groups],
         "phase": callback.runner.phase.name,  # type: ignore[union-attr]
     }
 
 
+def strategy_of(kind: str) -> Any:
+    backend = BACKEND
+    if kind == "ddp":
+        # no find_unused_parameters: the callback makes DDP follow the phases
+        return DDPStrategy(process_group_backend=backend)
+    if kind == "fsdp":
+        return ModelParallelStrategy(
+            data_parallel_size=2, tensor_parallel_size=1, process_group_backend=backend
+        )
+    raise ValueError(kind)
+
+
 def fit(
-    rank: int | None, folder: str, epochs: int = 3, *, ckpt_path: str | None = None, save: str = ""
+    rank: int | None,
+    folder: str,
+    epochs: int = 5,
+    *,
+    kind: str = "ddp",
+    ckpt_path: str | None = None,
+    save: str = "",
 ) -> dict[str, Any]:
-    """Fit with the unfreeze schedule on one process (rank None) or as rank ``rank`` of 2;
-    resume from ``ckpt_path``, save a checkpoint at the end to ``save``."""
-    model = Regression()
-    callback = new_callback(model, unfreeze_schedule())
+    """Fit with the distributed schedule on one process (rank None) or as rank ``rank`` of
+    2 under ``kind`` ("ddp" or "fsdp"); resume from ``ckpt_path``, save a checkpoint at
+    the end to ``save``. The parameters after each step, the phases, the lrs."""
+    model = ShardedRegression() if kind == "fsdp" else Regression()
+    callback = new_callback(model, distributed_schedule())
+    probe = StepProbe(callback)
     if rank is None:
-        run = trainer(epochs, [callback], folder, devices=1)
+        run = trainer(epochs, [callback, probe], folder, devices=1)
     else:
-        strategy = DDPStrategy(find_unused_parameters=True, process_group_backend="gloo")
         run = trainer(
-            epochs, [callback], folder, devices=2, strategy=strategy, use_distributed_sampler=False
+            epochs,
+            [callback, probe],
+            folder,
+            devices=2,
+            strategy=strategy_of(kind),
+            use_distributed_sampler=False,
         )
     run.fit(model, loader(rank), ckpt_path=ckpt_path)
     if save:
         run.save_checkpoint(save)  # rank 0 writes; every rank takes part
     result = outcome(model, callback)
-    result["global_rank"] = run.global_rank
+    result.update(
+        global_rank=run.global_rank,
+        phases=probe.phases,
+        step_lrs=probe.lrs,
+        step_parameters=probe.parameters,
+    )
+    result.update(probe.wrapper)
     return result
 
 
-def ddp_refused(rank: int, folder: str) -> str:
-    """The message of a DDP strategy without unused-parameter detection."""
-    model = Regression()
+def refused(rank: int, folder: str, kind: str, **options: Any) -> str:
+    """The message of a strategy or setting the callback refuses ("not refused" if none)."""
+    model = ShardedRegression() if kind == "fsdp" else Regression()
     callback = new_callback(model, unfreeze_schedule())
-    run = trainer(
-        1, [callback], folder, devices=2, strategy=DDPStrategy(process_group_backend="gloo")
+    strategy = (
+        DDPStrategy(process_group_backend=BACKEND, static_graph=True)
+        if kind == "static_graph"
+        else strategy_of(kind)
     )
+    run = trainer(1, [callback], folder, devices=2, strategy=strategy, **options)
     try:
         run.fit(model, loader(rank))
     except ValueError as error:
@@ -158,9 +270,10 @@ def ddp_refused(rank: int, folder: str) -> str:
     return "not refused"
 
 
-def ddp_runs(rank: int, folder: str) -> dict[str, Any]:
-    """Every DDP scenario in one world (each world imports Lightning once per rank):
-    a fit through an unfreeze, the same fit stopped, saved and resumed, and a refusal."""
+def distributed_runs(rank: int, folder: str) -> dict[str, Any]:
+    """Every distributed scenario in one world (each world imports Lightning once per
+    rank): under DDP, a fit through every transition, the same fit stopped, saved and
+    resumed, a refusal; under FSDP2, the fit and the refusal of Lightning checkpoints."""
     # The process group is already up (FileStore rendezvous); Lightning skips
     # initializing it and, seeing LOCAL_RANK, launches nothing: it takes this
     # process as rank `rank` of 2.
@@ -176,4 +289,10 @@ def ddp_runs(rank: int, folder: str) -> dict[str, Any]:
     whole = fit(rank, folder)
     fit(rank, folder, epochs=2, save=checkpoint)
     resumed = fit(rank, folder, ckpt_path=checkpoint)
-    return {"whole": whole, "resumed": resumed, "refused": ddp_refused(rank, folder)}
+    return {
+        "whole": whole,
+        "resumed": resumed,
+        "fsdp": fit(rank, folder, kind="fsdp"),
+        "static_graph": refused(rank, folder, "static_graph"),
+        "fsdp_checkpoints": refused(rank, folder, "fsdp", enable_checkpointing=True),
+    }

@@ -106,6 +106,16 @@ __all__ = ["CurriculumCallback", "curriculum_optimizers"]
 CurriculumSource = Curriculum | Callable[[pl.LightningModule], Curriculum]
 _STATE_VERSION = 2  # 2: "exhausted" (version 1 files read as exhausted: they were)
 _LR_KEY = "lr"
+_SHARDED_CHECKPOINTS = (
+    "Lightning checkpoints of a ModelParallelStrategy (FSDP2) run are not supported yet: "
+    "Lightning saves and loads its optimizer through torch.distributed.checkpoint's "
+    "optimizer API, which steps an optimizer that holds no state (so it would change the "
+    "curriculum's run) and loads state only into the layout the optimizer has when it "
+    "loads (the first phase's). Pass L.Trainer(enable_checkpointing=False) and save the run "
+    "with mentor_fn.save_distributed_checkpoint(directory, callback.curriculum) from a "
+    "callback of yours (mentor_fn.load_distributed_checkpoint resumes it), or train under "
+    "DDP, where Lightning's checkpoints hold the whole run"
+)
 _ATTACH_HINT = (
     "add the callback to the Trainer, L.Trainer(callbacks=[callback]), and return "
     "curriculum_optimizers(self) from configure_optimizers"
@@ -163,6 +173,7 @@ class CurriculumCallback(pl.Callback):
         self._schedule = schedule
         self._lr_scheduler_config = config
         self._log_lrs = log_lrs
+        self._step_lrs: dict[str, float] = {}  # the lrs of the step just taken
         self._run: CurriculumRun | None = None
         # trainer.global_step when the runner last counted an optimizer step.
         self._steps_counted = 0
@@ -234,6 +245,9 @@ class CurriculumCallback(pl.Callback):
             return
         self._trainer = trainer
         problem = _unsupported_strategy(trainer.strategy)
+        if not problem and isinstance(trainer.strategy, ModelParallelStrategy):
+            if trainer.checkpoint_callbacks or trainer.ckpt_path is not None:
+                problem = _SHARDED_CHECKPOINTS
         if problem:
             raise ValueError(f"CurriculumCallback: {problem}")
         if isinstance(trainer.strategy, DDPStrategy):
@@ -278,18 +292,27 @@ class CurriculumCallback(pl.Callback):
         assert self._run is not None
         if self._steps_counted == trainer.global_step:
             return  # accumulating gradients: no optimizer step in this batch
-        if self._log_lrs:
-            # Before the phase moves on, and before Lightning steps a per-step
-            # scheduler: the lrs the step just taken used.
-            curriculum = self._run.curriculum
-            lrs = {_LR_KEY: reference_lr(curriculum), **layer_lrs(curriculum, prefix=_LR_KEY)}
-            for name, value in lrs.items():
+        if self._log_lrs and self._step_lrs:
+            for name, value in self._step_lrs.items():
                 pl_module.log(name, value, on_step=True, on_epoch=False)
         # Counted from global_step, which moves once per optimizer step (not
         # per batch under gradient accumulation).
         while self._steps_counted < trainer.global_step:
             self._run.step()
             self._steps_counted += 1
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        if self._log_lrs and self._run is not None:
+            # The lrs this step uses: by the batch's end Lightning may have
+            # stepped an epoch-interval scheduler (at an epoch's last batch),
+            # and the phase may move on.
+            curriculum = self._run.curriculum
+            self._step_lrs = {
+                _LR_KEY: reference_lr(curriculum),
+                **layer_lrs(curriculum, prefix=_LR_KEY),
+            }
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not _epoch_exhausted(trainer):
@@ -323,6 +346,9 @@ class CurriculumCallback(pl.Callback):
         is exhausted, and the metrics now (the run itself is saved through the
         optimizer handle)."""
         trainer = self._trainer
+        if trainer is not None and isinstance(trainer.strategy, ModelParallelStrategy):
+            # Called by Lightning before it saves the optimizer: refuse first, clearly.
+            raise ValueError(f"CurriculumCallback: {_SHARDED_CHECKPOINTS}")
         return {
             "version": _STATE_VERSION,
             "last_epoch_end": self._last_epoch_end,
