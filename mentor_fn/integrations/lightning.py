@@ -245,9 +245,12 @@ class CurriculumCallback(pl.Callback):
             return
         self._trainer = trainer
         problem = _unsupported_strategy(trainer.strategy)
-        if not problem and isinstance(trainer.strategy, ModelParallelStrategy):
-            if trainer.checkpoint_callbacks or trainer.ckpt_path is not None:
-                problem = _SHARDED_CHECKPOINTS
+        if (
+            not problem
+            and isinstance(trainer.strategy, ModelParallelStrategy)
+            and (trainer.checkpoint_callbacks or trainer.ckpt_path is not None)
+        ):
+            problem = _SHARDED_CHECKPOINTS
         if problem:
             raise ValueError(f"CurriculumCallback: {problem}")
         if isinstance(trainer.strategy, DDPStrategy):
