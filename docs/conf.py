@@ -11,6 +11,10 @@ build instead of leaving a dead link.
 
 from __future__ import annotations
 
+import re
+import sys
+from typing import Any
+
 import mentor_fn
 
 project = "mentor_fn"
@@ -49,8 +53,12 @@ nitpicky = True
 # with the function).
 nitpick_ignore_regex = [
     ("py:.*", r"mentor_fn(\.integrations)?\._.*"),
-    ("py:.*", r"(Progress|follow_trainable_parameters|ValueError / TypeError)"),
-    ("py:.*", r"(torch|lightning|transformers|hypothesis|optree|numpy)(\..*)?"),
+    # A Raises entry naming several builtin exceptions at once ("ValueError / TypeError").
+    ("py:exc", r"\w+( / \w+)+"),
+    (
+        "py:.*",
+        r"(torch|lightning|transformers|accelerate|deepspeed|hypothesis|optree|numpy)(\..*)?",
+    ),
     ("py:.*", r"(nn|optim|Tensor|Module|Optimizer|LRScheduler)(\..*)?"),
     ("py:.*", r"(typing|collections\.abc|abc|os|pathlib|enum|types|datetime)\..*"),
     ("py:class", r"(Any|Callable|Iterable|Iterator|Mapping|Sequence|Hashable|TypeVar|Path)"),
@@ -81,8 +89,46 @@ def _no_inline_type(
         lines[first] = f"{words}: {lines[first]}"
 
 
-def setup(app: object) -> None:
-    app.connect("autodoc-process-docstring", _no_inline_type, priority=600)  # type: ignore[attr-defined]
+def _no_return_type(
+    app: object, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
+    """Undo napoleon's reading of a Returns section's first words as its type.
+
+    ``Returns: The report: what was carried`` becomes ``:rtype: The report``
+    and a description without those words. Return types here are in the
+    annotations, and a type is never two words in a row: such an ``:rtype:``
+    goes back into the description.
+    """
+    for index, line in enumerate(lines):
+        words = line[len(":rtype: ") :]
+        if line.startswith(":rtype: ") and re.search(r"[A-Za-z_]\w*\s+[A-Za-z_]", words):
+            returns = next(i for i in range(index) if lines[i].startswith(":returns: "))
+            lines[returns] = f":returns: {words}: {lines[returns][len(':returns: ') :]}"
+            del lines[index]
+            return
+
+
+def _private_name(app: object, env: object, node: Any, contnode: Any) -> Any:
+    """A reference to a name the package defines but does not document (a private
+    helper, a module constant) stays code, unlinked, instead of a warning.
+
+    Anything else that resolves to nothing (a typo, a renamed public name) still
+    warns: the name must exist in one of the package's modules.
+    """
+    target = node.get("reftarget", "").lstrip("~.")
+    if node.get("refdomain") != "py" or not re.fullmatch(r"[A-Za-z_][\w.]*", target):
+        return None
+    name = target.rsplit(".", 1)[-1]
+    for module_name, module in list(sys.modules.items()):
+        if module_name.split(".")[0] == "mentor_fn" and name in vars(module):
+            return contnode
+    return None
+
+
+def setup(app: Any) -> None:
+    app.connect("autodoc-process-docstring", _no_inline_type, priority=600)
+    app.connect("autodoc-process-docstring", _no_return_type, priority=600)
+    app.connect("missing-reference", _private_name)
 
 
 html_theme = "furo"
