@@ -5,6 +5,7 @@
 #
 #   bash tools/check_torch_versions.sh            # torch 2.4.1, the declared floor
 #   bash tools/check_torch_versions.sh 2.5.1 2.6.0
+#   PYTEST_ARGS="tests/test_distributed.py" bash tools/check_torch_versions.sh 2.6.0
 #
 # Each version gets .venv-torch-<version>/ (ignored by git; in $TORCH_VENVS if
 # set). A venv that already holds that torch is reused, so only the first run
@@ -63,6 +64,7 @@ for version in "${versions[@]}"; do
     fi
     echo "== $venv ready in $((SECONDS - started)) s; running the suite"
     started=$SECONDS
-    "$venv/bin/python" -m pytest -p no:cacheprovider -rs
+    # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words on purpose
+    "$venv/bin/python" -m pytest -p no:cacheprovider -rs ${PYTEST_ARGS:-}
     echo "== torch $version: suite passed in $((SECONDS - started)) s"
 done
