@@ -77,16 +77,23 @@ kept = torch.equal(statistics, model.patch_embed[1].running_mean)
 print("frozen BatchNorm statistics kept:", kept)
 
 # Phase 2, full fine-tuning with timm's layer-wise lr decay: the embeddings
-# share the lowest rank, block i has rank i + 1, the final norm and the head
-# share the top one. The optimizer is rebuilt; the head keeps its AdamW state.
-ranks = ["cls_token|pos_embed|patch_embed", *(f"blocks.{i}" for i in range(4)), "norm|head"]
+# share the lowest rank, block i has rank i + 1, the final norm joins the last
+# block's rank (timm's group_matcher merges it there) and the head has the top
+# one. On a timm model, mf.timm_layer_groups(model) gives these ranks. The
+# optimizer is rebuilt; the head keeps its AdamW state.
+ranks = [
+    "cls_token|pos_embed|patch_embed",
+    *(f"blocks.{i}" for i in range(3)),
+    "blocks.3|norm",
+    "head",
+]
 everything = mf.chain(mf.unfreeze(".*"), mf.layerwise_lr_decay(0.65, groups=ranks))
 print(type(curriculum.update(everything, reset_optimizer_if_needed=True)).__name__)
 names = {id(parameter): name for name, parameter in model.named_parameters()}
 for group in curriculum.optimizer.param_groups:
     for parameter in group["params"]:
         name = names[id(parameter)]
-        if name in ("pos_embed", "patch_embed.0.weight", "blocks.0.norm1.weight", "head.weight"):
+        if name in ("pos_embed", "blocks.0.norm1.weight", "norm.weight", "head.weight"):
             scale, decay = group["coefficient"], group["weight_decay"]
             print(f"{name:22} lr x {scale:.3f}, weight decay {decay}")
 print(f"fine-tuned: loss {train(2):.3f}")

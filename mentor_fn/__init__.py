@@ -37,6 +37,7 @@ from ._core.transitions import (
     unfreeze,
 )
 from ._core.groups import param_groups, requires_grad_map
+from ._core.timm_groups import timm_layer_groups
 from ._core.plan import GroupLayout, GroupScale, NoChange, Patch, Plan, Rebuild, layout_of, plan
 
 # The wrapper: executes plans on a live optimizer and scheduler (the only mutation).
@@ -119,6 +120,7 @@ __all__ = [
     "select_layers",
     "set_lr_coefficient",
     "set_norm_policy",
+    "timm_layer_groups",
     "transition_from_dict",
     "unfreeze",
     "unwrap_model",

@@ -371,13 +371,16 @@ def layerwise_lr_decay(
     With ``groups``, ranks are given explicitly: group i of the n groups (each
     a pattern or a list of patterns) gets ``decay ** (n - 1 - i)`` on every
     layer it selects (and, as every write, their subtrees). Several layers
-    then share a rank, as in timm's and BEiT's ViT recipe, where the
-    embeddings share the first and the final norm and the head the last::
+    then share a rank, as in timm's ViT recipe, where the embeddings share
+    the first rank, the final norm shares the last block's, and the head has
+    the last one alone (``timm_layer_groups(model)`` reads them from a timm
+    model's own ``group_matcher()``)::
 
         layerwise_lr_decay(0.65, groups=[
             "cls_token|pos_embed|patch_embed",
-            *(f"blocks.{i}" for i in range(12)),
-            "norm|head",
+            *(f"blocks.{i}" for i in range(11)),
+            "blocks.11|norm",
+            "head",
         ])
 
     Args:
