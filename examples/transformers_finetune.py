@@ -53,8 +53,15 @@ schedule = mf.Schedule(
             "all",
             mf.chain(
                 mf.unfreeze("bert"),
+                # one rank per block, lowest first: embeddings, each encoder layer, classifier
                 mf.layerwise_lr_decay(
-                    0.5, patterns=[r"bert\.embeddings", r"bert\.encoder\.layer\.\d+", "classifier"]
+                    0.5,
+                    groups=[
+                        r"bert\.embeddings",
+                        r"bert\.encoder\.layer\.0",
+                        r"bert\.encoder\.layer\.1",
+                        "classifier",
+                    ],
                 ),
             ),
         ),

@@ -96,6 +96,10 @@ def tiny_bert() -> BertForSequenceClassification:
     return BertForSequenceClassification(config)
 
 
+# The ranks of layer-wise lr decay, lowest first: one per block of the tiny BERT.
+BLOCKS = [r"bert\.embeddings", r"bert\.encoder\.layer\.0", r"bert\.encoder\.layer\.1", "classifier"]
+
+
 def linear_warmup(optimizer: torch.optim.Optimizer) -> lr_scheduler.LambdaLR:
     return get_linear_schedule_with_warmup(optimizer, 2, STEPS)
 
@@ -117,10 +121,8 @@ def phased_schedule() -> mf.Schedule:
                 "all",
                 mf.chain(
                     mf.unfreeze("bert"),
-                    mf.layerwise_lr_decay(
-                        0.5,
-                        patterns=[r"bert\.embeddings", r"bert\.encoder\.layer\.\d", "classifier"],
-                    ),
+                    # one rank per block: the embeddings, each encoder layer, the head
+                    mf.layerwise_lr_decay(0.5, groups=BLOCKS),
                 ),
                 optimizer="fresh",
                 warmup_steps=4,
@@ -303,7 +305,7 @@ def test_frozen_layers_never_move_and_the_invariant_holds_at_every_step(tmp_path
                 mf.chain(
                     mf.unfreeze("bert.encoder"),
                     mf.freeze("classifier"),
-                    mf.layerwise_lr_decay(0.5, patterns=r"bert\.encoder\.layer\.\d"),
+                    mf.layerwise_lr_decay(0.5, groups=BLOCKS[1:3]),
                 ),
                 until=mf.after_steps(3),
                 warmup_steps=2,
@@ -460,9 +462,7 @@ def test_the_trainer_logs_the_run_lr_before_any_callback_sees_it(tmp_path):
         assert logs == {"learning_rate": groups[-1]["lr"]}
 
 
-LLRD = mf.layerwise_lr_decay(
-    0.5, patterns=[r"bert\.embeddings", r"bert\.encoder\.layer\.\d", "classifier"]
-)
+LLRD = mf.layerwise_lr_decay(0.5, groups=BLOCKS)
 
 
 def test_the_trainer_must_be_given_the_curriculum_optimizers(tmp_path):

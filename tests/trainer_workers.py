@@ -105,7 +105,9 @@ def schedule() -> mf.Schedule:
                 mf.chain(
                     mf.unfreeze("bert.encoder"),
                     mf.freeze("classifier"),
-                    mf.layerwise_lr_decay(0.5, patterns=r"bert\.encoder\.layer\.\d"),
+                    mf.layerwise_lr_decay(
+                        0.5, groups=[r"bert\.encoder\.layer\.0", r"bert\.encoder\.layer\.1"]
+                    ),
                 ),
                 until=mf.after_steps(2),
             ),
