@@ -522,7 +522,10 @@ def engine_checks(rank: int) -> dict[str, Any]:
         run_.engine.backward(nn.functional.mse_loss(run_.engine(inputs), targets))
         run_.engine.step()
         run_.step()
-    messages["bytes"] = {"half": half.optimizer_bytes(), "everything": everything.optimizer_bytes()}
+    messages["bytes"] = {
+        "half": mf_deepspeed.optimizer_state_bytes(half.engine),
+        "everything": mf_deepspeed.optimizer_state_bytes(everything.engine),
+    }
     messages["trainable"] = {
         "half": sum(p.numel() for p in half_model.parameters() if p.requires_grad),
         "everything": sum(p.numel() for p in everything_model.parameters()),

@@ -14,6 +14,11 @@ from typing import Any
 
 __all__ = ["check_config", "read_config"]
 
+try:
+    from hjson import loads as _hjson_loads  # type: ignore[import-untyped,import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover - hjson comes with DeepSpeed
+    _hjson_loads = None
+
 _STAGES = (1, 2, 3)
 _NO_DEVICE = (None, "none")
 
@@ -32,7 +37,9 @@ def read_config(config: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str,
             f"config must be a DeepSpeed config dict or the path of its JSON file, got {config!r}"
         )
     try:
-        loaded = json.loads(Path(config).read_text())
+        text = Path(config).read_text()
+        # DeepSpeed reads its config files with hjson (JSON with comments), its dependency.
+        loaded = _hjson_loads(text) if _hjson_loads is not None else json.loads(text)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read the DeepSpeed config {str(config)!r}: {error}") from None
     if not isinstance(loaded, dict):

@@ -85,7 +85,7 @@ from ._deepspeed_zero import (  # noqa: E402
     zero_layout,
 )
 
-__all__ = ["DeepSpeedCurriculum", "check_config", "initialize"]
+__all__ = ["DeepSpeedCurriculum", "check_config", "initialize", "optimizer_state_bytes"]
 
 CHECKPOINT_FILE = "mentor_fn_curriculum.pt"
 """The file beside DeepSpeed's own in each checkpoint tag's folder."""
@@ -170,10 +170,6 @@ class DeepSpeedCurriculum:
             for group in self._layout
         )
 
-    def optimizer_bytes(self) -> int:
-        """Bytes of ZeRO's fp32 master partitions and optimizer state on this rank."""
-        return optimizer_bytes(self.engine.optimizer)
-
     # Starting --------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -244,7 +240,8 @@ class DeepSpeedCurriculum:
                 "the engine trains another model than the curriculum: build the Curriculum on the "
                 "bare model you gave deepspeed.initialize (engine.module)"
             )
-        check_config(engine.config)
+        # The dict DeepSpeed read, however it was given (a dict, a JSON path, args).
+        check_config(getattr(engine._config, "_param_dict", None) or engine.config)
         if getattr(engine, "has_moe_layers", False):
             raise ValueError(
                 "mixture-of-experts layers are not supported: DeepSpeed splits their parameters "
@@ -691,3 +688,15 @@ def initialize(
     )
     run.attach(engine)
     return run
+
+
+def optimizer_state_bytes(engine: DeepSpeedEngine) -> int:
+    """Bytes of the ZeRO optimizer's fp32 master partitions and optimizer state on this rank.
+
+    What ZeRO partitions as optimizer state (for Adam: master weights and two
+    moments, 12 bytes per trainable parameter before partitioning), for any
+    ZeRO engine, a curriculum's or not; gradients, communication buckets and
+    the model's own weights are not counted. Frozen layers of a curriculum
+    add nothing; kept in the optimizer at lr 0 they add their full share.
+    """
+    return optimizer_bytes(engine.optimizer)
