@@ -26,12 +26,16 @@ so per-step overheads show most) and 24 blocks at width 512.
 
 Run from the repository root::
 
-    python -m benchmarks.bench_ddp            # 5 repeats of 30 steps per model
-    python -m benchmarks.bench_ddp --quick    # 1 repeat of 5 steps, the small model: a smoke test
+    python -m benchmarks.bench_ddp            # 15 rounds of 10 steps of each kind, per model
+    python -m benchmarks.bench_ddp --quick    # 1 round of 5 steps, the small model: a smoke test
 
 The exit status is 1 when following the flags costs more per step than
-``find_unused_parameters=True``, or more than ``LIMIT`` times plain DDP
-(not with ``--quick``: too few steps to judge).
+``find_unused_parameters=True``, or when its check costs more than ``LIMIT``
+of a plain DDP step (not with ``--quick``: too few steps to judge). The check
+is timed on its own (what every step pays when nothing changed): on a shared
+machine the whole-step ratios move by about 0.1 between runs, which is far
+more than the check costs, so the check's share is the target and the
+ratios are shown.
 """
 
 from __future__ import annotations
@@ -55,8 +59,8 @@ import mentor_fn as mf
 from benchmarks._common import machine, quick_and_repeats_arguments
 from mentor_fn._wrapper.ddp import sync_reducer
 
-LIMIT = 1.10
-"""The largest allowed ratio: following the flags / plain DDP, per step."""
+LIMIT = 0.01
+"""The largest allowed share of a plain DDP step that the follower's check may cost."""
 
 WIDTHS = (64, 512)
 BLOCKS = 24
@@ -124,6 +128,15 @@ def rebuild_seconds(width: int, count: int) -> float:
     return statistics.median(times)
 
 
+def check_seconds(wrapper: nn.Module, count: int = 2000) -> float:
+    """Seconds of the follower's check before a forward when nothing changed (its whole
+    per-step cost): the flags compared with those the reducer was built for."""
+    started = time.perf_counter()
+    for _ in range(count):
+        sync_reducer(wrapper)  # type: ignore[arg-type]
+    return (time.perf_counter() - started) / count
+
+
 def run_rank(rank: int, folder: str, repeats: int, count: int, widths: Sequence[int]) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     dist = torch.distributed
@@ -139,12 +152,15 @@ def run_rank(rank: int, folder: str, repeats: int, count: int, widths: Sequence[
             for kind in KINDS:  # warm-up (and the follower's first rebuild)
                 steps(runs[kind][1], runs[kind][2], 3, rank)
             times: dict[str, list[float]] = {kind: [] for kind in KINDS}
-            for _ in range(repeats):
-                for kind in KINDS:
+            for round_ in range(repeats):
+                # each kind first, second and third in turn: no order favours one
+                shift = round_ % len(KINDS)
+                for kind in KINDS[shift:] + KINDS[:shift]:
                     times[kind].append(steps(runs[kind][1], runs[kind][2], count, rank))
             results[str(width)] = {
                 "step": {kind: statistics.median(values) for kind, values in times.items()},
                 "rebuild": rebuild_seconds(width, max(3, repeats)),
+                "check": check_seconds(runs["follow"][1]),
             }
         dist.destroy_process_group()
         if rank == 0:
@@ -156,7 +172,7 @@ def run_rank(rank: int, folder: str, repeats: int, count: int, widths: Sequence[
 
 def measure(repeats: int, count: int, widths: Sequence[int]) -> dict[str, Any]:
     """Run the 2-process world; rank 0's medians by width."""
-    import torch._dynamo  # noqa: F401 (DDP imports it: once here, not in each rank)
+    import torch._dynamo  # DDP imports it: once here, not in each rank
 
     # fork: the parent has only imported torch (no threads, no tensors), and the
     # children skip importing it again (seconds each, with spawn)
@@ -183,8 +199,8 @@ def measure(repeats: int, count: int, widths: Sequence[int]) -> dict[str, Any]:
 def format_table(results: dict[str, Any]) -> str:
     lines = [
         "| model | plain DDP ms/step | find_unused_parameters=True ms/step | ratio "
-        "| following the flags ms/step | ratio | one reducer rebuild ms |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| following the flags ms/step | ratio | its check us/step | one reducer rebuild ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for width, row in results.items():
         step = row["step"]
@@ -193,19 +209,19 @@ def format_table(results: dict[str, Any]) -> str:
             f"| {BLOCKS} blocks, width {width} | {plain * 1e3:.2f} "
             f"| {step['find_unused'] * 1e3:.2f} | {step['find_unused'] / plain:.2f} "
             f"| {step['follow'] * 1e3:.2f} | {step['follow'] / plain:.2f} "
-            f"| {row['rebuild'] * 1e3:.2f} |"
+            f"| {row['check'] * 1e6:.1f} | {row['rebuild'] * 1e3:.2f} |"
         )
     return "\n".join(lines)
 
 
 def verdict(results: dict[str, Any]) -> tuple[bool, str]:
-    ratios = {width: row["step"]["follow"] / row["step"]["plain"] for width, row in results.items()}
+    shares = [row["check"] / row["step"]["plain"] for row in results.values()]
     cheaper = all(row["step"]["follow"] <= row["step"]["find_unused"] for row in results.values())
-    within = all(ratio <= LIMIT for ratio in ratios.values())
-    worst = max(ratios.values())
+    within = all(share <= LIMIT for share in shares)
     return cheaper and within, (
         f"Following the flags <= find_unused_parameters=True per step: {'yes' if cheaper else 'no'}; "
-        f"<= {LIMIT} x plain DDP: {'yes' if within else 'no'} (worst {worst:.2f})."
+        f"its check <= {LIMIT:.0%} of a plain DDP step: {'yes' if within else 'no'} "
+        f"(worst {max(shares):.2%})."
     )
 
 
@@ -216,10 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         __doc__ or "",
         argv,
         quick_help="1 repeat of 5 steps on the small model (smoke test)",
-        repeats_help="repetitions of each measurement (default: 1 with --quick, else 5)",
+        repeats_help="rounds of each measurement (default: 1 with --quick, else 15)",
     )
-    repeats = args.repeats or (1 if args.quick else 5)
-    count = 5 if args.quick else 30
+    repeats = args.repeats or (1 if args.quick else 15)
+    count = 5 if args.quick else 10
     widths = WIDTHS[:1] if args.quick else WIDTHS
     print(f"DDP through phase changes, 2 gloo processes on 127.0.0.1 -- {machine()}")
     print(
