@@ -61,9 +61,8 @@ def test_inspect_prints_the_layer_table_and_the_history(checkpoint, capsys):
     assert f"{total:,}" in table
     history = out.split("history:")[1].strip().splitlines()
     assert len(history) == 2 + TRANSFER_EPOCHS  # header, rule, one line per epoch
-    assert [line.split()[1] for line in history[2:]] == ["probe"] * PROBE_EPOCHS + [
-        "fine_tune"
-    ] * (TRANSFER_EPOCHS - PROBE_EPOCHS)
+    phases = ["probe"] * PROBE_EPOCHS + ["fine_tune"] * (TRANSFER_EPOCHS - PROBE_EPOCHS)
+    assert [line.split()[1] for line in history[2:]] == phases
     assert "val accuracy" in history[0]
 
 
