@@ -145,7 +145,8 @@ class Trainer:
             trained = [p for p in self.model.parameters() if p.grad is not None]
             nn.utils.clip_grad_norm_(trained, CLIP)  # as DeepSpeed's gradient_clipping
             curriculum.optimizer.step()
-            curriculum.scheduler.step()
+            if curriculum.scheduler is not None:
+                curriculum.scheduler.step()
         else:
             engine = self.run.engine
             engine.backward(nn.functional.mse_loss(engine(inputs), targets))
@@ -287,6 +288,63 @@ def deepspeed_transitions(rank: int, stage: int) -> dict[str, Any]:
     result = transitions(run, curriculum, Trainer(model, rank, run))
     result["first_optimizer_freed"] = first() is None  # no full garbage collection ran
     return result
+
+
+# Coalesced groups: a ZeRO group never mixes carried and fresh parameters ---------------------
+
+
+def coalesced(rank: int | None, stage: int = 2) -> dict[str, Any]:
+    """With ``coalesce=True`` the head (trained) and the backbone (unfrozen) share one
+    curriculum group after the rebuild; on the engine they are two ZeRO groups, since the
+    base optimizer keeps one Adam step per flat group."""
+    model = make_model()
+    state = mf.CurriculumState.from_model(model).freeze("backbone")
+    curriculum = mf.Curriculum(model, 0.05, optimizer=torch.optim.Adam, coalesce=True, state=state)
+    run = None
+    if rank is None:
+        curriculum.build()
+    else:
+        from mentor_fn.integrations import deepspeed as mf_deepspeed
+
+        model.to(device(rank))
+        run = mf_deepspeed.initialize(curriculum, config=config(stage), dist_init_required=False)
+    trainer = Trainer(model, rank, run)
+    target = curriculum if run is None else run
+    data = batches(4)
+    for batch in data[:2]:
+        trainer.step(batch, curriculum)
+    target.unfreeze("backbone", reset_optimizer_if_needed=True)
+    for batch in data[2:]:
+        trainer.step(batch, curriculum)
+    result: dict[str, Any] = {"records": trainer.records}
+    if run is not None:
+        result["steps"] = zero_group_steps(run.engine.optimizer)
+    return result
+
+
+def accumulation(rank: int) -> dict[str, Any]:
+    """With gradient accumulation, ``run.step()`` advances the schedule at boundaries only."""
+    from mentor_fn.integrations import deepspeed as mf_deepspeed
+
+    model = make_model().to(device(rank))
+    settings = config(1, gradient_accumulation_steps=2)
+    settings["train_micro_batch_size_per_gpu"] = GLOBAL_BATCH // 4
+    run = mf_deepspeed.initialize(
+        new_curriculum(model, frozen=None),
+        config=settings,
+        schedule=new_schedule(),
+        dist_init_required=False,
+    )
+    plans = []
+    for batch in batches(3):
+        inputs, targets = local(batch, rank)
+        for half in (slice(0, 2), slice(2, 4)):  # two micro-batches per optimizer step
+            loss = nn.functional.mse_loss(run.engine(inputs[half]), targets[half])
+            run.engine.backward(loss)
+            run.engine.step()
+            plans.append(type(run.step()).__name__)
+    assert run.runner is not None
+    return {"plans": plans, "steps": run.runner.cursor.steps, "phase": run.runner.phase.name}
 
 
 # The schedule scenario, saved and resumed ------------------------------------------------------
@@ -591,6 +649,8 @@ def everything(rank: int, folder: str) -> dict[str, Any]:
             deepspeed_schedule, rank, stage, os.path.join(folder, f"schedule{stage}")
         )
         scenarios[f"bf16_{stage}"] = functools.partial(mixed_precision_carry, rank, stage, "bf16")
+    scenarios["coalesced"] = functools.partial(coalesced, rank)
+    scenarios["accumulation"] = functools.partial(accumulation, rank)
     scenarios["fp16_2"] = functools.partial(mixed_precision_carry, rank, 2, "fp16")
     scenarios["fp16_overflow"] = functools.partial(fp16_overflow_skips, rank)
     scenarios["engine_checks"] = functools.partial(engine_checks, rank)

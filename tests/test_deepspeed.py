@@ -137,6 +137,29 @@ def test_schedule_with_warmups_and_a_fresh_phase_equals_one_process(
 
 
 @needs_world
+def test_coalesced_groups_of_carried_and_fresh_parameters_split_on_the_engine(world):
+    reference = workers.coalesced(None)
+    first, second = (rank["coalesced"] for rank in world)
+    assert_runs_agree(first["records"], second["records"], reference["records"])
+    assert_zero_groups_follow(first["records"])
+    # One curriculum group (coefficient 1.0) besides the reference group; two
+    # ZeRO groups of it: the backbone's fresh Adam state (2 steps) and the head's (4).
+    assert len(first["records"][-1]["lrs"]) == 2
+    assert [group["source"] for group in first["records"][-1]["zero"]] == [0, 0]
+    assert sorted(first["steps"]) == [2.0, 4.0]
+
+
+@needs_world
+def test_the_schedule_advances_at_accumulation_boundaries_only(world):
+    for rank in world:
+        result = rank["accumulation"]
+        assert result["steps"] == 1  # 3 optimizer steps: 2 in "head", 1 in "top"
+        assert result["phase"] == "top"
+        assert result["plans"][0::2] == ["NoneType"] * 3  # micro-steps inside a step
+        assert result["plans"][1::2] == ["NoneType", "Rebuild", "Patch"]  # warmup ramps
+
+
+@needs_world
 @pytest.mark.parametrize("stage", STAGES)
 def test_resumed_run_continues_as_the_uninterrupted_one_bit_for_bit(world, stage):
     save_at = workers.SAVE_AT[stage]
