@@ -65,8 +65,9 @@ def _int(text: str) -> int:
 def _parser() -> _Parser:
     parser = _Parser(
         prog=PROG,
-        description="mentor_fn: curriculum learning for PyTorch. Run the demo, or "
-        "inspect and plot a checkpoint written by Mentee.save / fit.",
+        description="mentor_fn: curriculum learning for PyTorch. Run the demo, inspect any "
+        "file mentor_fn writes, plot a checkpoint's history, or convert a torch_mentor "
+        "checkpoint.",
     )
     # The installed distribution's version (see mentor_fn._app.version).
     parser.add_argument("--version", action="version", version=f"mentor_fn {VERSION}")
@@ -112,9 +113,11 @@ def _parser() -> _Parser:
 
     inspect = commands.add_parser(
         "inspect",
-        help="the per-layer table and the per-epoch history of a checkpoint",
-        description="Print the per-layer curriculum state (frozen, coefficient, effective lr, "
-        "parameters) and the per-epoch history of a checkpoint.",
+        help="what a file mentor_fn wrote holds: per-layer table, optimizer, schedule, history",
+        description="Say what kind of file it is, then print what it holds: for a Mentee "
+        "checkpoint the per-layer curriculum state (frozen, coefficient, effective lr, "
+        "parameters), the schedule run and the per-epoch history; for a save_checkpoint or "
+        "torch.save file, each Curriculum, ScheduleRunner or CurriculumState state dict in it.",
     )
     inspect.add_argument("checkpoint", metavar="CHECKPOINT")
 
