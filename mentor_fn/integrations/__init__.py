@@ -4,7 +4,9 @@
   ``CurriculumCallback`` for Lightning's ``Trainer``.
 * :mod:`mentor_fn.integrations.transformers` (``pip install 'mentor_fn[transformers]'``):
   ``CurriculumCallback`` for the transformers ``Trainer``.
+* :mod:`mentor_fn.integrations.deepspeed` (``pip install 'mentor_fn[deepspeed]'``):
+  ``initialize`` / ``DeepSpeedCurriculum`` for a DeepSpeed ZeRO engine in your own loop.
 
-Each adapter imports its framework; this package imports neither (nor does
+Each adapter imports its framework; this package imports none of them (nor does
 ``import mentor_fn``), so the frameworks stay optional.
 """
