@@ -46,8 +46,7 @@ lr_scheduler=run.lr_scheduler, config=...)``, then ``run.attach(engine)``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -59,13 +58,12 @@ from .. import (
     Curriculum,
     CurriculumState,
     Plan,
-    Rebuild,
     Schedule,
     ScheduleRunner,
-    load_checkpoint,
-    save_checkpoint,
+    freeze,
+    set_lr_coefficient,
+    unfreeze,
 )
-from .._wrapper.optimizers import build_optimizer
 from ._requirements import require
 
 require("deepspeed", extra="deepspeed", minimum="0.19", adapter="mentor_fn.integrations.deepspeed")
@@ -74,29 +72,32 @@ import deepspeed  # type: ignore[import-untyped,import-not-found,unused-ignore] 
 from deepspeed.runtime.engine import DeepSpeedEngine  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: E402
 from deepspeed.runtime.pipe.engine import PipelineEngine  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: E402
 
+from ._deepspeed_checkpoint import (  # noqa: E402
+    CHECKPOINT_FILE,
+    read_run_file,
+    saved_layout,
+    write_run_file,
+)
 from ._deepspeed_config import check_config, read_config  # noqa: E402
+from ._deepspeed_follow import EngineFollower, build_client_optimizer  # noqa: E402
+from ._deepspeed_scheduler import EngineScheduler  # noqa: E402
 from ._deepspeed_zero import (  # noqa: E402
-    ZeroGroup,
     check_engine_internals,
     link_state,
     optimizer_bytes,
-    reinitialize,
-    same_groups,
     zero_layout,
 )
 
-__all__ = ["DeepSpeedCurriculum", "check_config", "initialize", "optimizer_state_bytes"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "DeepSpeedCurriculum",
+    "check_config",
+    "initialize",
+    "optimizer_state_bytes",
+]
 
-CHECKPOINT_FILE = "mentor_fn_curriculum.pt"
-"""The file beside DeepSpeed's own in each checkpoint tag's folder."""
-
-_FORMAT_NAME, _FORMAT_VERSION = "mentor_fn.integrations.deepspeed", 1
-_SCHEDULER_FORMAT = "mentor_fn.integrations.deepspeed.scheduler"
-_REINITIALIZED = (
-    "engine.optimizer: DeepSpeed's ZeRO optimizer flattens and partitions its groups when it "
-    "is built, so a new one replaced it in the same engine (state carried)"
-)
-Target = CurriculumState | Any  # a state or a transition, as Curriculum.update takes
+Target = CurriculumState | Callable[[CurriculumState], CurriculumState]
+"""What ``update`` takes, as ``Curriculum.update``: a state, or a transition."""
 
 
 class DeepSpeedCurriculum:
@@ -126,17 +127,12 @@ class DeepSpeedCurriculum:
             raise TypeError(f"schedule must be a mentor_fn.Schedule or None, got {schedule!r}")
         self._curriculum = curriculum
         self._runner = None if schedule is None else ScheduleRunner(curriculum, schedule)
-        self._engine: DeepSpeedEngine | None = None
+        self._follower = EngineFollower(curriculum)
         self._started = False
-        # The ZeRO groups, and the curriculum objects they were derived from:
-        # another optimizer object is a fresh phase, another state or recipe
-        # a change the engine has not followed yet.
-        self._layout: tuple[ZeroGroup, ...] = ()
-        self._followed: tuple[object, object, object] = (None, None, None)
         self._client: torch.optim.Optimizer | None = None
-        self._steps_seen = 0
+        self._steps_seen = 0  # engine.global_steps at the last step()
         self._guard: Any = None
-        self.lr_scheduler = EngineScheduler(self)
+        self.lr_scheduler = EngineScheduler(self._step_scheduler, self._lrs)
         """What to give ``deepspeed.initialize`` as ``lr_scheduler``: the engine then steps
         the curriculum's scheduler exactly when it steps the optimizer."""
 
@@ -157,17 +153,18 @@ class DeepSpeedCurriculum:
         Raises:
             RuntimeError: none is attached yet.
         """
-        if self._engine is None:
+        engine = self._follower.engine
+        if engine is None:
             raise RuntimeError("no DeepSpeed engine is attached yet: call attach(engine) first")
-        return self._engine
+        return engine
 
     @property
     def zero_groups(self) -> tuple[tuple[int, tuple[str, ...]], ...]:
         """The ZeRO optimizer's groups: (curriculum group index, parameter names) each."""
-        names = self._names()
+        names = {id(p): name for name, p in self._curriculum.model.named_parameters()}
         return tuple(
             (group.source, tuple(names[id(parameter)] for parameter in group.parameters))
-            for group in self._layout
+            for group in self._follower.layout
         )
 
     # Starting --------------------------------------------------------------------------------
@@ -201,17 +198,7 @@ class DeepSpeedCurriculum:
             ValueError: no parameter is trainable (ZeRO needs at least one).
         """
         self.start()
-        optimizer = self._curriculum.optimizer
-        assert optimizer is not None
-        layout = zero_layout(optimizer.param_groups, None)
-        if not layout:
-            raise ValueError(
-                "no parameter is trainable in the curriculum's state: a ZeRO optimizer needs at "
-                "least one (unfreeze a layer before starting)"
-            )
-        self._layout = layout
-        self._followed = self._current()
-        self._client = build_optimizer(self._curriculum.recipe, self._groups(layout))
+        self._client = build_client_optimizer(self._curriculum, self._follower.client_groups())
         return self._client
 
     def attach(self, engine: DeepSpeedEngine) -> None:
@@ -262,18 +249,19 @@ class DeepSpeedCurriculum:
                 "the engine has trained with an optimizer that is not the run's: attach it "
                 "before its first step, or build it with run.client_optimizer()"
             )
-        self._engine = engine
+        self.start()
+        follower = self._follower
+        follower.engine = engine
         self._steps_seen = engine.global_steps
         self._client = None
         if ours:
-            self._follow(None)  # transitions made between client_optimizer() and now
+            follower.follow(None)  # transitions made between client_optimizer() and now
         else:
-            self.start()
             optimizer = self._curriculum.optimizer
             assert optimizer is not None
-            self._reinitialize(zero_layout(optimizer.param_groups, None), carry=False)
+            follower.reinitialize(zero_layout(optimizer.param_groups, None), carry=False)
         if self._guard is None:
-            self._guard = self._curriculum.model.register_forward_pre_hook(self._check_followed)
+            self._guard = self._curriculum.model.register_forward_pre_hook(self._check_in_step)
 
     # Training ------------------------------------------------------------------------------------
 
@@ -303,10 +291,10 @@ class DeepSpeedCurriculum:
         if engine.lr_scheduler is not self.lr_scheduler:
             self._step_scheduler()
         plan = None if self._runner is None else self._runner.step()
-        return self._follow(plan)
+        return self._follower.follow(plan)
 
     def epoch_end(self, metrics: Mapping[str, Any] | None = None) -> Plan | None:
-        """After each epoch, with its metrics: the executed plan, or None.
+        """After each epoch, with its metrics, on every rank: the executed plan, or None.
 
         Under several ranks, rank 0's metrics are used on every rank, so all
         ranks change phase together.
@@ -316,7 +304,7 @@ class DeepSpeedCurriculum:
             dist.broadcast_object_list(shared, src=0)
             metrics = shared[0]
         plan = None if self._runner is None else self._runner.epoch_end(metrics)
-        return self._follow(plan)
+        return self._follower.follow(plan)
 
     # Transitions -------------------------------------------------------------------------------
 
@@ -335,28 +323,22 @@ class DeepSpeedCurriculum:
                 nothing has changed.
         """
         plan = self._curriculum.update(target, reset_optimizer_if_needed=reset_optimizer_if_needed)
-        followed = self._follow(plan)
+        followed = self._follower.follow(plan)
         assert followed is not None
         return followed
 
     def freeze(self, patterns: Any, *, reset_optimizer_if_needed: bool = False) -> Plan:
         """``update(mf.freeze(patterns))``."""
-        from .. import freeze
-
         return self.update(freeze(patterns), reset_optimizer_if_needed=reset_optimizer_if_needed)
 
     def unfreeze(self, patterns: Any, *, reset_optimizer_if_needed: bool = False) -> Plan:
         """``update(mf.unfreeze(patterns))``."""
-        from .. import unfreeze
-
         return self.update(unfreeze(patterns), reset_optimizer_if_needed=reset_optimizer_if_needed)
 
     def set_lr_coefficient(
         self, coefficient: float, patterns: Any, *, reset_optimizer_if_needed: bool = False
     ) -> Plan:
         """``update(mf.set_lr_coefficient(coefficient, patterns))``."""
-        from .. import set_lr_coefficient
-
         return self.update(
             set_lr_coefficient(coefficient, patterns),
             reset_optimizer_if_needed=reset_optimizer_if_needed,
@@ -365,14 +347,14 @@ class DeepSpeedCurriculum:
     def set_lr(self, lr: float) -> None:
         """``curriculum.set_lr(lr)``, patched into the engine's groups."""
         self._curriculum.set_lr(lr)
-        self._follow(None)
+        self._follower.follow(None)
 
     def sync(self) -> Plan | None:
         """Make the engine follow changes made on the curriculum directly (its methods, ``build()``).
 
         Returns the plan executed on the engine (None when it was in step).
         """
-        return self._follow(None)
+        return self._follower.follow(None)
 
     # Checkpoints ------------------------------------------------------------------------------
 
@@ -381,10 +363,8 @@ class DeepSpeedCurriculum:
 
         The ZeRO optimizer's own state is in DeepSpeed's checkpoint.
         """
-        self._follow(None)
+        self._follower.follow(None)
         return {
-            "format": _FORMAT_NAME,
-            "version": _FORMAT_VERSION,
             "curriculum": self._curriculum.state_dict(),
             "schedule": None if self._runner is None else self._runner.state_dict(),
             "zero_groups": [
@@ -400,12 +380,13 @@ class DeepSpeedCurriculum:
         client_state: Mapping[str, Any] | None = None,
         save_latest: bool = True,
     ) -> str:
-        """Save the run: DeepSpeed's checkpoint, with :data:`CHECKPOINT_FILE` beside it.
+        """Save the run: DeepSpeed's checkpoint, with ``mentor_fn_curriculum.pt`` beside it.
 
-        Call it on every rank (DeepSpeed's saving is collective). The file is
-        written atomically, before DeepSpeed's own, by the ranks that write
-        DeepSpeed's model states; DeepSpeed writes ``latest`` last, so a save
-        cut short leaves ``latest`` on the previous, whole checkpoint.
+        Call it on every rank (DeepSpeed's saving is collective). The file
+        (:data:`CHECKPOINT_FILE`) is written atomically, before DeepSpeed's
+        own, by the ranks that write DeepSpeed's model states; DeepSpeed
+        writes ``latest`` last, so a save cut short leaves ``latest`` on the
+        previous, whole checkpoint. ``client_state`` goes to DeepSpeed.
 
         Returns:
             The tag (by default ``global_step<N>``, as DeepSpeed names it).
@@ -415,7 +396,7 @@ class DeepSpeedCurriculum:
         client_state = dict(client_state or {})
         contents = {**self.state_dict(), "client_state_keys": sorted(client_state)}
         if getattr(engine, "save_non_zero_checkpoint", True):
-            save_checkpoint(Path(save_dir) / tag / CHECKPOINT_FILE, {"deepspeed_run": contents})
+            write_run_file(save_dir, tag, contents)
         if dist.is_initialized():
             dist.barrier()
         engine.save_checkpoint(
@@ -438,121 +419,47 @@ class DeepSpeedCurriculum:
 
         Raises:
             CheckpointError: no such checkpoint, a missing or malformed
-                :data:`CHECKPOINT_FILE`, or contents that do not fit this
+                ``mentor_fn_curriculum.pt``, or contents that do not fit this
                 curriculum or schedule.
         """
         engine = self.engine
-        folder = Path(load_dir)
-        if tag is None:
-            latest = folder / "latest"
-            if not latest.is_file():
-                raise CheckpointError(f"no 'latest' file in {str(folder)!r}: pass the tag to load")
-            tag = latest.read_text().strip()
-        saved = load_checkpoint(folder / tag / CHECKPOINT_FILE).get("deepspeed_run")
-        if not isinstance(saved, Mapping) or saved.get("format") != _FORMAT_NAME:
-            raise CheckpointError(
-                f"{str(folder / tag / CHECKPOINT_FILE)!r} holds no mentor_fn DeepSpeed run"
-            )
-        if saved.get("version") != _FORMAT_VERSION:
-            raise CheckpointError(
-                f"{str(folder / tag / CHECKPOINT_FILE)!r} has version {saved.get('version')!r}; "
-                f"this mentor_fn reads version {_FORMAT_VERSION}"
-            )
+        tag, saved = read_run_file(load_dir, tag)
+        where = f"{str(os.path.join(load_dir, tag))!r}"
         if (saved.get("schedule") is None) != (self._runner is None):
             raise CheckpointError(
-                "the checkpoint was saved with a schedule and this run has none"
+                f"{where} was saved with a schedule and this run has none"
                 if self._runner is None
-                else "the checkpoint was saved without a schedule and this run has one"
+                else f"{where} was saved without a schedule and this run has one"
             )
         try:
             self._curriculum.load_state_dict(saved["curriculum"])
             if self._runner is not None:
                 self._runner.load_state_dict(saved["schedule"])
-            layout = self._saved_layout(saved.get("zero_groups"))
+            optimizer = self._curriculum.optimizer
+            assert optimizer is not None
+            layout = saved_layout(
+                saved.get("zero_groups"),
+                self._curriculum.model,
+                optimizer.param_groups,
+                zero_layout(optimizer.param_groups, None),
+            )
         except (KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(f"{str(folder / tag)!r} does not fit this run: {error}") from None
+            raise CheckpointError(f"{where} does not fit this run: {error}") from None
         self._started = True
-        self._reinitialize(layout, carry=False)
+        self._follower.reinitialize(layout, carry=False)
         load_path, client_state = engine.load_checkpoint(
-            str(folder), tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            str(load_dir), tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if load_path is None:
-            raise CheckpointError(f"DeepSpeed found no checkpoint {tag!r} in {str(folder)!r}")
+            raise CheckpointError(f"DeepSpeed found no checkpoint {tag!r} in {str(load_dir)!r}")
         link_state(engine.optimizer)
         self._steps_seen = engine.global_steps
-        self._sync()
+        self._follower.sync()
         # DeepSpeed returns the rest of its file too (its config, shapes...): keep what was given.
         given = saved.get("client_state_keys", ())
         return {key: value for key, value in (client_state or {}).items() if key in given}
 
-    # Following the curriculum ---------------------------------------------------------------------
-
-    def _current(self) -> tuple[object, object, object]:
-        curriculum = self._curriculum
-        return (curriculum.optimizer, curriculum.state, curriculum.recipe)
-
-    def _in_step(self) -> bool:
-        """Whether the engine follows the curriculum's optimizer, state and recipe as they are
-        (compared by identity: each is replaced, never changed, by a transition)."""
-        return all(a is b for a, b in zip(self._current(), self._followed, strict=True))
-
-    def _follow(self, plan: Plan | None) -> Plan | None:
-        """Make the engine's optimizer follow the curriculum; the plan executed on both."""
-        if self._engine is None:
-            return plan
-        if self._in_step():
-            self._sync()
-            return plan
-        optimizer = self._curriculum.optimizer
-        assert optimizer is not None
-        fresh = optimizer is not self._followed[0]
-        layout = zero_layout(optimizer.param_groups, None if fresh else self._layout)
-        if not fresh and same_groups(layout, self._layout):
-            self._followed = self._current()
-            self._sync()
-            return plan
-        if not layout:
-            raise RuntimeError(
-                "no parameter is trainable any more: a ZeRO optimizer needs at least one, so the "
-                "engine cannot follow this state (the curriculum has changed; unfreeze a layer)"
-            )
-        self._reinitialize(layout, carry=not fresh)
-        reasons = plan.reasons if isinstance(plan, Rebuild) else ()
-        objects = plan.new_objects if isinstance(plan, Rebuild) else ()
-        return Rebuild(
-            (
-                *reasons,
-                "the set of trainable parameters changed, which DeepSpeed's ZeRO "
-                "optimizer cannot follow in place",
-            ),
-            (*objects, _REINITIALIZED),
-        )
-
-    def _reinitialize(self, layout: tuple[ZeroGroup, ...], *, carry: bool) -> None:
-        optimizer = self._curriculum.optimizer
-        assert optimizer is not None and self._engine is not None
-        recipe = self._curriculum.recipe
-        reinitialize(
-            self._engine,
-            layout,
-            [_hyperparameters(optimizer.param_groups[group.source]) for group in layout],
-            make_optimizer=lambda groups: build_optimizer(recipe, groups),
-            carry=carry,
-        )
-        self._layout = layout
-        self._followed = self._current()
-        self._sync()
-
-    def _groups(self, layout: tuple[ZeroGroup, ...]) -> list[dict[str, Any]]:
-        optimizer = self._curriculum.optimizer
-        assert optimizer is not None
-        return [
-            {
-                **_hyperparameters(optimizer.param_groups[group.source]),
-                "params": list(group.parameters),
-            }
-            for group in layout
-        ]
+    # The engine's side ------------------------------------------------------------------------------
 
     def _step_scheduler(self, *args: Any, **kwargs: Any) -> None:
         """Step the curriculum's scheduler (after an optimizer step the engine applied)."""
@@ -562,92 +469,18 @@ class DeepSpeedCurriculum:
             # (torch's flag), or its scheduler warns of steps in the wrong order.
             scheduler.optimizer._opt_called = True
             scheduler.step(*args, **kwargs)
-        self._follow(None)
+        self._follower.follow(None)
 
-    def _sync(self) -> None:
-        """Copy each curriculum group's lr into its ZeRO groups."""
-        optimizer = self._curriculum.optimizer
-        assert optimizer is not None and self._engine is not None
-        sources = optimizer.param_groups
-        for group, target in zip(self._layout, self._engine.optimizer.param_groups, strict=True):
-            target["lr"] = sources[group.source]["lr"]
+    def _lrs(self) -> list[float]:
+        return [group["lr"] for group in self.engine.optimizer.param_groups]
 
-    def _check_followed(self, module: Any, inputs: Any) -> None:
+    def _check_in_step(self, module: Any, inputs: Any) -> None:
         """Forward pre-hook: refuse to train while the engine lags the curriculum."""
-        if not self._in_step():
+        if not self._follower.in_step():
             raise RuntimeError(
                 "the curriculum changed since the DeepSpeed engine last followed it (a transition "
                 "or build() made on the Curriculum directly): make transitions through the "
                 "DeepSpeedCurriculum (run.update, run.freeze, ...), or call run.sync() first"
-            )
-
-    def _names(self) -> dict[int, str]:
-        return {
-            id(parameter): name for name, parameter in self._curriculum.model.named_parameters()
-        }
-
-    def _saved_layout(self, saved: object) -> tuple[ZeroGroup, ...]:
-        """The ZeRO groups a checkpoint names, checked against the curriculum as loaded."""
-        optimizer = self._curriculum.optimizer
-        assert optimizer is not None
-        if not isinstance(saved, list):
-            raise ValueError(f"'zero_groups' is {saved!r}, not a list")
-        parameters = dict(self._curriculum.model.named_parameters())
-        layout = []
-        for entry in saved:
-            source, names = entry["source"], entry["parameters"]
-            unknown = [name for name in names if name not in parameters]
-            if unknown:
-                raise ValueError(f"the ZeRO groups name unknown parameters {unknown[:8]}")
-            layout.append(ZeroGroup(source, tuple(parameters[name] for name in names), None))
-        expected = zero_layout(optimizer.param_groups, None)
-        placed = {(group.source, id(p)) for group in layout for p in group.parameters}
-        wanted = {(group.source, id(p)) for group in expected for p in group.parameters}
-        if placed != wanted:
-            raise ValueError(
-                "the saved ZeRO groups do not hold the curriculum's trainable parameters"
-            )
-        return tuple(layout)
-
-
-def _hyperparameters(group: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in group.items() if key != "params"}
-
-
-class EngineScheduler:
-    """The curriculum's scheduler as the DeepSpeed engine sees it (``run.lr_scheduler``).
-
-    The engine steps it after each optimizer step it applies; that steps the
-    curriculum's scheduler and copies the new lrs into the ZeRO groups. Its
-    state travels in the run's checkpoint file, so :meth:`state_dict` is a
-    marker that :meth:`load_state_dict` checks.
-    """
-
-    def __init__(self, run: DeepSpeedCurriculum) -> None:
-        self._run = run
-
-    def step(self, *args: Any, **kwargs: Any) -> None:
-        self._run._step_scheduler(*args, **kwargs)
-
-    def get_last_lr(self) -> list[float]:
-        return [group["lr"] for group in self._run.engine.optimizer.param_groups]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "format": _SCHEDULER_FORMAT,
-            "note": "the scheduler's state is in mentor_fn_curriculum.pt, with the curriculum",
-        }
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Check the marker (the run's own load restored the scheduler).
-
-        Raises:
-            ValueError: another scheduler's state (a checkpoint saved without mentor_fn).
-        """
-        if not isinstance(state_dict, Mapping) or state_dict.get("format") != _SCHEDULER_FORMAT:
-            raise ValueError(
-                "the checkpoint's lr_scheduler state is not a mentor_fn DeepSpeed run's "
-                f"(saved without mentor_fn?): {state_dict!r}"
             )
 
 
