@@ -22,8 +22,9 @@ import torch
 from .data import DemoTasks
 from .hand_written import lp_ft_by_hand
 from .model import DigitsCNN
-from .protocol import ARMS, PROBE_EPOCHS, TRANSFER_EPOCHS, curriculum_schedule
+from .protocol import ARMS, PROBE_EPOCHS, curriculum_schedule
 from .training import (
+    Epochs,
     Watch,
     feature_change,
     features,
@@ -31,7 +32,6 @@ from .training import (
     head_accuracy,
     new_model,
     new_train_objects,
-    train_loader,
 )
 
 __all__ = ["CURVES", "ArmResult", "Start", "new_head_on", "run_arm"]
@@ -86,8 +86,8 @@ def new_head_on(pretrained: DigitsCNN, tasks: DemoTasks, seed: int) -> Start:
     )
 
 
-def run_arm(arm: str, start: Start, tasks: DemoTasks, seed: int, watch: Watch) -> ArmResult:
-    """Train a copy of ``start`` as ``arm`` says, on batches shuffled by ``seed``; measure it.
+def run_arm(arm: str, start: Start, tasks: DemoTasks, batches: Epochs, watch: Watch) -> ArmResult:
+    """Train a copy of ``start`` as ``arm`` says, one epoch per entry of ``batches``; measure it.
 
     Raises:
         ValueError: ``arm`` is not one of ``ARMS``.
@@ -97,12 +97,9 @@ def run_arm(arm: str, start: Start, tasks: DemoTasks, seed: int, watch: Watch) -
     model = new_model()
     model.load_state_dict(start.model.state_dict())
     target = tasks.target
-    batches = train_loader(target.train, seed)
     watch.stage(arm)
     if arm == "by_hand":
-        lp_ft_by_hand(
-            model, batches, epochs=TRANSFER_EPOCHS, probe_epochs=PROBE_EPOCHS, note=watch.note
-        )
+        lp_ft_by_hand(model, batches, probe_epochs=PROBE_EPOCHS, note=watch.note)
     else:
         if arm == "probe":
             model.freeze("backbone")
@@ -110,10 +107,10 @@ def run_arm(arm: str, start: Start, tasks: DemoTasks, seed: int, watch: Watch) -
         if arm == "lp_ft":
             # Zero epochs: fit enters the first phase and trains nothing (no
             # batch is drawn), so the phase's layout is live before its first epoch.
-            model.fit(batches, epochs=0, schedule=curriculum_schedule(), progress=False)
+            model.fit(batches[0], epochs=0, schedule=curriculum_schedule(), progress=False)
             watch.phase(model)
         val = target.test if watch.curves and arm in CURVES else None
-        fit_epochs(model, batches, val, TRANSFER_EPOCHS, watch, shown=arm == "lp_ft")
+        fit_epochs(model, batches, val, watch, shown=arm == "lp_ft")
     changed = sum(
         int((now != before).sum())
         for now, before in zip(model.backbone.parameters(), start.model.backbone.parameters())

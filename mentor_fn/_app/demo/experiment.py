@@ -27,15 +27,15 @@ from .data import (
     rotate,
 )
 from .model import DigitsCNN
-from .protocol import ARMS, PRETRAIN_EPOCHS
+from .protocol import ARMS, PRETRAIN_EPOCHS, TRANSFER_EPOCHS
 from .training import (
     NO_WATCH,
     Watch,
     accuracy,
+    epoch_batches,
     fit_epochs,
     new_model,
     new_train_objects,
-    train_loader,
 )
 
 __all__ = ["Pretrained", "SeedResult", "pretrain", "run_seed"]
@@ -70,9 +70,10 @@ def pretrain(source: SourceTask, seed: int, watch: Watch = NO_WATCH) -> DigitsCN
     torch.manual_seed(seed)
     model = new_model()
     new_train_objects(model)
-    batches = train_loader(source.train, seed, RandomRotation(PRETRAIN_ROTATION_DEGREES, seed))
+    rotating = RandomRotation(PRETRAIN_ROTATION_DEGREES, seed)
+    batches = epoch_batches(source.train, seed, PRETRAIN_EPOCHS, rotating)
     val = source.val if watch.curves else None
-    fit_epochs(model, batches, val, PRETRAIN_EPOCHS, watch, shown=True)
+    fit_epochs(model, batches, val, watch, shown=True)
     return model
 
 
@@ -98,6 +99,8 @@ def run_seed(seed: int, watch: Watch = NO_WATCH, tasks: DemoTasks | None = None)
         f"{measured.upright:.1%} upright, {measured.shifted:.1%} rotated by {SHIFT_DEGREES} degrees"
     )
     start = new_head_on(pretrained, tasks, seed + 1)
-    arms = {arm: run_arm(arm, start, tasks, seed + 2, watch) for arm in ARMS}
+    # One list of epochs for every arm: the same batches in the same order.
+    batches = epoch_batches(tasks.target.train, seed + 2, TRANSFER_EPOCHS)
+    arms = {arm: run_arm(arm, start, tasks, batches, watch) for arm in ARMS}
     backbone = sum(parameter.numel() for parameter in start.model.backbone.parameters())
     return SeedResult(seed, measured, arms, backbone)

@@ -14,7 +14,7 @@ shares nothing with mentor_fn but the network and the batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch.nn import functional
@@ -28,13 +28,13 @@ __all__ = ["lp_ft_by_hand"]
 
 def lp_ft_by_hand(
     model: DigitsCNN,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    epochs: Sequence[Iterable[tuple[torch.Tensor, torch.Tensor]]],
     *,
-    epochs: int,
     probe_epochs: int,
     note: Callable[[str], None] | None = None,
 ) -> None:
-    """Train ``model`` in place: a probe for ``probe_epochs``, then "everything" to ``epochs``.
+    """Train ``model`` in place, one epoch per entry of ``epochs`` (its batches): a probe
+    for ``probe_epochs``, then "everything".
 
     The probe and the fine-tuning phase use the lrs lp_ft uses (the global lr,
     then ``LR_RATIO`` of it, each decayed by ``GAMMA`` per epoch). ``note``
@@ -45,7 +45,7 @@ def lp_ft_by_hand(
     optimizer = torch.optim.Adam(filter(lambda p: p.requires_grad, model.parameters()), lr=LR)
     scheduler = lr_scheduler.ExponentialLR(optimizer, gamma=GAMMA)
     model.train()
-    for epoch in range(epochs):
+    for epoch, batches in enumerate(epochs):
         if epoch == probe_epochs:
             model.backbone.requires_grad_(True)  # "unfreeze"
             for group in optimizer.param_groups:

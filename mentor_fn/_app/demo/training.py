@@ -8,7 +8,7 @@ numbers on every run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +23,10 @@ from .protocol import BATCH_SIZE, EVALUATION_BATCH_SIZE, GAMMA, LR
 
 __all__ = [
     "NO_WATCH",
+    "Epochs",
     "Watch",
     "accuracy",
+    "epoch_batches",
     "feature_change",
     "features",
     "fit_epochs",
@@ -32,7 +34,6 @@ __all__ = [
     "new_model",
     "new_train_objects",
     "reproducible",
-    "train_loader",
 ]
 
 
@@ -108,18 +109,29 @@ def new_model() -> DigitsCNN:
         torch.set_default_dtype(default)
 
 
-def train_loader(
-    data: TensorDataset, seed: int, collate: Callable[[Any], Any] | None = None
-) -> DataLoader[Any]:
-    """Shuffled batches of ``BATCH_SIZE``, in an order ``seed`` alone decides.
+Batch = tuple[torch.Tensor, torch.Tensor]
+Epochs = Sequence[Sequence[Batch]]
+"""The batches of each epoch of a run, in order: what every arm is given."""
 
-    The loader has a generator of its own: two runs given the same seed see
-    the same batches in the same order, whatever else draws random numbers.
+
+def epoch_batches(
+    data: TensorDataset, seed: int, epochs: int, collate: Callable[[Any], Any] | None = None
+) -> Epochs:
+    """``epochs`` epochs of shuffled batches of ``BATCH_SIZE``, in an order ``seed`` alone decides.
+
+    A DataLoader with a generator of its own, iterated once per epoch, and
+    its batches kept: runs given the same epochs train on the same batches in
+    the same order, whatever else draws random numbers and however often a
+    training loop calls ``iter()`` on what it is given (a DataLoader draws
+    from its generator at each ``iter()``, and ``Mentee.fit``'s progress bar
+    calls it twice an epoch, so handing fit and a plain loop one loader
+    would give them different batches).
     """
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
+    loader = DataLoader(
         data, batch_size=BATCH_SIZE, shuffle=True, generator=generator, collate_fn=collate
     )
+    return [list(loader) for _ in range(epochs)]
 
 
 def _evaluation_batches(data: TensorDataset) -> DataLoader[Any]:
@@ -136,21 +148,21 @@ def new_train_objects(model: DigitsCNN) -> None:
 
 def fit_epochs(
     model: DigitsCNN,
-    train: DataLoader[Any],
+    train: Epochs,
     val: TensorDataset | None,
-    epochs: int,
     watch: Watch,
     *,
     shown: bool,
 ) -> None:
-    """``epochs`` epochs of ``Mentee.fit``, validated on ``val`` unless it is None;
-    ``shown`` runs report each epoch and phase to ``watch``."""
+    """One epoch of ``Mentee.fit`` per entry of ``train``, validated on ``val`` unless it
+    is None; ``shown`` runs report each epoch and phase to ``watch``."""
     val_batches = None if val is None else _evaluation_batches(val)
     # One epoch per call: the watcher sees each record as it ends, and the
     # curriculum's next phase (entered at the epoch end) before it trains.
     phase = _phase_name(model)
-    for done in range(1, epochs + 1):
-        model.fit(train, val_batches, epochs=1, progress=watch.progress)
+    epochs = len(train)
+    for done, batches in enumerate(train, start=1):
+        model.fit(batches, val_batches, epochs=1, progress=watch.progress)
         if shown:
             watch.epoch(model.history[-1])
         entered = _phase_name(model)
