@@ -7,6 +7,12 @@
 * :mod:`mentor_fn.integrations.deepspeed` (``pip install 'mentor_fn[deepspeed]'``):
   ``initialize`` / ``DeepSpeedCurriculum`` for a DeepSpeed ZeRO engine in your own loop.
 
+The Lightning and transformers adapters work in one process, under DDP (no
+``find_unused_parameters`` needed: the DDP wrapper's reducer follows the
+phases) and under FSDP2 (Lightning's ``ModelParallelStrategy``; transformers'
+``DistributedConfig(fsdp_size=...)``), and refuse what they cannot drive
+before training starts.
+
 Each adapter imports its framework; this package imports none of them (nor does
 ``import mentor_fn``), so the frameworks stay optional.
 """
