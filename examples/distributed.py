@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as multiprocessing
 from torch import nn
-from torch.distributed.fsdp import fully_shard  # FSDP2: public from torch 2.6
+from torch.distributed.fsdp import fully_shard  # FSDP2 on CPU: torch 2.7 or newer
 
 import mentor_fn as mf
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from distributed_harness import run_world
-from torch_features import needs_fsdp2
+from torch_features import needs_fsdp2, needs_fsdp2_reduction_of_torch_2_13
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
@@ -59,6 +59,7 @@ def test_ddp_wrappers_whose_reducer_cannot_be_rebuilt_are_refused():
 
 
 @needs_fsdp2
+@needs_fsdp2_reduction_of_torch_2_13
 def test_fsdp2_phase_changes_with_mixed_units_equal_single_process(reference):
     assert_ranks_equal_reference(run_world(workers.fsdp_phases), reference)
 

@@ -20,12 +20,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 README = ROOT / "README.md"
 
 # Examples of what the installed torch or the installed extras may lack.
-NEEDS_TORCH = {
-    "distributed.py": (
-        (2, 6),
-        "FSDP2 (torch.distributed.fsdp.fully_shard) is public from torch 2.6",
-    )
-}
+NEEDS_TORCH = {"distributed.py": ((2, 7), "FSDP2 (fully_shard) runs on CPU from torch 2.7")}
 # The optional frameworks an example may import (each an extra of its own).
 FRAMEWORKS = ("lightning", "transformers", "accelerate", "deepspeed")
 

@@ -38,12 +38,22 @@ ADAFACTOR: type[torch.optim.Optimizer] = getattr(
     torch.optim, "Adafactor", None
 ) or _missing_optimizer("Adafactor", since="2.5")
 
-# FSDP2's fully_shard is public (torch.distributed.fsdp) from torch 2.6; before,
-# it was a prototype under a private path, which mentor_fn does not support.
+# FSDP2's fully_shard is public (torch.distributed.fsdp) from torch 2.6, but
+# runs on CPU (gloo) only from torch 2.7: 2.6's all-gather records an event on
+# a CPU stream, which has none.
 needs_fsdp2 = pytest.mark.skipif(
-    not torch.distributed.is_available() or TORCH_VERSION < (2, 6),
-    reason="FSDP2 (torch.distributed.fsdp.fully_shard) is public from torch 2.6",
+    not torch.distributed.is_available() or TORCH_VERSION < (2, 7),
+    reason="FSDP2 (fully_shard) runs on CPU from torch 2.7",
 )
+
+# Compared with one process within 1e-6, FSDP2 on torch 2.7 and 2.8 ends one
+# weight of 32 4.5e-6 away (the reduction order differs); from torch 2.13 the
+# runs agree within it. Older versions between were not measured.
+needs_fsdp2_reduction_of_torch_2_13 = pytest.mark.skipif(
+    TORCH_VERSION < (2, 13),
+    reason="FSDP2 before torch 2.13 reduces in another order (one weight 4.5e-6 off one process)",
+)
+
 
 # torch 2.4's torch._dynamo.explain reports no graph at all for a model whose
 # forward hooks dynamo traces (graph_count 0, graph_break_count -1): nothing to
