@@ -590,6 +590,24 @@ def test_the_trainers_own_optimizer_settings_are_named_when_they_would_be_ignore
     assert not [w for w in defaults if "CurriculumCallback" in str(w.message)]
 
 
+def test_a_model_sharded_at_load_time_with_tensor_parallelism_is_refused(tmp_path):
+    from transformers.distributed import DistributedConfig
+
+    model = tiny_bert()
+    # what from_pretrained(..., distributed_config=...) records on the model
+    model.config.distributed_config = DistributedConfig(tp_size=2, fsdp_size=1)
+    callback = CurriculumCallback(mf.Curriculum(model, 1e-2), epoch_schedule())
+    arguments = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match=r"DistributedConfig\(tp_size=2\).*fsdp_size"):
+        Trainer(
+            model=model,
+            args=arguments,
+            train_dataset=Tokens(16, 1),
+            optimizers=callback.optimizers(),
+            callbacks=[callback],
+        )
+
+
 def test_deepspeed_is_refused_when_the_trainer_is_built(tmp_path, monkeypatch):
     pytest.importorskip("deepspeed")
     # accelerate records the plugin in the environment: keep it to this test
