@@ -7,6 +7,7 @@ Run: deepspeed --num_gpus 2 examples/deepspeed_loop.py
 
 import argparse
 import os
+import shutil
 import tempfile
 
 import deepspeed
@@ -71,11 +72,16 @@ def main(argv: list[str] | None = None) -> dict:
         plan = run.step()  # warmups and phase changes; a rebuild keeps the optimizer state
         if plan is not None and rank == 0 and not isinstance(plan, mf.Patch):
             print(f"step {step + 1}: phase {run.runner.phase.name} ({type(plan).__name__})")
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = args.checkpoint_dir or scratch
-        tag = run.save_checkpoint(folder)  # DeepSpeed's checkpoint + mentor_fn_curriculum.pt
-        resumed = new_run(args.stage)
-        resumed.load_checkpoint(folder)  # layout, optimizer state, cursor: as saved
+    # Every rank saves into the same folder (by default a scratch one of rank 0's).
+    shared = [args.checkpoint_dir or (tempfile.mkdtemp() if rank == 0 else None)]
+    dist.broadcast_object_list(shared, src=0)
+    folder = shared[0]
+    tag = run.save_checkpoint(folder)  # DeepSpeed's checkpoint + mentor_fn_curriculum.pt
+    resumed = new_run(args.stage)
+    resumed.load_checkpoint(folder)  # layout, optimizer state, cursor: as saved
+    dist.barrier()
+    if args.checkpoint_dir is None and rank == 0:
+        shutil.rmtree(folder)
     if rank == 0:
         print(
             f"saved {tag} at loss {loss.item():.3f}; resumed in phase {resumed.runner.phase.name}"
