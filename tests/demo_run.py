@@ -1,8 +1,8 @@
 """The default demo, run once per test session and shared by the tests that read it.
 
 tests/test_demo.py and tests/test_cli.py both read it; a fixture in each
-calls :func:`default_demo`, which runs the demo the first time only (a few
-seconds, the same run ``python -m mentor_fn demo`` makes).
+calls :func:`default_demo`, which runs the demo the first time only (about
+20 seconds: the same run ``python -m mentor_fn demo`` makes).
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ class DemoRun:
     result: DemoResult
     text: str
     """Its output, with paths as ``python -m mentor_fn demo`` prints them in the
-    folder holding ``mentor_fn_demo/`` (so the README's block can be compared)."""
+    folder holding ``mentor_fn_demo/`` (so docs/demo.md's block can be compared)."""
     threads_before: int
     threads_after: int
+    deterministic_before: bool
+    deterministic_after: bool
 
 
 _RUNS: dict[str, DemoRun] = {}
@@ -37,9 +39,9 @@ def default_demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     if "default" not in _RUNS:
         root = tmp_path_factory.mktemp("demo")
         stream = io.StringIO()
-        before = torch.get_num_threads()
+        before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
         result = run_demo(output=root / DEFAULT_OUTPUT, stream=stream)
-        after = torch.get_num_threads()
+        after = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
         text = stream.getvalue().replace(f"{root}{os.sep}", "")
-        _RUNS["default"] = DemoRun(result, text, before, after)
+        _RUNS["default"] = DemoRun(result, text, before[0], after[0], before[1], after[1])
     return _RUNS["default"]
