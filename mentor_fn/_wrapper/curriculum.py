@@ -9,6 +9,7 @@ swapped in last.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -28,7 +29,7 @@ from .._core.transitions import freeze, set_lr_coefficient, unfreeze
 from .._core.validation import validate_coefficient, validate_positive
 from .._core.weight_decay import NoWeightDecayRule
 from .._core.wrappers import bare_named_modules, unwrap_model, wrappers_around
-from .ddp import check_ddp_wrappers
+from .ddp import adopt_ddp_wrappers
 from .fresh_starts import FreshStarts
 from .garbage_collector import collector_paused
 from .kept_walk import KeptWalk
@@ -49,7 +50,7 @@ from .stale_parameters import check_parameters_among, guard_against_stale_parame
 from .state_dict import curriculum_state_dict, restore, saved_state
 from .structure_watch import structure_generation
 
-__all__ = ["Curriculum", "is_reference_group"]
+__all__ = ["Curriculum", "is_reference_group", "reshard_sharded_modules"]
 
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 Target = CurriculumState | Callable[[CurriculumState], CurriculumState]
@@ -173,10 +174,11 @@ class Curriculum:
         # case, and the check covers nested ones too), else at the first walk.
         self._ddp_checked = False
         if any(isinstance(wrapper, DistributedDataParallel) for wrapper in wrappers_around(model)):
-            check_ddp_wrappers(model)
+            adopt_ddp_wrappers(model)
             self._ddp_checked = True
         self._state: CurriculumState | None = None
         if state is not None:
+            reshard_sharded_modules(model)
             generation = structure_generation()
             walked = walk_model(model)
             self._check_ddp(walked)
@@ -231,6 +233,7 @@ class Curriculum:
         """
         if self._state is not None:
             return self._state, None
+        reshard_sharded_modules(self._model)
         generation = structure_generation()
         walked = walk_model(self._model)
         self._walk.keep(walked, generation)
@@ -267,7 +270,7 @@ class Curriculum:
         if self._ddp_checked:
             return
         if any(isinstance(wrapper, DistributedDataParallel) for wrapper in walked.wrappers):
-            check_ddp_wrappers(self._model)
+            adopt_ddp_wrappers(self._model)
         self._ddp_checked = True
 
     # Building ---------------------------------------------------------------------
@@ -291,6 +294,7 @@ class Curriculum:
         # every group is a copy of the reference group, which holds the
         # optimizer's defaults as add_param_group would add them, without
         # torch re-checking every earlier group for each new one.
+        reshard_sharded_modules(self._model)
         state, walked = self._ensure_state(apply_flags=False)
         if walked is None:
             walked = self._walk.walk(state)
@@ -384,6 +388,7 @@ class Curriculum:
         """
         if self._optimizer is None:
             return
+        reshard_sharded_modules(self._model)
         check_parameters_among(
             self._optimizer, {id(parameter) for parameter in self._model.parameters()}
         )
@@ -452,6 +457,7 @@ class Curriculum:
         """
         walked = self._walk.kept()
         if walked is None:
+            reshard_sharded_modules(self._model)
             optimizer = self._optimizer
             walked = self._walk.walk(
                 state,
@@ -572,6 +578,7 @@ class Curriculum:
         """
         optimizer = self._optimizer
         assert optimizer is not None
+        reshard_sharded_modules(self._model)
         walked = self._walk.walk(new, functools.partial(_check_walked, optimizer))
         halves = self._decay_halves(walked)
         obstacles = in_place_obstacles(optimizer)
@@ -679,6 +686,7 @@ class Curriculum:
                 (the same qualified names, in the same order).
         """
         new = saved_state(state_dict)
+        reshard_sharded_modules(self._model)
         generation = structure_generation()
         walked = walk_model(self._model)
         self._check_ddp(walked)
@@ -717,6 +725,27 @@ class Curriculum:
             f"Curriculum({type(self._model).__name__}, lr={self._recipe.lr:g}, "
             f"optimizer={self._recipe.optimizer_class.__name__}, {built}, state={state})"
         )
+
+
+def reshard_sharded_modules(model: nn.Module) -> None:
+    """Put the sharded parameters back in every FSDP2 module of ``model``, before a walk.
+
+    A module sharded with ``fully_shard`` registers its unsharded parameters
+    from its forward until its backward reshards them; a unit whose parameters
+    are all frozen (a root unit above all) sees no backward and keeps them. A
+    walk would then find those unsharded copies, which FSDP2 replaces at the
+    next forward: an optimizer built on them trains tensors nobody uses, and
+    the optimizer's real parameters look stale. Resharding a sharded module is
+    a no-op. FSDP2 is found in ``sys.modules``: a process that never imported
+    it has nothing sharded, and pays nothing.
+    """
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    sharded = getattr(fsdp, "FSDPModule", None)
+    if sharded is None:
+        return
+    for module in model.modules():
+        if isinstance(module, sharded):
+            module.reshard()
 
 
 def _check_walked(optimizer: torch.optim.Optimizer, walked: ModelLayers) -> None:

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
-    "check_ddp_wrappers",
+    "adopt_ddp_wrappers",
     "follow_trainable_parameters",
     "is_following",
     "reducer_rebuilds",
@@ -213,7 +213,7 @@ def wrap_ddp(module: nn.Module, **ddp_kwargs: Any) -> DistributedDataParallel:
     return wrapped
 
 
-def check_ddp_wrappers(model: nn.Module) -> None:
+def adopt_ddp_wrappers(model: nn.Module) -> None:
     """Make every DistributedDataParallel wrapper in ``model`` follow phase changes.
 
     Called by :class:`~mentor_fn.Curriculum` on the model it is given: a

@@ -11,17 +11,15 @@ metrics), and save and load the run through the optimizer handle.
 from __future__ import annotations
 
 import numbers
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from .. import Curriculum, Plan, Schedule, ScheduleRunner, apply_requires_grad
 from ._handles import LiveOptimizer, LiveScheduler, scheduler_handle
 
-__all__ = ["CurriculumRun", "fsdp2_modules", "plain_metrics"]
+__all__ = ["CurriculumRun", "plain_metrics"]
 
 _FORMAT_NAME, _FORMAT_VERSION = "mentor_fn.integrations.CurriculumRun", 1
 _FIELDS = ("curriculum", "schedule", "extra")
@@ -59,7 +57,6 @@ class CurriculumRun:
         self._scheduler: LiveScheduler | None = None
         self._started = False
         self._attached = False
-        self._sharded: tuple[Any, ...] = ()  # the model's FSDP2 modules (see _reshard)
         self._attach_hint = attach_hint
         self._reports_reference = reports_reference
         self.extra: dict[str, Any] = {}
@@ -117,11 +114,9 @@ class CurriculumRun:
         continues where the run stands and only sets the model's
         ``requires_grad`` flags from the curriculum's state again.
         """
-        self._sharded = fsdp2_modules(self._curriculum.model)
         if self._started:
             apply_requires_grad(self._curriculum.state, self._curriculum.model)
             return
-        self._reshard()
         if self._runner is not None:
             self._runner.start()
         self._curriculum.build()
@@ -131,30 +126,13 @@ class CurriculumRun:
         """After each optimizer step: the executed plan, or None."""
         if self._runner is None:
             return None
-        self._reshard()
         return self._runner.step()
 
     def epoch_end(self, metrics: Mapping[str, Any]) -> Plan | None:
         """After each epoch, with its metrics: the executed plan, or None."""
         if self._runner is None:
             return None
-        self._reshard()
         return self._runner.epoch_end(metrics)
-
-    def _reshard(self) -> None:
-        """Put the sharded parameters back in the model's FSDP2 modules before a phase
-        change may walk it.
-
-        A module sharded with ``fully_shard`` holds its unsharded parameters
-        from its forward until its backward reshards them; one whose parameters
-        are all frozen, and that no sharded parent covers, sees no backward and
-        keeps them. A rebuild walking the model then would hand the optimizer
-        those unsharded copies, which FSDP2 replaces at the next forward: the
-        layer would train tensors nobody uses. Resharding a module that is
-        sharded already is a no-op.
-        """
-        for module in self._sharded:
-            module.reshard()
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data and tensors, loadable with ``torch.load(weights_only=True)``."""
@@ -196,23 +174,11 @@ class CurriculumRun:
                 if self._runner is None
                 else "the checkpoint was saved without a schedule and this run has one"
             )
-        self._sharded = fsdp2_modules(self._curriculum.model)
-        self._reshard()
         self._curriculum.load_state_dict(state_dict["curriculum"])
         if self._runner is not None:
             self._runner.load_state_dict(saved_schedule)
         self.extra = dict(extra)
         self._started = True
-
-
-def fsdp2_modules(model: nn.Module) -> tuple[Any, ...]:
-    """The modules of ``model`` sharded with FSDP2's ``fully_shard`` (none if FSDP was
-    never imported: then nothing can be sharded)."""
-    fsdp = sys.modules.get("torch.distributed.fsdp")
-    fsdp_module = getattr(fsdp, "FSDPModule", None)
-    if fsdp_module is None:
-        return ()
-    return tuple(module for module in model.modules() if isinstance(module, fsdp_module))
 
 
 def plain_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
