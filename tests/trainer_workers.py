@@ -1,5 +1,6 @@
 """transformers Trainer runs for tests/test_trainer_distributed.py, on one process or on each
-rank of tests/distributed_harness.py's 2-process world (importable by the workers).
+rank of tests/distributed_harness.py's 2-process world (importable by the workers): DDP,
+FSDP2, and the CurriculumTrainer under DeepSpeed ZeRO 2 and 3.
 
 A tiny BERT built from a config (no dropout, so the ranks and the single
 process draw no random numbers), trained without shuffling
@@ -11,6 +12,7 @@ batches of 16, which is the reference the ranks must equal.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from pathlib import Path
@@ -36,8 +38,12 @@ from transformers import (  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 import mentor_fn as mf  # noqa: E402
-from mentor_fn.integrations.transformers import CurriculumCallback  # noqa: E402
+from mentor_fn.integrations.transformers import (  # noqa: E402
+    CurriculumCallback,
+    CurriculumTrainer,
+)
 
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 PER_DEVICE = 8
 SAMPLES = 48  # 3 optimizer steps per epoch
 EPOCHS = 4
@@ -120,13 +126,14 @@ def schedule() -> mf.Schedule:
 
 class Probe(TrainerCallback):
     """After each optimizer step (after the curriculum's callback): the phase, the group
-    lrs, a copy of the embeddings (which never train) and, per step, every parameter."""
+    lrs, every parameter, and under DeepSpeed whether the engine's ZeRO groups follow."""
 
     def __init__(self, callback: CurriculumCallback) -> None:
         self.callback = callback
         self.phases: list[str] = []
         self.lrs: list[list[float]] = []
         self.parameters: list[dict[str, torch.Tensor]] = []
+        self.zero_groups_follow: list[bool] = []
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         runner, curriculum = self.callback.runner, self.callback.curriculum
@@ -135,11 +142,43 @@ class Probe(TrainerCallback):
         self.phases.append(runner.phase.name)
         self.lrs.append([group["lr"] for group in curriculum.optimizer.param_groups])
         self.parameters.append(full_parameters(curriculum.model))
+        # accelerate's wrapper holds, under DeepSpeed, the handle on the engine's ZeRO optimizer
+        handle = getattr(kwargs.get("optimizer"), "optimizer", None)
+        if type(handle).__name__ == "EngineOptimizer":
+            self.zero_groups_follow.append(zero_groups_follow(curriculum, handle.live))
+
+
+def zero_groups_follow(curriculum: mf.Curriculum, zero: Any) -> bool:
+    """Whether each ZeRO group holds trainable parameters of one curriculum group, at that
+    group's lr, and every trainable parameter is in one (frozen ones in none)."""
+    assert curriculum.optimizer is not None
+    stage3 = hasattr(zero, "fp32_partitioned_groups_flat")
+    groups = zero.fp16_groups if stage3 else zero.bit16_groups
+    source_of = {
+        id(p): group for group in curriculum.optimizer.param_groups for p in group["params"]
+    }
+    placed = []
+    for parameters, live in zip(groups, zero.param_groups, strict=True):
+        sources = {id(source_of[id(p)]) for p in parameters}
+        if len(sources) != 1 or not all(p.requires_grad for p in parameters):
+            return False
+        if live["lr"] != source_of[id(parameters[0])]["lr"]:
+            return False
+        placed += [id(p) for p in parameters]
+    trainable = [id(p) for p in curriculum.model.parameters() if p.requires_grad]
+    return sorted(placed) == sorted(trainable)
 
 
 def full_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter whole: FSDP2 shards gathered, ZeRO-3 partitions too (collective then)."""
+    model = mf.unwrap_model(model)
+    if any(hasattr(parameter, "ds_id") for parameter in model.parameters()):  # ZeRO-3
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            return {name: p.detach().cpu().clone() for name, p in model.named_parameters()}
     result = {}
-    for name, parameter in mf.unwrap_model(model).named_parameters():
+    for name, parameter in model.named_parameters():
         value = parameter.detach()
         if hasattr(value, "full_tensor"):  # an FSDP2 DTensor shard
             value = value.full_tensor()
@@ -153,11 +192,13 @@ def train(
     *,
     weights: str,
     fsdp: bool = False,
+    deepspeed: dict[str, Any] | None = None,
     resume: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """One Trainer run on one process (rank None) or as rank ``rank``: the parameters
-    after each step, the phases, the lrs, and what the Trainer logged."""
+    after each step, the phases, the lrs, and what the Trainer logged. With a
+    ``deepspeed`` config, a CurriculumTrainer under DeepSpeed."""
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     if fsdp:
@@ -194,6 +235,7 @@ def train(
         "report_to": "none",
         "disable_tqdm": True,
         "use_cpu": not on_cuda(),
+        "deepspeed": deepspeed,
         "seed": 0,
         # transformers 5 multiplies the loss by the world size for models whose
         # forward takes **kwargs, to undo DDP's averaging of a loss summed over
@@ -203,19 +245,28 @@ def train(
         "average_tokens_across_devices": False,
         **options,
     }
-    trainer = Trainer(
-        model=model,
-        args=TrainingArguments(**settings),
-        train_dataset=Tokens(SAMPLES, 1),
-        optimizers=callback.optimizers(),
-        callbacks=[callback, probe],
-    )
+    if deepspeed is None:
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**settings),
+            train_dataset=Tokens(SAMPLES, 1),
+            optimizers=callback.optimizers(),
+            callbacks=[callback, probe],
+        )
+    else:
+        trainer = CurriculumTrainer(
+            model=model,
+            args=TrainingArguments(**settings),
+            train_dataset=Tokens(SAMPLES, 1),
+            callbacks=[callback, probe],
+        )
     trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=resume)
     wrapper = trainer.model_wrapped
     return {
         "phases": probe.phases,
         "lrs": probe.lrs,
+        "zero_groups_follow": probe.zero_groups_follow,
         "parameters": probe.parameters,
         "logged": [
             {key: value for key, value in entry.items() if key.startswith("learning_rate")}
@@ -225,6 +276,7 @@ def train(
         "wrapper": type(wrapper).__name__,
         "find_unused_parameters": getattr(wrapper, "find_unused_parameters", None),
         "reducer_rebuilds": _reducer_rebuilds(wrapper),
+        "processes": trainer.accelerator.num_processes,
     }
 
 
@@ -249,10 +301,10 @@ def _join_world(rank: int) -> None:
     )
 
 
-def ddp_and_fsdp_runs(rank: int, folder: str, weights: str) -> dict[str, Any]:
+def trainer_runs(rank: int, folder: str, weights: str) -> dict[str, Any]:
     """Every Trainer scenario in one world: DDP without unused-parameter detection,
     uninterrupted and saving checkpoints, then resumed from two of them; FSDP2 (the
-    model sharded at load time)."""
+    model sharded at load time); DeepSpeed ZeRO 2 and 3 (see deepspeed_runs)."""
     _join_world(rank)
     whole = train(
         rank,
@@ -273,4 +325,51 @@ def ddp_and_fsdp_runs(rank: int, folder: str, weights: str) -> dict[str, Any]:
         for step in (6, 9)
     }
     fsdp = train(rank, str(Path(folder) / "fsdp"), weights=weights, fsdp=True)
-    return {"whole": whole, "resumed": resumed, "fsdp": fsdp}
+    return {
+        "whole": whole,
+        "resumed": resumed,
+        "fsdp": fsdp,
+        **(deepspeed_runs(rank, folder, weights) if HAS_DEEPSPEED else {}),
+    }
+
+
+def deepspeed_config(stage: int) -> dict[str, Any]:
+    """ZeRO ``stage``, the rest from the Trainer's arguments ("auto", as the transformers
+    docs write them); every parameter partitioned under ZeRO-3, however small."""
+    return {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},
+    }
+
+
+# Where each stage's run is resumed from: mid-"top" (ZeRO-2), mid-"all" (ZeRO-3).
+DEEPSPEED_RESUMES = {2: 6, 3: 9}
+
+
+def deepspeed_runs(rank: int, folder: str, weights: str) -> dict[str, Any]:
+    """The CurriculumTrainer under DeepSpeed ZeRO 2 and 3: each uninterrupted, saving
+    checkpoints, then resumed from one of them."""
+    if not on_cuda():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    results: dict[str, Any] = {}
+    for stage, step in DEEPSPEED_RESUMES.items():
+        run = str(Path(folder) / f"zero{stage}")
+        whole = train(
+            rank,
+            run,
+            weights=weights,
+            deepspeed=deepspeed_config(stage),
+            save_strategy="steps",
+            save_steps=3,
+        )
+        resumed = train(
+            rank,
+            str(Path(folder) / f"zero{stage}_resumed"),
+            weights=weights,
+            deepspeed=deepspeed_config(stage),
+            resume=str(Path(run) / f"checkpoint-{step}"),
+        )
+        results[f"zero{stage}"] = {"whole": whole, "resumed": {step: resumed}}
+    return results

@@ -58,15 +58,17 @@ class EngineFollower:
         """Whether the engine follows the curriculum as it is now (compared by identity)."""
         return all(a is b for a, b in zip(self._current(), self._followed, strict=True))
 
-    def client_groups(self) -> list[dict[str, Any]]:
-        """The ZeRO groups the curriculum derives now, as group dicts; they become the layout.
+    def client_groups(self, layout: tuple[ZeroGroup, ...] | None = None) -> list[dict[str, Any]]:
+        """The ZeRO groups as group dicts: ``layout``, or the one the curriculum derives now.
+        They become the followed layout.
 
         Raises:
             ValueError: no parameter is trainable (ZeRO needs at least one).
         """
         optimizer = self._curriculum.optimizer
         assert optimizer is not None
-        layout = zero_layout(optimizer.param_groups, None)
+        if layout is None:
+            layout = zero_layout(optimizer.param_groups, None)
         if not layout:
             raise ValueError(
                 "no parameter is trainable in the curriculum's state: a ZeRO optimizer needs at "

@@ -157,15 +157,29 @@ class CurriculumRun:
                 "not the state dict of a mentor_fn curriculum run (a checkpoint saved without the "
                 f"curriculum callback?): got {keys!r}"
             )
-        if state_dict.get("version") != _FORMAT_VERSION or any(
-            field not in state_dict for field in _FIELDS
-        ):
+        if state_dict.get("version") != _FORMAT_VERSION:
             raise ValueError(
                 f"malformed curriculum run state dict (version {state_dict.get('version')!r}, "
                 f"fields {sorted(state_dict)}); this reads version {_FORMAT_VERSION} with the "
                 f"fields {_FIELDS}"
             )
-        saved_schedule, extra = state_dict["schedule"], state_dict["extra"]
+        self.load_fields(state_dict)
+
+    def load_fields(self, fields: Mapping[str, Any]) -> None:
+        """Restore the fields of a :meth:`state_dict` (``curriculum``, ``schedule``,
+        ``extra``), kept by the caller in a file of its own (a DeepSpeed run file).
+
+        Raises:
+            ValueError: a field missing or malformed, a schedule saved without
+                one here (or the reverse), or contents that do not fit.
+        """
+        missing = [field for field in _FIELDS if field not in fields]
+        if missing:
+            raise ValueError(
+                f"malformed curriculum run state: the fields {missing} are missing; this reads "
+                f"the fields {_FIELDS}"
+            )
+        saved_schedule, extra = fields["schedule"], fields["extra"]
         if not isinstance(extra, Mapping):
             raise ValueError(f"malformed curriculum run state dict: 'extra' is {extra!r}")
         if (saved_schedule is None) != (self._runner is None):
@@ -174,7 +188,7 @@ class CurriculumRun:
                 if self._runner is None
                 else "the checkpoint was saved without a schedule and this run has one"
             )
-        self._curriculum.load_state_dict(state_dict["curriculum"])
+        self._curriculum.load_state_dict(fields["curriculum"])
         if self._runner is not None:
             self._runner.load_state_dict(saved_schedule)
         self.extra = dict(extra)

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["ignored_optimizer_settings", "unsupported_configuration"]
+__all__ = ["deepspeed_settings", "ignored_optimizer_settings", "unsupported_configuration"]
 
 # The Trainer's settings for the optimizer and scheduler it would build itself.
 # The curriculum's optimizer class, arguments and scheduler factory replace them.
@@ -51,19 +51,40 @@ def ignored_optimizer_settings(args: Any) -> dict[str, Any]:
     return differing
 
 
+def deepspeed_settings(args: Any) -> dict[str, Any] | None:
+    """The DeepSpeed config a ``TrainingArguments`` turns on (None: no DeepSpeed).
+
+    ``TrainingArguments(deepspeed=...)`` (a dict or a JSON file, which the
+    arguments have read), or ``accelerate launch --use_deepspeed`` (the plugin
+    accelerate makes from its own configuration).
+    """
+    processed = getattr(args, "hf_deepspeed_config", None)
+    if processed is not None:
+        return dict(processed.config)
+    plugin = getattr(args, "deepspeed_plugin", None)
+    if plugin is not None:
+        return dict(getattr(plugin, "deepspeed_config", None) or {})
+    if getattr(args, "deepspeed", None):
+        return {}
+    return None
+
+
 def unsupported_configuration(args: Any, model: nn.Module | None) -> str:
     """Why the callback cannot drive a run with ``args`` on ``model`` ("" when it can).
 
-    Refused: DeepSpeed (a ZeRO engine owns the optimizer and its partitions),
-    and models sharded at load time with other parallelisms than FSDP2
-    (tensor, pipeline, expert parallel), whose parameters the curriculum's
-    groups were not tested on.
+    Refused: accelerate's FSDP (``TrainingArguments(fsdp=...)``), and models
+    sharded at load time with other parallelisms than FSDP2 (tensor,
+    pipeline, expert parallel), whose parameters the curriculum's groups were
+    not tested on. DeepSpeed is the adapter's to judge (it needs
+    ``CurriculumTrainer``).
     """
-    if getattr(args, "deepspeed", None) or getattr(args, "deepspeed_plugin", None) is not None:
+    if getattr(args, "fsdp", None):
         return (
-            "DeepSpeed (TrainingArguments(deepspeed=...)) is not supported by this callback yet: "
-            "run the curriculum under DDP (torchrun) or FSDP2 (from_pretrained(..., "
-            "distributed_config=DistributedConfig(fsdp_size=...)))"
+            f"accelerate's FSDP (TrainingArguments(fsdp={args.fsdp!r})) is not supported: it "
+            "shards the model when training starts and moves the optimizer onto new parameters "
+            "(FSDP1 also fixes requires_grad in flat parameters). Load the model sharded with "
+            "FSDP2 instead: from_pretrained(..., distributed_config=DistributedConfig("
+            "fsdp_size=...))"
         )
     config = getattr(getattr(model, "config", None), "distributed_config", None)
     if config is not None:
@@ -76,6 +97,6 @@ def unsupported_configuration(args: Any, model: nn.Module | None) -> str:
             settings = ", ".join(f"{name}={value}" for name, value in others.items())
             return (
                 f"a model loaded with DistributedConfig({settings}) is not supported: the callback "
-                "runs under DDP and FSDP2 (DistributedConfig(fsdp_size=...)) only"
+                "runs under DDP, FSDP2 (DistributedConfig(fsdp_size=...)) and DeepSpeed ZeRO only"
             )
     return ""

@@ -33,7 +33,9 @@ What happens underneath:
   own checkpoint (``engine.save_checkpoint``) and, beside it in the tag's
   folder, ``mentor_fn_curriculum.pt``: the curriculum, the schedule's cursor
   and the ZeRO group layout, plain data that loads with
-  ``torch.load(weights_only=True)``.
+  ``torch.load(weights_only=True)``. An attached engine writes that file
+  whenever it saves a checkpoint, whoever calls ``engine.save_checkpoint``
+  (a framework, say).
 * Configurations that cannot work are refused before training:
   :func:`check_config`.
 
@@ -41,6 +43,9 @@ A framework that calls ``deepspeed.initialize`` itself does it in three
 steps: ``run = DeepSpeedCurriculum(curriculum, schedule=...)``, then
 ``deepspeed.initialize(model=..., optimizer=run.client_optimizer(),
 lr_scheduler=run.lr_scheduler, config=...)``, then ``run.attach(engine)``.
+One that also loads DeepSpeed's checkpoints itself restores the curriculum,
+then the ZeRO layout (:meth:`DeepSpeedCurriculum.use_zero_groups`) before the
+engine loads, and calls :meth:`DeepSpeedCurriculum.checkpoint_loaded` after.
 """
 
 from __future__ import annotations
@@ -76,12 +81,13 @@ from ._deepspeed_checkpoint import (  # noqa: E402
     CHECKPOINT_FILE,
     read_run_file,
     saved_layout,
-    write_run_file,
 )
 from ._deepspeed_config import check_config, read_config  # noqa: E402
 from ._deepspeed_follow import EngineFollower, build_client_optimizer  # noqa: E402
+from ._deepspeed_saving import install_run_file_writer  # noqa: E402
 from ._deepspeed_scheduler import EngineScheduler  # noqa: E402
 from ._deepspeed_zero import (  # noqa: E402
+    ZeroGroup,
     check_engine_internals,
     link_state,
     optimizer_bytes,
@@ -114,13 +120,24 @@ class DeepSpeedCurriculum:
     Args:
         curriculum: the curriculum of the bare model the engine trains.
         schedule: phases to run; None leaves every change to you.
+        steps_scheduler: whether the run steps the curriculum's scheduler (the
+            engine, through :attr:`lr_scheduler`, or :meth:`step`). False: the
+            caller steps it (a framework stepping a scheduler handle of its
+            own) and calls :meth:`sync` before the engine's next step; a
+            ``ReduceLROnPlateau`` is then allowed.
 
     Example:
         >>> run = initialize(mf.Curriculum(model, 1e-3), config=config)  # doctest: +SKIP
         >>> run.engine.backward(loss); run.engine.step(); run.step()      # doctest: +SKIP
     """
 
-    def __init__(self, curriculum: Curriculum, *, schedule: Schedule | None = None) -> None:
+    def __init__(
+        self,
+        curriculum: Curriculum,
+        *,
+        schedule: Schedule | None = None,
+        steps_scheduler: bool = True,
+    ) -> None:
         if not isinstance(curriculum, Curriculum):
             raise TypeError(f"curriculum must be a mentor_fn.Curriculum, got {curriculum!r}")
         if schedule is not None and not isinstance(schedule, Schedule):
@@ -128,10 +145,15 @@ class DeepSpeedCurriculum:
         self._curriculum = curriculum
         self._runner = None if schedule is None else ScheduleRunner(curriculum, schedule)
         self._follower = EngineFollower(curriculum)
+        self._steps_scheduler = steps_scheduler
         self._started = False
         self._client: torch.optim.Optimizer | None = None
         self._steps_seen = 0  # engine.global_steps at the last step()
         self._guard: Any = None
+        # A saved ZeRO layout for client_optimizer() to build (see use_zero_groups).
+        self._pending_layout: tuple[ZeroGroup, ...] | None = None
+        # The client_state keys save_checkpoint is saving (written in the run file).
+        self._saving_keys: list[str] = []
         self.lr_scheduler = EngineScheduler(self._step_scheduler, self._lrs)
         """What to give ``deepspeed.initialize`` as ``lr_scheduler``: the engine then steps
         the curriculum's scheduler exactly when it steps the optimizer."""
@@ -181,7 +203,7 @@ class DeepSpeedCurriculum:
             self._runner.start()
         if self._curriculum.optimizer is None:
             self._curriculum.build()
-        if isinstance(self._curriculum.scheduler, ReduceLROnPlateau):
+        if self._steps_scheduler and isinstance(self._curriculum.scheduler, ReduceLROnPlateau):
             raise ValueError(
                 "the curriculum's scheduler is a ReduceLROnPlateau, which needs a metric at each "
                 "step and DeepSpeed's engine.step() passes none: use a step-wise scheduler, or a "
@@ -198,7 +220,10 @@ class DeepSpeedCurriculum:
             ValueError: no parameter is trainable (ZeRO needs at least one).
         """
         self.start()
-        self._client = build_client_optimizer(self._curriculum, self._follower.client_groups())
+        layout, self._pending_layout = self._pending_layout, None
+        self._client = build_client_optimizer(
+            self._curriculum, self._follower.client_groups(layout)
+        )
         return self._client
 
     def attach(self, engine: DeepSpeedEngine) -> None:
@@ -260,6 +285,7 @@ class DeepSpeedCurriculum:
             optimizer = self._curriculum.optimizer
             assert optimizer is not None
             follower.reinitialize(zero_layout(optimizer.param_groups, None), carry=False)
+        install_run_file_writer(engine, self._run_file_contents)
         if self._guard is None:
             self._guard = self._curriculum.model.register_forward_pre_hook(self._check_in_step)
 
@@ -270,7 +296,8 @@ class DeepSpeedCurriculum:
 
         Does nothing between gradient accumulation boundaries, or when the
         engine skipped the step (fp16 overflow; it skips the scheduler too).
-        Steps the curriculum's scheduler itself when the engine has none.
+        Steps the curriculum's scheduler itself when the engine has none
+        (and ``steps_scheduler`` was not turned off).
 
         Raises:
             RuntimeError: no engine attached, or the engine took more than one
@@ -288,7 +315,7 @@ class DeepSpeedCurriculum:
         self._steps_seen = steps
         if not engine.was_step_applied():
             return None
-        if engine.lr_scheduler is not self.lr_scheduler:
+        if self._steps_scheduler and engine.lr_scheduler is not self.lr_scheduler:
             self._step_scheduler()
         plan = None if self._runner is None else self._runner.step()
         return self._follower.follow(plan)
@@ -394,14 +421,14 @@ class DeepSpeedCurriculum:
         engine = self.engine
         tag = f"global_step{engine.global_steps}" if tag is None else str(tag)
         client_state = dict(client_state or {})
-        contents = {**self.state_dict(), "client_state_keys": sorted(client_state)}
-        if getattr(engine, "save_non_zero_checkpoint", True):
-            write_run_file(save_dir, tag, contents)
-        if dist.is_initialized():
-            dist.barrier()
-        engine.save_checkpoint(
-            str(save_dir), tag, client_state=client_state, save_latest=save_latest
-        )
+        # The engine's checkpoint engine writes the run file (see attach).
+        self._saving_keys = sorted(client_state)
+        try:
+            engine.save_checkpoint(
+                str(save_dir), tag, client_state=client_state, save_latest=save_latest
+            )
+        finally:
+            self._saving_keys = []
         return tag
 
     def load_checkpoint(
@@ -435,14 +462,7 @@ class DeepSpeedCurriculum:
             self._curriculum.load_state_dict(saved["curriculum"])
             if self._runner is not None:
                 self._runner.load_state_dict(saved["schedule"])
-            optimizer = self._curriculum.optimizer
-            assert optimizer is not None
-            layout = saved_layout(
-                saved.get("zero_groups"),
-                self._curriculum.model,
-                optimizer.param_groups,
-                zero_layout(optimizer.param_groups, None),
-            )
+            layout = self._saved_layout(saved.get("zero_groups"))
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{where} does not fit this run: {error}") from None
         self._started = True
@@ -452,14 +472,58 @@ class DeepSpeedCurriculum:
         )
         if load_path is None:
             raise CheckpointError(f"DeepSpeed found no checkpoint {tag!r} in {str(load_dir)!r}")
-        link_state(engine.optimizer)
-        self._steps_seen = engine.global_steps
-        self._follower.sync()
+        self.checkpoint_loaded()
         # DeepSpeed returns the rest of its file too (its config, shapes...): keep what was given.
         given = saved.get("client_state_keys", ())
         return {key: value for key, value in (client_state or {}).items() if key in given}
 
+    def use_zero_groups(self, saved: object) -> None:
+        """Put the ZeRO optimizer in a saved layout (``state_dict()["zero_groups"]``).
+
+        For a framework that restores the curriculum itself (its state dict)
+        before the engine loads DeepSpeed's checkpoint: the ZeRO optimizer
+        must then have the saved groups, or DeepSpeed cannot load their state.
+        Before :meth:`attach`, :meth:`client_optimizer` builds this layout;
+        after, the engine's ZeRO optimizer is rebuilt in it, without carrying
+        state (the checkpoint's replaces it).
+
+        Raises:
+            ValueError: not a saved layout, or one that does not place the
+                curriculum's trainable parameters as it groups them now.
+        """
+        self.start()
+        layout = self._saved_layout(saved)
+        if self._follower.engine is None:
+            self._pending_layout = layout
+        else:
+            self._follower.reinitialize(layout, carry=False)
+
+    def checkpoint_loaded(self) -> None:
+        """Call after the attached engine loaded a checkpoint (``engine.load_checkpoint``).
+
+        The run takes the engine's step count and the ZeRO optimizer's
+        loaded state as its own (:meth:`load_checkpoint` does this itself).
+        """
+        engine = self.engine
+        link_state(engine.optimizer)
+        self._steps_seen = engine.global_steps
+        self._follower.sync()
+
+    def _saved_layout(self, saved: object) -> tuple[ZeroGroup, ...]:
+        optimizer = self._curriculum.optimizer
+        assert optimizer is not None
+        return saved_layout(
+            saved,
+            self._curriculum.model,
+            optimizer.param_groups,
+            zero_layout(optimizer.param_groups, None),
+        )
+
     # The engine's side ------------------------------------------------------------------------------
+
+    def _run_file_contents(self) -> dict[str, Any]:
+        """What the engine writes as the run file beside each checkpoint it saves."""
+        return {**self.state_dict(), "client_state_keys": list(self._saving_keys)}
 
     def _step_scheduler(self, *args: Any, **kwargs: Any) -> None:
         """Step the curriculum's scheduler (after an optimizer step the engine applied)."""

@@ -62,19 +62,31 @@ cannot be given the curriculum's optimizer (the Trainer refuses
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from .. import Curriculum, Schedule, ScheduleRunner, unwrap_model
+from ._deepspeed_config import check_config
 from ._distributed import rank_zero_metrics, world_size
 from ._handles import LiveOptimizer, LiveScheduler
 from ._lr_logs import layer_lrs, reference_lr
 from ._requirements import require
 from ._run import CurriculumRun, plain_metrics
-from ._trainer_arguments import ignored_optimizer_settings, unsupported_configuration
+from ._trainer_arguments import (
+    deepspeed_settings,
+    ignored_optimizer_settings,
+    unsupported_configuration,
+)
 from ._wrapper_finder import WrapperFinder
+
+if TYPE_CHECKING:
+    from ._deepspeed_bridge import EngineBridge
 
 require(
     "transformers",
@@ -91,13 +103,15 @@ require(
 
 from transformers import (  # noqa: E402
     IntervalStrategy,
+    Trainer,
     TrainerCallback,
     TrainerControl,
     TrainerState,
     TrainingArguments,
 )
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
-__all__ = ["CurriculumCallback"]
+__all__ = ["CurriculumCallback", "CurriculumTrainer"]
 
 # When the epoch end waits for the epoch's evaluation or log (see on_epoch_end).
 _AFTER_EVALUATION, _AFTER_LOG = "evaluate", "log"
@@ -139,6 +153,10 @@ class CurriculumCallback(TrainerCallback):
         self._finder = WrapperFinder(curriculum.model)
         # The lrs of the step the Trainer is about to log (see on_optimizer_step).
         self._step_lrs: dict[str, float] = {}
+        # The CurriculumTrainer that takes its optimizer from this callback, if
+        # one does; under DeepSpeed, the bridge to the engine it builds.
+        self._trainer: CurriculumTrainer | None = None
+        self._bridge: EngineBridge | None = None
 
     @property
     def curriculum(self) -> Curriculum:
@@ -162,7 +180,9 @@ class CurriculumCallback(TrainerCallback):
     def on_init_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        problem = unsupported_configuration(args, kwargs.get("model"))
+        problem = unsupported_configuration(args, kwargs.get("model")) or self._deepspeed_problem(
+            args
+        )
         if problem:
             raise ValueError(f"CurriculumCallback: {problem}")
         ignored = ignored_optimizer_settings(args)
@@ -182,13 +202,14 @@ class CurriculumCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         optimizer = kwargs.get("optimizer")
-        # accelerate wraps the handle: AcceleratedOptimizer.optimizer.
-        if optimizer is not self._run.optimizer and (
-            getattr(optimizer, "optimizer", None) is not self._run.optimizer
-        ):
+        # accelerate wraps the handle (AcceleratedOptimizer.optimizer); under
+        # DeepSpeed it wraps the handle on the engine's ZeRO optimizer.
+        ours = self._run.optimizer if self._bridge is None else self._bridge.handle
+        if optimizer is not ours and getattr(optimizer, "optimizer", None) is not ours:
             raise RuntimeError(
                 "CurriculumCallback: the Trainer does not train the curriculum's optimizer; "
-                "construct it with Trainer(..., optimizers=callback.optimizers())"
+                "construct it with Trainer(..., optimizers=callback.optimizers()), or use "
+                "CurriculumTrainer"
             )
         model = kwargs.get("model")
         if model is not None and unwrap_model(self.curriculum.model) is not unwrap_model(model):
@@ -198,6 +219,9 @@ class CurriculumCallback(TrainerCallback):
                 f"{type(model).__name__})"
             )
         self._run.attach()
+        if self._bridge is not None:
+            # The engine may have loaded a checkpoint (its step count, the ZeRO state).
+            self._bridge.checkpoint_loaded()
         if world_size() > 1:
             # accelerate has wrapped the model in DDP (if it did) by now, out of sight.
             self._finder.start()
@@ -215,10 +239,18 @@ class CurriculumCallback(TrainerCallback):
             **layer_lrs(self.curriculum, prefix=_LR_KEY),
         }
 
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # Under DeepSpeed: the scheduler step the Trainer took, and any change
+        # made since from another callback, reach the engine before it steps.
+        self._follow()
+
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self._run.step()
+        self._follow()
 
     def on_epoch_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -277,6 +309,79 @@ class CurriculumCallback(TrainerCallback):
         self._finder.stop()
         self._run.detach()
 
+    # The engine under DeepSpeed, and CurriculumTrainer's side ----------------------------------
+
+    def _follow(self) -> None:
+        """Make the DeepSpeed engine follow the curriculum (a no-op without one)."""
+        if self._bridge is not None and self._bridge.handle is not None:
+            self._bridge.sync()
+
+    def _deepspeed_problem(self, args: TrainingArguments) -> str:
+        """Why the run cannot go on under the DeepSpeed config ``args`` turns on ("" if it can)."""
+        trainer = self._trainer
+        if trainer is not None:
+            plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+            settings = None if plugin is None else dict(plugin.deepspeed_config)
+        else:
+            settings = deepspeed_settings(args)
+            if settings is None and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in (
+                "true",
+                "1",
+            ):
+                settings = {}
+        if settings is None:
+            return ""
+        if trainer is None:
+            return (
+                "under DeepSpeed the transformers Trainer builds an optimizer of its own from "
+                "TrainingArguments, whatever Trainer(optimizers=...) it was given (transformers "
+                "issue #38753): train with mentor_fn.integrations.transformers.CurriculumTrainer("
+                "..., callbacks=[callback]) instead of Trainer, which takes the curriculum's "
+                "optimizer and scheduler from this callback"
+            )
+        try:
+            check_config(settings)
+        except ValueError as error:
+            return str(error)
+        return ""
+
+    def _bind(self, trainer: CurriculumTrainer) -> None:
+        if self._trainer is not None and self._trainer is not trainer:
+            raise ValueError(
+                "this CurriculumCallback belongs to another CurriculumTrainer already: make one "
+                "callback (and curriculum) per trainer"
+            )
+        self._trainer = trainer
+
+    def _trainer_optimizer(self, trainer: CurriculumTrainer) -> torch.optim.Optimizer:
+        """What ``trainer.create_optimizer()`` returns: the optimizer handle, or under
+        DeepSpeed the optimizer the engine is built with (in a resumed checkpoint's layout)."""
+        self._run.start()
+        if not trainer.is_deepspeed_enabled:
+            self._bridge = None
+            return self._run.optimizer
+        from ._deepspeed_bridge import EngineBridge
+
+        bridge = EngineBridge(self._run)
+        resuming = trainer.resuming_from
+        if resuming is not None:
+            bridge.restore(resuming)
+        self._bridge = bridge
+        return bridge.client_optimizer()
+
+    def _trainer_scheduler(self, trainer: CurriculumTrainer) -> LiveScheduler:
+        """What ``trainer.create_scheduler()`` returns: the scheduler handle. Under
+        DeepSpeed the engine exists by now (accelerate built it): the run takes it over,
+        before the Trainer loads a checkpoint into it or steps it."""
+        bridge = self._bridge
+        if bridge is not None:
+            engine = trainer.accelerator.deepspeed_engine_wrapped.engine
+            handle = bridge.attach_engine(engine)
+            # accelerate's wrapper keeps the optimizer deepspeed.initialize returned,
+            # which the first change of the trainable set replaces.
+            trainer.optimizer.optimizer = handle  # type: ignore[union-attr]
+        return self._run.scheduler
+
     # Epoch ends ------------------------------------------------------------------------------
 
     def _epoch_exhausted(self, state: TrainerState, control: TrainerControl) -> bool:
@@ -306,6 +411,7 @@ class CurriculumCallback(TrainerCallback):
         metrics = latest_metrics(state.log_history) if metrics is None else dict(metrics)
         # Rank 0's metrics decide for every rank, so all change phase together.
         self._run.epoch_end(rank_zero_metrics(metrics))
+        self._follow()
         self._run.extra[_EPOCHS_ENDED] = self._run.extra.get(_EPOCHS_ENDED, 0) + 1
         self._run.extra[_EPOCH_END_STEP] = state.global_step
 
@@ -351,3 +457,100 @@ def latest_metrics(log_history: Sequence[Mapping[str, Any]]) -> dict[str, float]
     for entry in log_history:
         merged.update(entry)
     return plain_metrics(merged)
+
+
+class CurriculumTrainer(Trainer):
+    """The transformers ``Trainer``, with the optimizer and scheduler of its CurriculumCallback.
+
+    Needed under DeepSpeed (``TrainingArguments(deepspeed=...)``, ``accelerate
+    launch --use_deepspeed``), where the Trainer builds an optimizer of its
+    own whatever ``optimizers=`` it is given: this Trainer's
+    ``create_optimizer`` and ``create_scheduler``, the extension points
+    transformers documents for a custom optimizer, take the curriculum's.
+    Under DeepSpeed, DeepSpeed's engine is built from the curriculum's
+    trainable groups and driven through
+    :class:`mentor_fn.integrations.deepspeed.DeepSpeedCurriculum`; its
+    checkpoints hold the run beside DeepSpeed's own files, and
+    ``train(resume_from_checkpoint=...)`` resumes it. It works under every
+    engine the callback supports (one process, DDP, FSDP2) too.
+
+    Takes the Trainer's arguments; ``callbacks`` must hold exactly one
+    :class:`CurriculumCallback`, and ``optimizers`` / ``optimizer_cls_and_kwargs``
+    must be left out.
+
+    Example:
+        >>> callback = CurriculumCallback(mf.Curriculum(model, 5e-5), schedule)  # doctest: +SKIP
+        >>> trainer = CurriculumTrainer(model=model, args=TrainingArguments(  # doctest: +SKIP
+        ...     output_dir="out", deepspeed="ds_zero2.json"), train_dataset=data,
+        ...     callbacks=[callback])
+        >>> trainer.train()  # doctest: +SKIP
+
+    Raises:
+        ValueError: no CurriculumCallback or several, or ``optimizers`` /
+            ``optimizer_cls_and_kwargs`` given.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = inspect.signature(Trainer.__init__).bind(self, *args, **kwargs).arguments
+        callbacks = [c for c in bound.get("callbacks") or () if isinstance(c, CurriculumCallback)]
+        if len(callbacks) != 1:
+            raise ValueError(
+                "CurriculumTrainer needs exactly one CurriculumCallback in callbacks=[...], "
+                f"found {len(callbacks)}"
+            )
+        optimizers = bound.get("optimizers") or (None, None)
+        if any(part is not None for part in optimizers) or bound.get("optimizer_cls_and_kwargs"):
+            raise ValueError(
+                "CurriculumTrainer takes the optimizer and scheduler from its CurriculumCallback: "
+                "leave optimizers= and optimizer_cls_and_kwargs= out"
+            )
+        self.curriculum_callback: CurriculumCallback = callbacks[0]
+        """The callback whose curriculum this Trainer trains."""
+        self._resuming_from: str | None = None
+        self.curriculum_callback._bind(self)
+        super().__init__(*args, **kwargs)
+
+    @property
+    def resuming_from(self) -> str | None:
+        """The checkpoint folder the running ``train()`` resumes from (None: a fresh start)."""
+        return self._resuming_from
+
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``Trainer.train``; the checkpoint it resumes from is noted first, so that under
+        DeepSpeed the engine is built in the checkpoint's layout (DeepSpeed loads its
+        optimizer state into the groups it finds)."""
+        folder = resume_from_checkpoint
+        if folder is True:
+            folder = get_last_checkpoint(self.args.output_dir)  # None: the Trainer says so
+        self._resuming_from = (
+            None if folder is None or isinstance(folder, bool) else os.fspath(folder)
+        )
+        try:
+            return super().train(
+                resume_from_checkpoint=resume_from_checkpoint,
+                trial=trial,
+                ignore_keys_for_eval=ignore_keys_for_eval,
+                **kwargs,
+            )
+        finally:
+            self._resuming_from = None
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        """The curriculum's optimizer (see the class); built once per ``train()``."""
+        if self.optimizer is None:
+            self.optimizer = self.curriculum_callback._trainer_optimizer(self)
+        return self.optimizer
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> Any:
+        """The curriculum's scheduler, as a handle the Trainer steps."""
+        if self.lr_scheduler is None:
+            self.lr_scheduler = self.curriculum_callback._trainer_scheduler(self)  # type: ignore[assignment]
+        return self.lr_scheduler
