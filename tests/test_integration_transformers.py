@@ -38,7 +38,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 import mentor_fn as mf
-from mentor_fn.integrations.transformers import CurriculumCallback
+from mentor_fn.integrations.transformers import CurriculumCallback, CurriculumTrainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -138,10 +138,12 @@ def train(
     schedule: mf.Schedule,
     resume: Path | None = None,
     probes: Callable[[CurriculumCallback], list[TrainerCallback]] = lambda callback: [],
+    curriculum_trainer: bool = False,
     **arguments: Any,
 ) -> tuple[BertForSequenceClassification, CurriculumCallback, Trainer, list[TrainerCallback]]:
     """Train the tiny BERT (4 batches of 8 per epoch) with ``schedule``; ``probes`` run
-    after the curriculum's callback."""
+    after the curriculum's callback. ``curriculum_trainer``: a CurriculumTrainer, which
+    takes the optimizers from the callback, instead of Trainer(optimizers=...)."""
     model = tiny_bert()
     curriculum = mf.Curriculum(
         model,
@@ -166,14 +168,19 @@ def train(
         "seed": 0,
         **arguments,
     }
-    trainer = Trainer(
-        model=model,
-        args=TrainingArguments(**settings),
-        train_dataset=Tokens(32, 1),
-        eval_dataset=Tokens(8, 2),
-        optimizers=callback.optimizers(),
-        callbacks=[callback, *extra],
-    )
+    data = {"train_dataset": Tokens(32, 1), "eval_dataset": Tokens(8, 2)}
+    if curriculum_trainer:
+        trainer: Trainer = CurriculumTrainer(
+            model=model, args=TrainingArguments(**settings), callbacks=[callback, *extra], **data
+        )
+    else:
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**settings),
+            optimizers=callback.optimizers(),
+            callbacks=[callback, *extra],
+            **data,
+        )
     trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
     return model, callback, trainer, extra
@@ -206,6 +213,26 @@ def test_resumed_runs_equal_the_uninterrupted_run_bit_for_bit(tmp_path):
             tmp_path / "resumed", 6, schedule=schedule, resume=tmp_path / f"checkpoint-{step}"
         )
         assert_same_run(whole, resumed)
+
+
+def test_curriculum_trainer_trains_as_the_trainer_given_the_callbacks_optimizers(tmp_path):
+    schedule = phased_schedule()
+    _, plain, _, _ = train(tmp_path / "plain", 5, schedule=schedule, save_strategy="epoch")
+    _, ours, trainer, _ = train(
+        tmp_path / "ours", 5, schedule=schedule, curriculum_trainer=True, save_strategy="epoch"
+    )
+    assert isinstance(trainer, CurriculumTrainer) and trainer.curriculum_callback is ours
+    assert ours.runner.phase.name == "all"  # type: ignore[union-attr]
+    assert_same_run(plain, ours)
+    # and it resumes from its own checkpoints (the run travels in optimizer.pt)
+    _, resumed, _, _ = train(
+        tmp_path / "resumed",
+        5,
+        schedule=schedule,
+        curriculum_trainer=True,
+        resume=tmp_path / "ours" / "checkpoint-12",
+    )
+    assert_same_run(ours, resumed)
 
 
 def test_step_checkpoints_resume_exactly_also_at_an_epoch_end(tmp_path):
@@ -608,15 +635,73 @@ def test_a_model_sharded_at_load_time_with_tensor_parallelism_is_refused(tmp_pat
         )
 
 
-def test_deepspeed_is_refused_when_the_trainer_is_built(tmp_path, monkeypatch):
+ZERO2 = {"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 2}}
+
+
+def test_deepspeed_under_the_plain_trainer_is_refused_naming_curriculum_trainer(
+    tmp_path, monkeypatch
+):
     pytest.importorskip("deepspeed")
     # accelerate records the plugin in the environment: keep it to this test
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
-    with pytest.raises(ValueError, match=r"DeepSpeed .* not supported .* DDP .* FSDP2"):
-        trainer_with(
-            tmp_path,
-            deepspeed={"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 2}},
+    # the Trainer would build its own optimizer over every parameter, silently
+    with pytest.raises(ValueError, match=r"under DeepSpeed .* #38753.*CurriculumTrainer"):
+        trainer_with(tmp_path, deepspeed=ZERO2)
+
+
+def curriculum_trainer_with(tmp_path: Path, **arguments: Any) -> CurriculumTrainer:
+    model = tiny_bert()
+    callback = CurriculumCallback(mf.Curriculum(model, 1e-2), epoch_schedule())
+    settings = {"output_dir": str(tmp_path), "report_to": "none", "use_cpu": True, **arguments}
+    return CurriculumTrainer(
+        model=model,
+        args=TrainingArguments(**settings),
+        train_dataset=Tokens(16, 1),
+        callbacks=[callback],
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        # "auto" values are the Trainer's to fill: it would build an optimizer
+        # (and a scheduler) of its own for DeepSpeed from TrainingArguments
+        ({"optimizer": {"type": "AdamW", "params": {"lr": "auto"}}}, "'optimizer' section"),
+        ({"scheduler": {"type": "WarmupLR", "params": {"warmup_max_lr": "auto"}}}, "'scheduler'"),
+        (
+            {"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}},
+            "offload_param",
+        ),
+        ({"zero_optimization": {"stage": 0}}, "zero_optimization.stage is 0"),
+    ],
+)
+def test_deepspeed_configurations_that_cannot_work_are_refused_when_the_trainer_is_built(
+    tmp_path, monkeypatch, change, expected
+):
+    pytest.importorskip("deepspeed")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    with pytest.raises(ValueError, match="CurriculumCallback: DeepSpeed config") as error:
+        curriculum_trainer_with(tmp_path, deepspeed={**ZERO2, **change})
+    assert expected in str(error.value)
+
+
+def test_curriculum_trainer_refuses_what_would_replace_the_curriculums_optimizers(tmp_path):
+    model = tiny_bert()
+    callback = CurriculumCallback(mf.Curriculum(model, 1e-2), epoch_schedule())
+    arguments = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match="leave optimizers= and optimizer_cls_and_kwargs= out"):
+        CurriculumTrainer(
+            model=model, args=arguments, callbacks=[callback], optimizers=callback.optimizers()
         )
+    with pytest.raises(ValueError, match="exactly one CurriculumCallback"):
+        CurriculumTrainer(model=model, args=arguments)
+    # accelerate's FSDP: the Trainer refuses it in one process before the callback
+    # sees it; under torchrun the callback's refusal reads the same arguments
+    from mentor_fn.integrations._trainer_arguments import unsupported_configuration
+
+    fsdp = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, fsdp="full_shard")
+    assert "accelerate's FSDP" in unsupported_configuration(fsdp, model)
+    assert "DistributedConfig(fsdp_size=...)" in unsupported_configuration(fsdp, model)
 
 
 # The handles on their own ---------------------------------------------------------------------------
