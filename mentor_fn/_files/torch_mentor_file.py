@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._core.torch_compat import safe_globals, unsafe_globals_in_checkpoint
 from . import mentee_fields as fields
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -186,12 +187,12 @@ def _load(path: Path, where: str, trust: bool) -> tuple[Any, bool]:
         raise CheckpointError(f"checkpoint {where!r} {describe_open_error(error)}") from None
     with handle:
         try:
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(handle)
+            names = unsafe_globals_in_checkpoint(handle)
         except Exception as error:  # torch raises many kinds (OSError too) for a bad file
             raise CheckpointError(f"checkpoint {where!r} {describe_load_error(error)}") from None
     allowed = [_allowed(name) for name in names]
     try:
-        with open(path, "rb") as handle, torch.serialization.safe_globals(allowed):
+        with open(path, "rb") as handle, safe_globals(allowed):
             return torch.load(handle, map_location="cpu", weights_only=True), False
     except pickle.UnpicklingError as error:
         if not str(error).startswith(_REFUSED):
