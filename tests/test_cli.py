@@ -369,10 +369,11 @@ def test_demo_options_choose_the_run(argv, called, monkeypatch):
 
 
 def test_the_readme_plots_into_a_folder_git_ignores():
+    """The plot commands the README and the docs show write where git looks away."""
     root = Path(__file__).resolve().parent.parent
-    commands = re.findall(
-        r"python -m mentor_fn plot \S+ -o (\S+)", (root / "README.md").read_text()
-    )
+    pages = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
+    commands = re.findall(r"python -m mentor_fn plot \S+ -o ([^\s`]+)", text)
     assert commands
     ignored = [line.strip("/") for line in (root / ".gitignore").read_text().splitlines()]
     for output in commands:
