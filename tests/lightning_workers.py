@@ -1,13 +1,15 @@
 """Lightning runs for tests/test_integration_lightning.py, on one process or on each rank of
-tests/distributed_harness.py's 2-process gloo world (importable by the workers).
+tests/distributed_harness.py's 2-process gloo world (importable by the workers): DDP,
+FSDP2 (ModelParallelStrategy) and DeepSpeed ZeRO 2 and 3 (DeepSpeedStrategy).
 
-Under DDP each rank gets half of every global batch, the samples r, r + 2, ...
-(an unshuffled DistributedSampler: Lightning's own would shuffle); the
+Each rank gets half of every global batch, the samples r, r + 2, ... (an
+unshuffled DistributedSampler: Lightning's own would shuffle); the
 single-process reference trains on the whole batches, so the ranks must equal it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import warnings
@@ -27,7 +29,11 @@ warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
 import lightning.pytorch as pl  # noqa: E402
-from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy  # noqa: E402
+from lightning.pytorch.strategies import (  # noqa: E402
+    DDPStrategy,
+    DeepSpeedStrategy,
+    ModelParallelStrategy,
+)
 
 from mentor_fn.integrations.lightning import (  # noqa: E402
     CurriculumCallback,
@@ -36,6 +42,7 @@ from mentor_fn.integrations.lightning import (  # noqa: E402
 
 GLOBAL_BATCH = 8
 SAMPLES = 16
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 
 class Regression(pl.LightningModule):
@@ -153,7 +160,8 @@ def trainer(epochs: int, callbacks: list[pl.Callback], folder: str, **options: A
 
 class StepProbe(pl.Callback):
     """After each optimizer step (after the curriculum's callback): the phase, the
-    group lrs and every parameter (gathered from the shards under FSDP2)."""
+    group lrs and every parameter (gathered from the shards under FSDP2 and ZeRO-3),
+    and under DeepSpeed whether the engine's ZeRO groups follow the curriculum."""
 
     def __init__(self, callback: CurriculumCallback) -> None:
         self.callback = callback
@@ -161,6 +169,7 @@ class StepProbe(pl.Callback):
         self.lrs: list[list[float]] = []
         self.parameters: list[dict[str, torch.Tensor]] = []
         self.wrapper: dict[str, Any] = {}
+        self.zero_groups_follow: list[bool] = []
 
     def on_train_start(self, trainer: Any, module: Any) -> None:
         wrapper = trainer.strategy.model
@@ -179,9 +188,20 @@ class StepProbe(pl.Callback):
         self.phases.append(runner.phase.name)
         self.lrs.append([group["lr"] for group in curriculum.optimizer.param_groups])
         self.parameters.append(full_parameters(module))
+        if isinstance(trainer.strategy, DeepSpeedStrategy):
+            from trainer_workers import zero_groups_follow
+
+            engine = trainer.strategy.model
+            self.zero_groups_follow.append(zero_groups_follow(curriculum, engine.optimizer))
 
 
 def full_parameters(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter whole: FSDP2 shards gathered, ZeRO-3 partitions too (collective then)."""
+    if any(hasattr(parameter, "ds_id") for parameter in module.parameters()):  # ZeRO-3
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters())):
+            return {name: p.detach().cpu().clone() for name, p in module.named_parameters()}
     result = {}
     for name, parameter in module.named_parameters():
         value = parameter.detach()
@@ -201,6 +221,21 @@ def outcome(model: Regression, callback: CurriculumCallback) -> dict[str, Any]:
     }
 
 
+class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+    """Lightning's DeepSpeedStrategy without its CUDA-only check, for the gloo worlds here:
+    DeepSpeed's CPU accelerator runs the engine, everything else is Lightning's. Its
+    devices are numbered (``cpu:<local rank>``, which torch reads as the CPU), as
+    DeepSpeedStrategy wants of GPUs. The worlds use DeepSpeedStrategy itself on CUDA
+    (MENTOR_FN_TEST_BACKEND=nccl)."""
+
+    def __init__(self, **options: Any) -> None:
+        devices = [torch.device("cpu", index) for index in range(2)]
+        super().__init__(parallel_devices=devices, **options)
+
+    def setup_environment(self) -> None:
+        super(DeepSpeedStrategy, self).setup_environment()  # all but the CUDA check
+
+
 def strategy_of(kind: str) -> Any:
     backend = BACKEND
     if kind == "ddp":
@@ -210,6 +245,16 @@ def strategy_of(kind: str) -> Any:
         return ModelParallelStrategy(
             data_parallel_size=2, tensor_parallel_size=1, process_group_backend=backend
         )
+    if kind.startswith("zero"):
+        if not on_cuda():
+            os.environ["DS_ACCELERATOR"] = "cpu"
+        kind_of = DeepSpeedStrategy if on_cuda() else CPUDeepSpeedStrategy
+        # every parameter partitioned under ZeRO-3, however small
+        zero: dict[str, Any] = {"stage": int(kind[4]), "stage3_param_persistence_threshold": 0}
+        if kind.endswith("offload"):
+            zero["offload_optimizer"] = {"device": "cpu"}
+        config = {"zero_optimization": zero, "zero_allow_untested_optimizer": True}
+        return kind_of(config=config, process_group_backend=backend)
     raise ValueError(kind)
 
 
@@ -248,6 +293,7 @@ def fit(
         phases=probe.phases,
         step_lrs=probe.lrs,
         step_parameters=probe.parameters,
+        zero_groups_follow=probe.zero_groups_follow,
     )
     result.update(probe.wrapper)
     return result
@@ -289,10 +335,27 @@ def distributed_runs(rank: int, folder: str) -> dict[str, Any]:
     whole = fit(rank, folder)
     fit(rank, folder, epochs=2, save=checkpoint)
     resumed = fit(rank, folder, ckpt_path=checkpoint)
-    return {
+    results = {
         "whole": whole,
         "resumed": resumed,
         "fsdp": fit(rank, folder, kind="fsdp"),
         "static_graph": refused(rank, folder, "static_graph"),
         "fsdp_checkpoints": refused(rank, folder, "fsdp", enable_checkpointing=True),
     }
+    if HAS_DEEPSPEED:
+        results.update(deepspeed_runs(rank, folder))
+    return results
+
+
+def deepspeed_runs(rank: int, folder: str) -> dict[str, Any]:
+    """DeepSpeedStrategy, ZeRO 2 and 3: a fit through every transition, the same fit
+    stopped after 2 epochs, saved (DeepSpeed's checkpoint folder) and resumed; a refusal."""
+    results: dict[str, Any] = {}
+    for kind in ("zero2", "zero3"):
+        checkpoint = os.path.join(folder, f"{kind}.ckpt")
+        results[kind] = fit(rank, folder, kind=kind)
+        fit(rank, folder, epochs=2, kind=kind, save=checkpoint)
+        results[f"{kind}_resumed"] = fit(rank, folder, kind=kind, ckpt_path=checkpoint)
+        results[f"{kind}_files"] = sorted(os.listdir(os.path.join(checkpoint, "checkpoint")))
+    results["zero2_offload"] = refused(rank, folder, "zero2_offload")
+    return results

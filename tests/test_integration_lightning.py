@@ -568,16 +568,20 @@ def test_the_run_lr_is_logged_as_lr_and_each_layers_under_its_own_key(tmp_path):
     assert last["lr/backbone.0"] == pytest.approx(last["lr"] * 0.25, rel=1e-6)
 
 
-# DDP and FSDP2 ---------------------------------------------------------------------------------
+# DDP, FSDP2 and DeepSpeed ------------------------------------------------------------------------
 #
 # One world of 2 processes runs every scenario (lightning_workers.distributed_runs).
 # Tolerance against the single process: rtol=1e-5, atol=1e-6. The runs differ
 # only in the order of the gradient sums (two half-batch means averaged across
-# ranks against one mean of the whole batch): float32 rounding, which Adam's
-# normalized steps carry over the 10 steps of this tiny model to at most 6e-8
-# (measured, for DDP and FSDP2 alike).
+# ranks, by DDP's all-reduce, FSDP2's reduce-scatter or ZeRO's, against one
+# mean of the whole batch) and, under DeepSpeed, of the gradient norm:
+# float32 rounding, which Adam's normalized steps carry over the 10 steps of
+# this tiny model to at most 6e-8 (measured, for DDP, FSDP2 and ZeRO 2 and 3
+# alike).
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
+needs_deepspeed = pytest.mark.skipif(not workers.HAS_DEEPSPEED, reason="needs deepspeed")
+ZERO = [pytest.param("zero2", marks=needs_deepspeed), pytest.param("zero3", marks=needs_deepspeed)]
 
 
 @pytest.fixture(scope="module")
@@ -604,7 +608,7 @@ def assert_same_steps(first: dict[str, Any], second: dict[str, Any], reference: 
             torch.testing.assert_close(first["step_parameters"][step][name], value, **TOLERANCE)
 
 
-@pytest.mark.parametrize("kind", ["whole", "fsdp"])
+@pytest.mark.parametrize("kind", ["whole", "fsdp", *ZERO])
 def test_ranks_stay_equal_and_equal_one_process_through_every_transition(distributed, kind):
     reference = distributed["reference"]
     assert reference["phases"] == ["head"] * 2 + ["top"] * 2 + ["decay"] * 2 + ["all"] * 4
@@ -613,8 +617,8 @@ def test_ranks_stay_equal_and_equal_one_process_through_every_transition(distrib
     assert_same_steps(first, second, reference)
 
 
-@pytest.mark.parametrize("kind", ["whole", "fsdp"])
-def test_frozen_layers_never_move_under_ddp_and_fsdp2(distributed, kind):
+@pytest.mark.parametrize("kind", ["whole", "fsdp", *ZERO])
+def test_frozen_layers_never_move_under_every_engine(distributed, kind):
     initial = {k: v.detach() for k, v in workers.Regression().named_parameters()}
     for result in distributed["ranks"]:
         steps = dict(enumerate(result[kind]["step_parameters"]))
@@ -644,6 +648,29 @@ def test_ddp_resumed_from_lightnings_checkpoint_equals_the_uninterrupted_run(dis
         assert resumed["lrs"] == whole["lrs"]
 
 
+@pytest.mark.parametrize("kind", ZERO)
+def test_the_zero_groups_hold_the_trainable_parameters_at_their_groups_lr(distributed, kind):
+    for result in distributed["ranks"]:
+        assert result[kind]["zero_groups_follow"] == [True] * 10
+        assert result[f"{kind}_resumed"]["zero_groups_follow"] == [True] * 6
+
+
+@pytest.mark.parametrize("kind", ZERO)
+def test_deepspeed_resumed_from_lightnings_checkpoint_equals_the_uninterrupted_run(
+    distributed, kind
+):
+    for result in distributed["ranks"]:
+        # stopped after 2 epochs, saved through DeepSpeed's engine, resumed on both
+        whole, resumed = result[kind], result[f"{kind}_resumed"]
+        assert resumed["phases"] == whole["phases"][4:]
+        for step, parameters in enumerate(resumed["step_parameters"]):
+            for name, value in parameters.items():
+                assert torch.equal(value, whole["step_parameters"][4 + step][name]), (step, name)
+        assert resumed["lrs"] == whole["lrs"]
+        # the run beside DeepSpeed's own files in the checkpoint's tag folder
+        assert "mentor_fn_curriculum.pt" in result[f"{kind}_files"]
+
+
 def test_configurations_that_cannot_work_are_refused_naming_the_alternative(distributed):
     for result in distributed["ranks"]:
         assert "static_graph=True" in result["static_graph"]
@@ -652,9 +679,12 @@ def test_configurations_that_cannot_work_are_refused_naming_the_alternative(dist
         assert "ModelParallelStrategy (FSDP2)" in message
         assert "enable_checkpointing=False" in message
         assert "save_distributed_checkpoint" in message
+        if workers.HAS_DEEPSPEED:
+            assert "DeepSpeedStrategy: DeepSpeed config" in result["zero2_offload"]
+            assert "offload_optimizer" in result["zero2_offload"]
 
 
-def test_the_fsdp1_and_deepspeed_strategies_are_refused_before_training():
+def test_the_fsdp1_strategy_and_deepspeed_configs_that_cannot_work_are_refused():
     from lightning.pytorch.strategies import FSDPStrategy
 
     from mentor_fn.integrations.lightning import _unsupported_strategy
@@ -663,4 +693,11 @@ def test_the_fsdp1_and_deepspeed_strategies_are_refused_before_training():
     pytest.importorskip("deepspeed")
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
-    assert "DeepSpeedStrategy is not supported" in _unsupported_strategy(DeepSpeedStrategy())
+    for stage in (1, 2, 3):
+        assert _unsupported_strategy(DeepSpeedStrategy(stage=stage)) == ""
+    assert "offload_param" in _unsupported_strategy(
+        DeepSpeedStrategy(stage=3, offload_parameters=True)
+    )
+    assert "'scheduler' section" in _unsupported_strategy(
+        DeepSpeedStrategy(config={"zero_optimization": {"stage": 2}, "scheduler": {}})
+    )

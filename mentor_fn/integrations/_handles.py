@@ -192,7 +192,11 @@ class LiveScheduler(LRScheduler):
     """
 
     def __init__(
-        self, run: CurriculumRun, optimizer: LiveOptimizer, *, reports_reference: bool = False
+        self,
+        run: CurriculumRun,
+        optimizer: torch.optim.Optimizer,
+        *,
+        reports_reference: bool = False,
     ) -> None:
         # Not LRScheduler.__init__: it would write initial lrs into the live groups.
         self._run = run
@@ -212,14 +216,14 @@ class LiveScheduler(LRScheduler):
     def get_last_lr(self) -> list[float]:  # type: ignore[override]
         """The live scheduler's last lr of each group; with ``reports_reference``, only the
         run's lr (the reference group's), for frameworks that log ``get_last_lr()[0]``."""
+        live_optimizer = self._run.curriculum.optimizer
+        assert live_optimizer is not None
         if self._reports_reference:
-            groups = self.optimizer.param_groups  # the live optimizer's, through the handle
-            live_optimizer = self._run.curriculum.optimizer
-            assert live_optimizer is not None
+            groups = live_optimizer.param_groups
             return [float(groups[reference_index(live_optimizer)]["lr"])]
         live = self.live
         if live is None:
-            return [group["lr"] for group in self.optimizer.param_groups]
+            return [group["lr"] for group in live_optimizer.param_groups]
         return list(live.get_last_lr())
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
@@ -267,10 +271,13 @@ class LivePlateauScheduler(LiveScheduler, ReduceLROnPlateau):
 
 
 def scheduler_handle(
-    run: CurriculumRun, optimizer: LiveOptimizer, *, reports_reference: bool = False
+    run: CurriculumRun, optimizer: torch.optim.Optimizer, *, reports_reference: bool = False
 ) -> LiveScheduler:
     """The handle for the run's scheduler, of the kind frameworks expect for it.
 
+    ``optimizer`` is what the handle says it is attached to (frameworks check
+    that it is the optimizer they were given): the run's optimizer handle, or
+    under DeepSpeed the optimizer the engine is built with.
     ``reports_reference``: its ``get_last_lr()`` is ``[the run's lr]`` (see
     :meth:`LiveScheduler.get_last_lr`).
     """

@@ -82,9 +82,9 @@ from ._deepspeed_checkpoint import (  # noqa: E402
     read_run_file,
     saved_layout,
 )
+from ._deepspeed_checkpoint_engine import install_run_files  # noqa: E402
 from ._deepspeed_config import check_config, read_config  # noqa: E402
 from ._deepspeed_follow import EngineFollower, build_client_optimizer  # noqa: E402
-from ._deepspeed_saving import install_run_file_writer  # noqa: E402
 from ._deepspeed_scheduler import EngineScheduler  # noqa: E402
 from ._deepspeed_zero import (  # noqa: E402
     ZeroGroup,
@@ -285,7 +285,7 @@ class DeepSpeedCurriculum:
             optimizer = self._curriculum.optimizer
             assert optimizer is not None
             follower.reinitialize(zero_layout(optimizer.param_groups, None), carry=False)
-        install_run_file_writer(engine, self._run_file_contents)
+        install_run_files(engine, self._run_file_contents)
         if self._guard is None:
             self._guard = self._curriculum.model.register_forward_pre_hook(self._check_in_step)
 

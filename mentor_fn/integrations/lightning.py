@@ -74,16 +74,21 @@ What the callback does, at each point of Lightning's loop:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import Curriculum, Schedule, ScheduleRunner, unwrap_model
 from .._wrapper.ddp import follow_trainable_parameters
+from ._deepspeed_config import check_config
 from ._distributed import rank_zero_metrics
+from ._handles import scheduler_handle
 from ._lr_logs import layer_lrs, reference_lr
 from ._requirements import require
 from ._run import CurriculumRun, plain_metrics
+
+if TYPE_CHECKING:
+    from ._deepspeed_bridge import EngineBridge
 
 require(
     "lightning.pytorch",
@@ -182,6 +187,8 @@ class CurriculumCallback(pl.Callback):
         self._last_epoch_end = -1
         self._restored: dict[str, Any] | None = None
         self._trainer: pl.Trainer | None = None
+        # Under DeepSpeedStrategy: the bridge to the engine the strategy builds.
+        self._bridge: EngineBridge | None = None
 
     # Reading ----------------------------------------------------------------------------
 
@@ -208,6 +215,8 @@ class CurriculumCallback(pl.Callback):
                 cannot follow phase changes (``static_graph=True``).
         """
         run = self._run_for(module)
+        if isinstance(module.trainer.strategy, DeepSpeedStrategy):
+            return self._deepspeed_optimizers(module.trainer, run)
         wrapper = module.trainer.strategy.model
         if isinstance(wrapper, DistributedDataParallel):
             # Wrapped by now (DDPStrategy.setup wraps, then sets up the optimizers).
@@ -220,6 +229,28 @@ class CurriculumCallback(pl.Callback):
                 "scheduler": run.scheduler,
             }
         return configuration
+
+    def _deepspeed_optimizers(self, trainer: pl.Trainer, run: CurriculumRun) -> dict[str, Any]:
+        """What DeepSpeedStrategy gives ``deepspeed.initialize``: the curriculum's trainable
+        groups, and the scheduler handle, which Lightning steps."""
+        from ._deepspeed_bridge import EngineBridge
+
+        run.start()
+        bridge = EngineBridge(run)
+        self._bridge = bridge
+        optimizer = bridge.client_optimizer()
+        configuration: dict[str, Any] = {"optimizer": optimizer}
+        if run.curriculum.scheduler is not None:
+            configuration["lr_scheduler"] = {
+                **self._lr_scheduler_config,
+                "scheduler": scheduler_handle(run, optimizer),
+            }
+        return configuration
+
+    def _follow(self) -> None:
+        """Make the DeepSpeed engine follow the curriculum (a no-op without one)."""
+        if self._bridge is not None and self._bridge.handle is not None:
+            self._bridge.sync()
 
     def _run_for(self, module: pl.LightningModule) -> CurriculumRun:
         if self._run is None:
@@ -244,6 +275,7 @@ class CurriculumCallback(pl.Callback):
         if stage != "fit":
             return
         self._trainer = trainer
+        self._bridge = None
         problem = _unsupported_strategy(trainer.strategy)
         if (
             not problem
@@ -253,7 +285,9 @@ class CurriculumCallback(pl.Callback):
             problem = _SHARDED_CHECKPOINTS
         if problem:
             raise ValueError(f"CurriculumCallback: {problem}")
-        if isinstance(trainer.strategy, DDPStrategy):
+        if isinstance(trainer.strategy, DDPStrategy) and not isinstance(
+            trainer.strategy, DeepSpeedStrategy
+        ):
             # DDP refuses a module with no trainable parameter when it wraps it,
             # right after this hook; the phase's flags are not set yet (the
             # curriculum sets them in configure_optimizers, after the wrap,
@@ -261,9 +295,22 @@ class CurriculumCallback(pl.Callback):
             for parameter in pl_module.parameters():
                 parameter.requires_grad_(True)
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        bridge = self._bridge
+        if bridge is not None and isinstance(trainer.strategy, DeepSpeedStrategy):
+            # The engine was built with the curriculum's optimizer; the run takes it
+            # over before Lightning loads a checkpoint into it (which then puts the
+            # run back first). Lightning keeps the optimizer deepspeed.initialize
+            # returned, which the first change of the trainable set replaces: it
+            # holds a handle instead.
+            trainer.strategy.optimizers = [bridge.attach_engine(trainer.strategy.model)]
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         run = self._run
-        if run is None or not any(optimizer is run.optimizer for optimizer in trainer.optimizers):
+        bridge = self._bridge
+        if bridge is not None and bridge.handle is not None and run is not None:
+            bridge.checkpoint_loaded()  # the engine's step count and ZeRO state, if loaded
+        elif run is None or not any(optimizer is run.optimizer for optimizer in trainer.optimizers):
             raise RuntimeError(
                 "CurriculumCallback: the LightningModule's configure_optimizers must return "
                 "mentor_fn.integrations.lightning.curriculum_optimizers(self) (or "
@@ -303,6 +350,14 @@ class CurriculumCallback(pl.Callback):
         while self._steps_counted < trainer.global_step:
             self._run.step()
             self._steps_counted += 1
+        self._follow()
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # Under DeepSpeed: an epoch-interval scheduler step Lightning took, and any
+        # change made since from another callback, reach the engine before it steps.
+        self._follow()
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
@@ -340,6 +395,7 @@ class CurriculumCallback(pl.Callback):
         # Metrics logged without sync_dist differ between ranks; rank 0's
         # decide for all, so every rank changes phase at the same epoch.
         self._run.epoch_end(rank_zero_metrics(plain))
+        self._follow()
         self._last_epoch_end = epoch
 
     # Checkpoints -----------------------------------------------------------------------------
@@ -400,11 +456,11 @@ def _unsupported_strategy(strategy: Any) -> str:
     if isinstance(strategy, (SingleDeviceStrategy, ModelParallelStrategy)):
         return ""
     if isinstance(strategy, DeepSpeedStrategy):  # a DDPStrategy subclass: before it
-        return (
-            "DeepSpeedStrategy is not supported yet (a ZeRO engine owns the optimizer and its "
-            "partitions): use strategy='ddp', or FSDP2 with ModelParallelStrategy and "
-            "fully_shard in configure_model"
-        )
+        try:
+            check_config(strategy.config or {})
+        except ValueError as error:
+            return f"DeepSpeedStrategy: {error}"
+        return ""
     if isinstance(strategy, DDPStrategy):
         return ""
     if isinstance(strategy, FSDPStrategy):

@@ -109,7 +109,6 @@ from transformers import (  # noqa: E402
     TrainerState,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 __all__ = ["CurriculumCallback", "CurriculumTrainer"]
 
@@ -355,7 +354,7 @@ class CurriculumCallback(TrainerCallback):
 
     def _trainer_optimizer(self, trainer: CurriculumTrainer) -> torch.optim.Optimizer:
         """What ``trainer.create_optimizer()`` returns: the optimizer handle, or under
-        DeepSpeed the optimizer the engine is built with (in a resumed checkpoint's layout)."""
+        DeepSpeed the optimizer the engine is built with."""
         self._run.start()
         if not trainer.is_deepspeed_enabled:
             self._bridge = None
@@ -363,9 +362,6 @@ class CurriculumCallback(TrainerCallback):
         from ._deepspeed_bridge import EngineBridge
 
         bridge = EngineBridge(self._run)
-        resuming = trainer.resuming_from
-        if resuming is not None:
-            bridge.restore(resuming)
         self._bridge = bridge
         return bridge.client_optimizer()
 
@@ -506,40 +502,8 @@ class CurriculumTrainer(Trainer):
             )
         self.curriculum_callback: CurriculumCallback = callbacks[0]
         """The callback whose curriculum this Trainer trains."""
-        self._resuming_from: str | None = None
         self.curriculum_callback._bind(self)
         super().__init__(*args, **kwargs)
-
-    @property
-    def resuming_from(self) -> str | None:
-        """The checkpoint folder the running ``train()`` resumes from (None: a fresh start)."""
-        return self._resuming_from
-
-    def train(
-        self,
-        resume_from_checkpoint: str | bool | None = None,
-        trial: Any = None,
-        ignore_keys_for_eval: list[str] | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """``Trainer.train``; the checkpoint it resumes from is noted first, so that under
-        DeepSpeed the engine is built in the checkpoint's layout (DeepSpeed loads its
-        optimizer state into the groups it finds)."""
-        folder = resume_from_checkpoint
-        if folder is True:
-            folder = get_last_checkpoint(self.args.output_dir)  # None: the Trainer says so
-        self._resuming_from = (
-            None if folder is None or isinstance(folder, bool) else os.fspath(folder)
-        )
-        try:
-            return super().train(
-                resume_from_checkpoint=resume_from_checkpoint,
-                trial=trial,
-                ignore_keys_for_eval=ignore_keys_for_eval,
-                **kwargs,
-            )
-        finally:
-            self._resuming_from = None
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         """The curriculum's optimizer (see the class); built once per ``train()``."""

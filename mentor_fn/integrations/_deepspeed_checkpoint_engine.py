@@ -1,14 +1,22 @@
-"""The run file written whenever a DeepSpeed engine saves a checkpoint, whoever asked for it.
+"""The run file beside every checkpoint a DeepSpeed engine saves, and read back when it loads one.
 
-A framework saves through ``engine.save_checkpoint`` itself (the transformers
-``Trainer``, Lightning's ``DeepSpeedStrategy``), with no event that names the
-folder before DeepSpeed writes into it. DeepSpeed's own extension point for
-checkpoint input and output, its checkpoint engine (``engine.checkpoint_engine``),
-sees every file it writes: :class:`RunFileOnSave` wraps the engine's and, when
-DeepSpeed writes a tag's model-states file, writes the run's
-``mentor_fn_curriculum.pt`` into the same folder first (atomically). DeepSpeed
-writes ``latest`` after all its files, so a save cut short never leaves
-``latest`` on a tag without the run file.
+A framework saves and loads through ``engine.save_checkpoint`` /
+``engine.load_checkpoint`` itself (the transformers ``Trainer``, Lightning's
+``DeepSpeedStrategy``), with no event that names the folder before DeepSpeed
+reads or writes it. DeepSpeed's own extension point for checkpoint input and
+output, its checkpoint engine (``engine.checkpoint_engine``), sees every file:
+:class:`RunFiles` wraps the engine's.
+
+* Saving: when DeepSpeed writes a tag's model-states file, the run's
+  ``mentor_fn_curriculum.pt`` is written into the same folder first
+  (atomically). DeepSpeed writes ``latest`` after all its files, so a save
+  cut short never leaves ``latest`` on a tag without the run file.
+* Loading (when ``on_load`` is set): DeepSpeed reads a tag's model-states
+  file first, then loads the module's weights (frozen ones by the set of
+  parameters frozen now) and only then the ZeRO optimizer's partitions (into
+  the groups the optimizer has now). ``on_load`` gets the tag's folder in
+  between, before any of it: the run is put back as saved, requires_grad
+  flags and ZeRO groups included, so DeepSpeed loads into the layout it saved.
 
 Files that are not a checkpoint tag's model states (``save_16bit_model``'s
 weights, ZeRO's optimizer partitions) pass through untouched.
@@ -27,14 +35,15 @@ from deepspeed.runtime.checkpoint_engine.checkpoint_engine import (  # type: ign
 
 from ._deepspeed_checkpoint import write_run_file
 
-__all__ = ["RunFileOnSave", "install_run_file_writer"]
+__all__ = ["RunFiles", "install_run_files"]
 
 # DeepSpeed's names for a tag's model states: ZeRO-3 adds the partition rank.
 _MODEL_STATES = re.compile(r"(zero_pp_rank_\d+_)?mp_rank_\d+_model_states\.pt")
 
 
-class RunFileOnSave(CheckpointEngine):  # type: ignore[misc,unused-ignore]
-    """DeepSpeed's checkpoint engine, writing the run file beside each checkpoint's model states.
+class RunFiles(CheckpointEngine):  # type: ignore[misc,unused-ignore]
+    """DeepSpeed's checkpoint engine, writing the run file beside each checkpoint's model
+    states, and handing a loaded checkpoint's folder to ``on_load`` before DeepSpeed reads it.
 
     Args:
         inner: the engine's checkpoint engine, which does all the work.
@@ -45,6 +54,8 @@ class RunFileOnSave(CheckpointEngine):  # type: ignore[misc,unused-ignore]
         # Not CheckpointEngine.__init__: the inner engine holds the configuration.
         self.inner = inner
         self.contents = contents
+        self.on_load: Callable[[Path], None] | None = None
+        """Called with a tag's folder when DeepSpeed starts loading it (None: nothing)."""
         self.name = getattr(inner, "name", None)
 
     def save(self, state_dict: Any, path: str) -> Any:
@@ -57,6 +68,9 @@ class RunFileOnSave(CheckpointEngine):  # type: ignore[misc,unused-ignore]
         return self.inner.create(info)
 
     def load(self, path: str, map_location: Any = None) -> Any:
+        target = Path(path)
+        if self.on_load is not None and _MODEL_STATES.fullmatch(target.name):
+            self.on_load(target.parent)
         return self.inner.load(path, map_location=map_location)
 
     def commit(self, info: Any) -> Any:
@@ -85,18 +99,20 @@ class RunFileOnSave(CheckpointEngine):  # type: ignore[misc,unused-ignore]
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for what this class lacks: the inner engine's own attributes.
-        if name in ("inner", "contents") or name.startswith("__"):
+        if name in ("inner", "contents", "on_load") or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
 
-def install_run_file_writer(engine: Any, contents: Callable[[], Mapping[str, Any]]) -> None:
+def install_run_files(engine: Any, contents: Callable[[], Mapping[str, Any]]) -> RunFiles:
     """Make ``engine`` write the run file (``contents()``) into every checkpoint it saves.
 
     Installed once per engine; installing again replaces the contents.
+    Returns the engine's :class:`RunFiles` (set its ``on_load`` to read them back).
     """
     current = engine.checkpoint_engine
-    if isinstance(current, RunFileOnSave):
+    if isinstance(current, RunFiles):
         current.contents = contents
-    else:
-        engine.checkpoint_engine = RunFileOnSave(current, contents)
+        return current
+    engine.checkpoint_engine = RunFiles(current, contents)
+    return engine.checkpoint_engine  # type: ignore[no-any-return,unused-ignore]
