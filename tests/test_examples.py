@@ -20,7 +20,11 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 README = ROOT / "README.md"
 
 # Examples of what the installed torch or the installed extras may lack.
-NEEDS_TORCH = {"distributed.py": ((2, 7), "FSDP2 (fully_shard) runs on CPU from torch 2.7")}
+NEEDS_TORCH = {
+    "distributed.py": ((2, 7), "FSDP2 (fully_shard) runs on CPU from torch 2.7"),
+    "torch_mentor_switch.py": ((2, 13), "reading torch_mentor files is measured from torch 2.13"),
+}
+
 # The optional frameworks an example may import (each an extra of its own).
 FRAMEWORKS = ("lightning", "transformers", "accelerate", "deepspeed")
 

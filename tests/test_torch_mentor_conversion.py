@@ -29,10 +29,13 @@ import torch
 from torch import nn
 from torch.nn import functional
 from torch.utils.data import DataLoader, TensorDataset
+from torch_features import needs_torch_mentor_reading
 
 import mentor_fn as mf
 from mentor_fn import CheckpointError, Classifier, Mentee
 from mentor_fn._app.cli import main
+
+pytestmark = needs_torch_mentor_reading
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
