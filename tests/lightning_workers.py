@@ -29,6 +29,7 @@ warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
 import lightning.pytorch as pl  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.strategies import (  # noqa: E402
     DDPStrategy,
     DeepSpeedStrategy,
@@ -37,6 +38,7 @@ from lightning.pytorch.strategies import (  # noqa: E402
 
 from mentor_fn.integrations.lightning import (  # noqa: E402
     CurriculumCallback,
+    CurriculumModelParallelStrategy,
     curriculum_optimizers,
 )
 
@@ -241,10 +243,10 @@ def strategy_of(kind: str) -> Any:
     if kind == "ddp":
         # no find_unused_parameters: the callback makes DDP follow the phases
         return DDPStrategy(process_group_backend=backend)
-    if kind == "fsdp":
-        return ModelParallelStrategy(
-            data_parallel_size=2, tensor_parallel_size=1, process_group_backend=backend
-        )
+    if kind in ("fsdp", "fsdp_plain"):
+        # the curriculum's strategy saves Lightning checkpoints; Lightning's own refuses them
+        kind_of = CurriculumModelParallelStrategy if kind == "fsdp" else ModelParallelStrategy
+        return kind_of(data_parallel_size=2, tensor_parallel_size=1, process_group_backend=backend)
     if kind.startswith("zero"):
         if not on_cuda():
             os.environ["DS_ACCELERATOR"] = "cpu"
@@ -266,23 +268,32 @@ def fit(
     kind: str = "ddp",
     ckpt_path: str | None = None,
     save: str = "",
+    checkpoints: str = "",
 ) -> dict[str, Any]:
     """Fit with the distributed schedule on one process (rank None) or as rank ``rank`` of
-    2 under ``kind`` ("ddp" or "fsdp"); resume from ``ckpt_path``, save a checkpoint at
-    the end to ``save``. The parameters after each step, the phases, the lrs."""
-    model = ShardedRegression() if kind == "fsdp" else Regression()
+    2 under ``kind`` ("ddp", "fsdp", "zero2", "zero3"); resume from ``ckpt_path``, save a
+    checkpoint at the end to ``save``, and every 3 epochs into the folder ``checkpoints``
+    (ModelCheckpoint). The parameters after each step, the phases, the lrs."""
+    model = ShardedRegression() if kind.startswith("fsdp") else Regression()
     callback = new_callback(model, distributed_schedule())
     probe = StepProbe(callback)
+    callbacks: list[pl.Callback] = [callback, probe]
+    options: dict[str, Any] = {}
+    if checkpoints:
+        every = ModelCheckpoint(dirpath=checkpoints, every_n_epochs=3, save_top_k=-1)
+        callbacks.append(every)
+        options["enable_checkpointing"] = True
     if rank is None:
-        run = trainer(epochs, [callback, probe], folder, devices=1)
+        run = trainer(epochs, callbacks, folder, devices=1)
     else:
         run = trainer(
             epochs,
-            [callback, probe],
+            callbacks,
             folder,
             devices=2,
             strategy=strategy_of(kind),
             use_distributed_sampler=False,
+            **options,
         )
     run.fit(model, loader(rank), ckpt_path=ckpt_path)
     if save:
@@ -301,7 +312,7 @@ def fit(
 
 def refused(rank: int, folder: str, kind: str, **options: Any) -> str:
     """The message of a strategy or setting the callback refuses ("not refused" if none)."""
-    model = ShardedRegression() if kind == "fsdp" else Regression()
+    model = ShardedRegression() if kind.startswith("fsdp") else Regression()
     callback = new_callback(model, unfreeze_schedule())
     strategy = (
         DDPStrategy(process_group_backend=BACKEND, static_graph=True)
@@ -319,7 +330,10 @@ def refused(rank: int, folder: str, kind: str, **options: Any) -> str:
 def distributed_runs(rank: int, folder: str) -> dict[str, Any]:
     """Every distributed scenario in one world (each world imports Lightning once per
     rank): under DDP, a fit through every transition, the same fit stopped, saved and
-    resumed, a refusal; under FSDP2, the fit and the refusal of Lightning checkpoints."""
+    resumed, a refusal; under FSDP2, the fit saving Lightning checkpoints every 3 epochs
+    (CurriculumModelParallelStrategy), the fit resumed from the first (mid-"decay": the
+    frozen head holds optimizer state), and ModelParallelStrategy's refusal of them;
+    DeepSpeed (see deepspeed_runs)."""
     # The process group is already up (FileStore rendezvous); Lightning skips
     # initializing it and, seeing LOCAL_RANK, launches nothing: it takes this
     # process as rank `rank` of 2.
@@ -335,12 +349,17 @@ def distributed_runs(rank: int, folder: str) -> dict[str, Any]:
     whole = fit(rank, folder)
     fit(rank, folder, epochs=2, save=checkpoint)
     resumed = fit(rank, folder, ckpt_path=checkpoint)
+    sharded = os.path.join(folder, "fsdp_checkpoints")
     results = {
         "whole": whole,
         "resumed": resumed,
-        "fsdp": fit(rank, folder, kind="fsdp"),
+        "fsdp": fit(rank, folder, kind="fsdp", checkpoints=sharded),
+        "fsdp_resumed": fit(
+            rank, folder, kind="fsdp", ckpt_path=os.path.join(sharded, "epoch=2-step=6.ckpt")
+        ),
+        "fsdp_files": sorted(os.listdir(sharded)),
         "static_graph": refused(rank, folder, "static_graph"),
-        "fsdp_checkpoints": refused(rank, folder, "fsdp", enable_checkpointing=True),
+        "fsdp_checkpoints": refused(rank, folder, "fsdp_plain", enable_checkpointing=True),
     }
     if HAS_DEEPSPEED:
         results.update(deepspeed_runs(rank, folder))
@@ -348,13 +367,14 @@ def distributed_runs(rank: int, folder: str) -> dict[str, Any]:
 
 
 def deepspeed_runs(rank: int, folder: str) -> dict[str, Any]:
-    """DeepSpeedStrategy, ZeRO 2 and 3: a fit through every transition, the same fit
-    stopped after 2 epochs, saved (DeepSpeed's checkpoint folder) and resumed; a refusal."""
+    """DeepSpeedStrategy, ZeRO 2 and 3: a fit through every transition saving a Lightning
+    checkpoint (DeepSpeed's folder) at epoch 3's end, mid-"decay", and the fit resumed
+    from it; a refusal."""
     results: dict[str, Any] = {}
     for kind in ("zero2", "zero3"):
-        checkpoint = os.path.join(folder, f"{kind}.ckpt")
-        results[kind] = fit(rank, folder, kind=kind)
-        fit(rank, folder, epochs=2, kind=kind, save=checkpoint)
+        saved = os.path.join(folder, f"{kind}_checkpoints")
+        checkpoint = os.path.join(saved, "epoch=2-step=6.ckpt")
+        results[kind] = fit(rank, folder, kind=kind, checkpoints=saved)
         results[f"{kind}_resumed"] = fit(rank, folder, kind=kind, ckpt_path=checkpoint)
         results[f"{kind}_files"] = sorted(os.listdir(os.path.join(checkpoint, "checkpoint")))
     results["zero2_offload"] = refused(rank, folder, "zero2_offload")

@@ -80,6 +80,11 @@ class LiveOptimizer(torch.optim.Optimizer):
         )
 
     @property
+    def run(self) -> CurriculumRun:
+        """The run whose optimizer this handle is."""
+        return self._run
+
+    @property
     def live(self) -> torch.optim.Optimizer:
         """The Curriculum's optimizer right now.
 

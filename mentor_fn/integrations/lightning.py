@@ -63,12 +63,27 @@ What the callback does, at each point of Lightning's loop:
 * FSDP2 (``ModelParallelStrategy``, the model sharded with ``fully_shard`` in
   ``configure_model``): the curriculum is built on the sharded parameters;
   freezing, unfreezing and coefficient changes work on them in place.
-  Lightning saves an FSDP2 run's optimizer through
-  ``torch.distributed.checkpoint``, which reads the handle as a plain torch
-  optimizer; the callback then saves the run beside it (see
-  ``_sharded_checkpoints``). ``FSDPStrategy`` (FSDP1: flat parameters, whose
-  ``requires_grad`` is fixed when they are made) and ``DeepSpeedStrategy``
-  are refused.
+  Lightning checkpoints need :class:`CurriculumModelParallelStrategy` in
+  place of ``ModelParallelStrategy``: Lightning saves and loads an FSDP2
+  run's optimizer through ``torch.distributed.checkpoint``'s optimizer API,
+  which cannot carry a curriculum (see ``_lightning_sharded``); with
+  ``ModelParallelStrategy`` itself, checkpointing is refused.
+  ``FSDPStrategy`` (FSDP1: flat parameters, whose ``requires_grad`` is fixed
+  when they are made) is refused.
+* DeepSpeed (``DeepSpeedStrategy``, ZeRO stages 1 to 3): the strategy builds
+  DeepSpeed's engine from what ``configure_optimizers`` returns, here the
+  curriculum's trainable groups (frozen layers hold no optimizer state) and
+  the scheduler handle, which Lightning keeps stepping; the callback takes the
+  engine over at ``on_fit_start`` through
+  :class:`mentor_fn.integrations.deepspeed.DeepSpeedCurriculum`: lr changes
+  are patched into the ZeRO groups, a change of the trainable set rebuilds
+  the ZeRO optimizer in the same engine with its state carried, and Lightning
+  holds a handle on it. Lightning's checkpoints (DeepSpeed's folders) hold
+  the run beside DeepSpeed's files (``mentor_fn_curriculum.pt``), written by
+  the engine at every save and read back at every load before DeepSpeed
+  loads its own state. Settings DeepSpeed cannot run a curriculum under
+  (offload, an optimizer or scheduler in the config...) are refused at
+  ``setup``, naming them.
 """
 
 from __future__ import annotations
@@ -83,6 +98,7 @@ from .._wrapper.ddp import follow_trainable_parameters
 from ._deepspeed_config import check_config
 from ._distributed import rank_zero_metrics
 from ._handles import scheduler_handle
+from ._lightning_sharded import CurriculumModelParallelStrategy
 from ._lr_logs import layer_lrs, reference_lr
 from ._requirements import require
 from ._run import CurriculumRun, plain_metrics
@@ -106,20 +122,21 @@ from lightning.pytorch.strategies import (  # noqa: E402
     SingleDeviceStrategy,
 )
 
-__all__ = ["CurriculumCallback", "curriculum_optimizers"]
+__all__ = ["CurriculumCallback", "CurriculumModelParallelStrategy", "curriculum_optimizers"]
 
 CurriculumSource = Curriculum | Callable[[pl.LightningModule], Curriculum]
 _STATE_VERSION = 2  # 2: "exhausted" (version 1 files read as exhausted: they were)
 _LR_KEY = "lr"
 _SHARDED_CHECKPOINTS = (
-    "Lightning checkpoints of a ModelParallelStrategy (FSDP2) run are not supported yet: "
-    "Lightning saves and loads its optimizer through torch.distributed.checkpoint's "
-    "optimizer API, which steps an optimizer that holds no state (so it would change the "
-    "curriculum's run) and loads state only into the layout the optimizer has when it "
-    "loads (the first phase's). Pass L.Trainer(enable_checkpointing=False) and save the run "
-    "with mentor_fn.save_distributed_checkpoint(directory, callback.curriculum) from a "
-    "callback of yours (mentor_fn.load_distributed_checkpoint resumes it), or train under "
-    "DDP, where Lightning's checkpoints hold the whole run"
+    "Lightning checkpoints of a ModelParallelStrategy (FSDP2) run need "
+    "mentor_fn.integrations.lightning.CurriculumModelParallelStrategy in its place (same "
+    "arguments): ModelParallelStrategy saves and loads its optimizer through "
+    "torch.distributed.checkpoint's optimizer API, which steps an optimizer that holds no "
+    "state (so it would change the curriculum's run) and loads state only into the layout "
+    "the optimizer has when it loads (the first phase's). Or pass "
+    "L.Trainer(enable_checkpointing=False) and save the run with "
+    "mentor_fn.save_distributed_checkpoint(directory, callback.curriculum) from a callback "
+    "of yours"
 )
 _ATTACH_HINT = (
     "add the callback to the Trainer, L.Trainer(callbacks=[callback]), and return "
@@ -279,7 +296,7 @@ class CurriculumCallback(pl.Callback):
         problem = _unsupported_strategy(trainer.strategy)
         if (
             not problem
-            and isinstance(trainer.strategy, ModelParallelStrategy)
+            and _unsupported_checkpoints(trainer.strategy)
             and (trainer.checkpoint_callbacks or trainer.ckpt_path is not None)
         ):
             problem = _SHARDED_CHECKPOINTS
@@ -405,7 +422,7 @@ class CurriculumCallback(pl.Callback):
         is exhausted, and the metrics now (the run itself is saved through the
         optimizer handle)."""
         trainer = self._trainer
-        if trainer is not None and isinstance(trainer.strategy, ModelParallelStrategy):
+        if trainer is not None and _unsupported_checkpoints(trainer.strategy):
             # Called by Lightning before it saves the optimizer: refuse first, clearly.
             raise ValueError(f"CurriculumCallback: {_SHARDED_CHECKPOINTS}")
         return {
@@ -473,6 +490,13 @@ def _unsupported_strategy(strategy: Any) -> str:
     return (
         f"{type(strategy).__name__} is not supported: use the single-device, DDP or "
         "ModelParallelStrategy (FSDP2) strategies"
+    )
+
+
+def _unsupported_checkpoints(strategy: Any) -> bool:
+    """Whether Lightning's checkpoints under ``strategy`` cannot hold a curriculum run."""
+    return isinstance(strategy, ModelParallelStrategy) and not isinstance(
+        strategy, CurriculumModelParallelStrategy
     )
 
 
