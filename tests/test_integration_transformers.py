@@ -9,6 +9,7 @@ phase change. Also the optimizer and scheduler handles on their own.
 
 from __future__ import annotations
 
+import functools
 import gc
 import sys
 import warnings
@@ -633,6 +634,42 @@ def test_a_model_sharded_at_load_time_with_tensor_parallelism_is_refused(tmp_pat
             optimizers=callback.optimizers(),
             callbacks=[callback],
         )
+
+
+def test_checkpoints_of_a_model_sharded_at_load_time_are_refused(tmp_path):
+    # The Trainer saves no optimizer state for such a model (it refuses unless
+    # save_only_model=True), and its resume fails loading the saved weights into
+    # the DTensor model (measured in a 2-process world): the run could not resume.
+    from transformers.distributed import DistributedConfig
+
+    model = tiny_bert()
+    # what from_pretrained(..., distributed_config=...) records on the model
+    model.config.distributed_config = DistributedConfig(fsdp_size=2)
+    callback = CurriculumCallback(mf.Curriculum(model, 1e-2), epoch_schedule())
+    for save, refused in (("steps", True), ("no", False)):
+        arguments = TrainingArguments(
+            output_dir=str(tmp_path),
+            report_to="none",
+            use_cpu=True,
+            save_strategy=save,
+            save_only_model=True,
+        )
+
+        build = functools.partial(
+            Trainer,
+            model=model,
+            args=arguments,
+            train_dataset=Tokens(16, 1),
+            optimizers=callback.optimizers(),
+            callbacks=[callback],
+        )
+        if refused:
+            with pytest.raises(ValueError, match=r"fsdp_size=2.*cannot be resumed") as error:
+                build()
+            assert "save_strategy='no'" in str(error.value)
+            assert "save_distributed_checkpoint" in str(error.value)
+        else:
+            build()
 
 
 ZERO2 = {"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 2}}

@@ -72,10 +72,14 @@ def deepspeed_settings(args: Any) -> dict[str, Any] | None:
 def unsupported_configuration(args: Any, model: nn.Module | None) -> str:
     """Why the callback cannot drive a run with ``args`` on ``model`` ("" when it can).
 
-    Refused: accelerate's FSDP (``TrainingArguments(fsdp=...)``), and models
+    Refused: accelerate's FSDP (``TrainingArguments(fsdp=...)``); models
     sharded at load time with other parallelisms than FSDP2 (tensor,
     pipeline, expert parallel), whose parameters the curriculum's groups were
-    not tested on. DeepSpeed is the adapter's to judge (it needs
+    not tested on; and checkpoints of a model sharded at load time with FSDP2,
+    which the Trainer cannot resume (it saves no optimizer state for such a
+    model, and its resume loads the saved weights into the sharded model,
+    which fails: ``aten.copy_.default got mixed torch.Tensor and DTensor``,
+    transformers 5.25). DeepSpeed is the adapter's to judge (it needs
     ``CurriculumTrainer``).
     """
     if getattr(args, "fsdp", None):
@@ -98,5 +102,16 @@ def unsupported_configuration(args: Any, model: nn.Module | None) -> str:
             return (
                 f"a model loaded with DistributedConfig({settings}) is not supported: the callback "
                 "runs under DDP, FSDP2 (DistributedConfig(fsdp_size=...)) and DeepSpeed ZeRO only"
+            )
+        saving = str(getattr(getattr(args, "save_strategy", "no"), "value", "no"))
+        if (getattr(config, "fsdp_size", None) or 1) > 1 and saving != "no":
+            return (
+                f"checkpoints (save_strategy={saving!r}) of a model sharded at load time "
+                f"(DistributedConfig(fsdp_size={config.fsdp_size})) cannot be resumed: the Trainer "
+                "saves no optimizer state for it, and its resume loads the saved weights into the "
+                "sharded model, which fails. Pass save_strategy='no' (save the run with "
+                "mentor_fn.save_distributed_checkpoint(directory, callback.curriculum) from a "
+                "callback of yours if you need it), or train under DDP or DeepSpeed "
+                "(CurriculumTrainer), whose Trainer checkpoints hold the whole run and resume it"
             )
     return ""
