@@ -35,9 +35,7 @@ import mentor_fn as mf
 from mentor_fn import CheckpointError, Classifier, Mentee
 from mentor_fn._app.cli import main
 
-pytestmark = needs_torch_mentor_reading
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), needs_torch_mentor_reading]
 
 DATA = Path(__file__).parent / "data" / "torch_mentor"
 VERSIONS = ("0.2.2", "0.2.3", "0.3.0")
