@@ -9,9 +9,10 @@ GPUs, one process per GPU):
 Run as a plain script, it starts 2 local processes itself (a rendezvous
 through a file, as torchrun would set them up) and trains under each
 strategy. Under DDP the callback makes Lightning's wrapper follow the phases,
-so no find_unused_parameters is needed; under FSDP2 (ModelParallelStrategy)
-the module shards itself in configure_model, and the curriculum is built on
-the shards.
+so no find_unused_parameters is needed; under FSDP2 the module shards itself
+in configure_model, the curriculum is built on the shards, and
+CurriculumModelParallelStrategy (ModelParallelStrategy, whose checkpoints hold
+the run) lets Lightning save checkpoints to resume from.
 """
 
 import datetime
@@ -23,14 +24,17 @@ import lightning as L
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as multiprocessing
-from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.nn import functional
 from torch.utils.data import DataLoader, TensorDataset
 
 import mentor_fn as mf
-from mentor_fn.integrations.lightning import CurriculumCallback, curriculum_optimizers
+from mentor_fn.integrations.lightning import (
+    CurriculumCallback,
+    CurriculumModelParallelStrategy,
+    curriculum_optimizers,
+)
 
 torch.set_num_threads(1)  # a tiny model: more threads only wait on each other
 
@@ -75,18 +79,20 @@ def train(folder, fsdp):
         mf.Curriculum(model, lr=1e-2, optimizer=torch.optim.AdamW), schedule
     )
     strategy = (
-        ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1) if fsdp else "ddp"
+        CurriculumModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+        if fsdp
+        else "ddp"
     )
     trainer = L.Trainer(
         max_epochs=3,
         callbacks=[callback],
         devices=int(os.environ["LOCAL_WORLD_SIZE"]),
         strategy=strategy,
-        enable_checkpointing=not fsdp,  # Lightning cannot checkpoint an FSDP2 curriculum yet
+        # checkpoints at every epoch's end; resume with trainer.fit(..., ckpt_path=...)
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        default_root_dir=folder,
+        default_root_dir=os.path.join(folder, "fsdp" if fsdp else "ddp"),
     )
     torch.manual_seed(1)
     inputs = torch.randn(256, 16)
