@@ -4,7 +4,8 @@
 # worlds of 2 processes (rank r on cuda:r), the same single-process references,
 # with the tolerances the tests state for CUDA kernels.
 #
-#   bash tools/gpu_check.sh                 # every distributed test file
+#   bash tools/gpu_check.sh                 # every distributed test file, then the
+#                                           # DeepSpeed examples under their launchers
 #   bash tools/gpu_check.sh tests/test_deepspeed.py   # only those named
 #
 # It uses the Python on PATH (or $PYTHON), which must have a CUDA build of
@@ -14,7 +15,8 @@
 #   pip install torch                      # a CUDA build, from the index your CUDA needs
 #   pip install -e '.[test,deepspeed]'
 #
-# Exit status: pytest's; 2 when the machine has fewer than 2 GPUs.
+# Exit status: pytest's (or the first failing example's); 2 when the machine
+# has fewer than 2 GPUs.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -43,7 +45,15 @@ PYTHON
 if [ "$#" -gt 0 ]; then
     files=("$@")
 else
-    files=(tests/test_deepspeed.py tests/test_distributed.py tests/test_curriculum_sharded.py)
+    # The worlds: DeepSpeed in a loop of its own; DDP and FSDP2 in a loop of your own;
+    # the transformers Trainer (DDP, FSDP2, DeepSpeed ZeRO 2 and 3); Lightning (DDP,
+    # FSDP2, DeepSpeedStrategy ZeRO 2 and 3) and the adapters' one-process tests.
+    files=(
+        tests/test_deepspeed.py
+        tests/test_distributed.py
+        tests/test_curriculum_sharded.py
+        tests/test_trainer_distributed.py
+    )
     for file in tests/test_integration_*.py; do
         files+=("$file")
     done
@@ -56,4 +66,28 @@ status=0
 env -u DS_ACCELERATOR MENTOR_FN_TEST_BACKEND=nccl \
     "$python" -m pytest -p no:cacheprovider -q -rs --durations=10 "${files[@]}" || status=$?
 echo "gpu_check: $(( SECONDS - started )) s on $gpus GPU(s), pytest exit status $status"
+
+# The DeepSpeed examples as their docs launch them (each writes into a scratch folder).
+if [ "$#" -eq 0 ] && [ "$status" -eq 0 ]; then
+    root=$PWD
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' EXIT
+    torchrun=("$python" -m torch.distributed.run --nproc-per-node 2)
+    launches=(
+        "${torchrun[*]} $root/examples/transformers_deepspeed.py"
+        "${torchrun[*]} $root/examples/transformers_deepspeed.py --stage 3"
+        "${torchrun[*]} $root/examples/lightning_deepspeed.py"
+        "${torchrun[*]} $root/examples/lightning_deepspeed.py --stage 3"
+        "${torchrun[*]} $root/examples/deepspeed_loop.py --stage 3"
+    )
+    if command -v deepspeed >/dev/null; then
+        launches+=("deepspeed --num_gpus 2 $root/examples/transformers_deepspeed.py")
+    fi
+    for launch in "${launches[@]}"; do
+        folder=$(mktemp -d -p "$scratch")
+        echo "gpu_check: $launch"
+        (cd "$folder" && env -u DS_ACCELERATOR $launch) || { status=$?; break; }
+    done
+    echo "gpu_check: examples done, exit status $status"
+fi
 exit "$status"

@@ -9,9 +9,11 @@
 
 The Lightning and transformers adapters work in one process, under DDP (no
 ``find_unused_parameters`` needed: the DDP wrapper's reducer follows the
-phases) and under FSDP2 (Lightning's ``ModelParallelStrategy``; transformers'
-``DistributedConfig(fsdp_size=...)``), and refuse what they cannot drive
-before training starts.
+phases), under FSDP2 (Lightning's ``ModelParallelStrategy``, or
+``CurriculumModelParallelStrategy`` for checkpoints; transformers'
+``DistributedConfig(fsdp_size=...)``) and under DeepSpeed ZeRO (Lightning's
+``DeepSpeedStrategy``; the transformers ``CurriculumTrainer``), and refuse
+what they cannot drive before training starts.
 
 Each adapter imports its framework; this package imports none of them (nor does
 ``import mentor_fn``), so the frameworks stay optional.

@@ -155,7 +155,7 @@ class CurriculumModelParallelStrategy(ModelParallelStrategy):
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{str(path)!r} does not fit this run: {error}") from None
         parameters = dict(curriculum.model.named_parameters())
-        keys: Mapping[str, list[str]] = saved["optimizer_state_keys"]
+        keys: Mapping[str, list[str]] = saved["state_tensors"]
         optimizer = curriculum.optimizer
         assert optimizer is not None
         _prime_state(optimizer, [parameters[name] for name in keys])
@@ -188,7 +188,7 @@ def _plain_run(handle: LiveOptimizer) -> dict[str, Any]:
         "format": _FORMAT_NAME,
         "version": _FORMAT_VERSION,
         "run": {**run, "curriculum": curriculum},
-        "optimizer_state_keys": keys,
+        "state_tensors": keys,
     }
 
 

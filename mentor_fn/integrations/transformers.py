@@ -17,8 +17,10 @@ What it does, at each point of the Trainer's loop:
   (``LiveOptimizer``, ``LiveScheduler``). accelerate wraps the optimizer
   handle in its ``AcceleratedOptimizer``, which then always reaches the
   curriculum's current optimizer, whatever phase changes replaced it.
-* ``on_init_end``: refuses what it cannot drive (DeepSpeed; a model sharded at
-  load time with tensor, pipeline or expert parallelism) and warns about the
+* ``on_init_end``: refuses what it cannot drive (DeepSpeed under a plain
+  ``Trainer``, or with a config it cannot run under; accelerate's FSDP; a
+  model sharded at load time with tensor, pipeline or expert parallelism, or
+  with FSDP2 and checkpoints) and warns about the
   Trainer's own optimizer settings (``learning_rate``, ``weight_decay``,
   ``lr_scheduler_type``, ``warmup_steps``...) that differ from their
   defaults: the curriculum's optimizer class and arguments and its scheduler
@@ -48,16 +50,21 @@ What it does, at each point of the Trainer's loop:
   (added to the logs the callback sees, and to ``state.log_history``): the lr
   it trained with at that step.
 
-Distributed runs: DDP (``torchrun``, ``accelerate launch``) and FSDP2 through
-``from_pretrained(..., distributed_config=DistributedConfig(fsdp_size=N))``.
+Distributed runs: DDP (``torchrun``, ``accelerate launch``), FSDP2 through
+``from_pretrained(..., distributed_config=DistributedConfig(fsdp_size=N))``,
+and DeepSpeed ZeRO through :class:`CurriculumTrainer` (the ``Trainer``
+replaces any ``optimizers=`` under DeepSpeed).
 Under DDP, the wrapper accelerate makes inside ``train()`` is found at its
 first forward with gradients, and its reducer then follows the phases (it is
 rebuilt before the first forward after a change of the trainable parameters),
 so ``ddp_find_unused_parameters=False`` is safe and saves DDP's search for
 unused parameters at every step. Every rank takes the epoch-end metrics of
 rank 0, so all change phase together. accelerate's own FSDP (``fsdp=...``)
-cannot be given the curriculum's optimizer (the Trainer refuses
-``optimizers=`` under it); DeepSpeed is refused.
+is refused: it moves the optimizer onto parameters it makes when training
+starts. Under DeepSpeed, accelerate builds the engine from the curriculum's
+trainable groups, and the run drives it through
+:class:`mentor_fn.integrations.deepspeed.DeepSpeedCurriculum`; its
+checkpoints hold the run beside DeepSpeed's files.
 """
 
 from __future__ import annotations
