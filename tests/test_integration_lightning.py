@@ -699,6 +699,15 @@ def test_configurations_that_cannot_work_are_refused_naming_the_alternative(dist
             assert "offload_optimizer" in result["zero2_offload"]
 
 
+def test_full_fsdp2_checkpoints_are_refused_when_the_strategy_is_built():
+    from mentor_fn.integrations.lightning import CurriculumModelParallelStrategy
+
+    with pytest.raises(ValueError, match=r"save_distributed_checkpoint=False\) is not"):
+        CurriculumModelParallelStrategy(data_parallel_size=2, save_distributed_checkpoint=False)
+    strategy = CurriculumModelParallelStrategy(2, 1)  # ModelParallelStrategy's arguments
+    assert strategy._data_parallel_size == 2 and strategy._tensor_parallel_size == 1
+
+
 def test_the_fsdp1_strategy_and_deepspeed_configs_that_cannot_work_are_refused():
     from lightning.pytorch.strategies import FSDPStrategy
 
