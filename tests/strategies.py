@@ -12,7 +12,7 @@ library against itself.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,21 +135,28 @@ def replay_transition(
     frozen: Mapping[str, bool],
     coefficients: Mapping[str, float],
     transition: Any,
+    *,
+    owners: Collection[str] | None = None,
+    norms: Collection[str] = (),
 ) -> tuple[dict[str, bool], dict[str, float]]:
     """Naive resolution of a transition value (as ``mentor_fn.testing.transitions`` draws).
 
     Patterns select layers by ``re.fullmatch``; a write sets the selected
-    layer and every dotted descendant; ``layerwise_lr_decay`` writes
-    ``decay ** (n - 1 - i)`` on the i-th of the n selected layers in layer
-    order (ancestors first, so a descendant's own value wins);
-    ``set_norm_policy`` changes neither; ``chain`` replays its parts left to
-    right.
+    layer and every dotted descendant; ``layerwise_lr_decay`` ranks the
+    selected layers that own parameters (``owners``; every layer when None)
+    or have no selected layer below them, a normalization layer (``norms``)
+    joining the rank before it, and writes ``decay ** (n - 1 - i)`` on the
+    layers of the i-th of the n ranks in layer order (ancestors first, so a
+    descendant's own value wins); ``set_norm_policy`` changes neither;
+    ``chain`` replays its parts left to right.
     """
     frozen, coefficients = dict(frozen), dict(coefficients)
     kind = type(transition).__name__
     if kind == "Chain":
         for part in transition.transitions:
-            frozen, coefficients = replay_transition(layers, frozen, coefficients, part)
+            frozen, coefficients = replay_transition(
+                layers, frozen, coefficients, part, owners=owners, norms=norms
+            )
         return frozen, coefficients
 
     def selected(patterns: Sequence[str] | None) -> list[str]:
@@ -172,8 +179,25 @@ def replay_transition(
         pass  # neither frozen flags nor coefficients change
     elif kind == "LayerwiseLrDecay":
         chosen_layers = selected(transition.patterns)
-        for rank, chosen in enumerate(chosen_layers):
-            write(coefficients, chosen, transition.decay ** (len(chosen_layers) - 1 - rank))
+        ranked = [
+            layer
+            for layer in chosen_layers
+            if (owners is None or layer in owners)
+            or not any(other.startswith(layer + ".") for other in chosen_layers)
+        ]
+        ranks: list[list[str]] = []
+        for layer in ranked:
+            if layer in norms and any(other not in norms for other in ranked):
+                if ranks:
+                    ranks[-1].append(layer)
+                else:  # a leading norm layer joins the first rank
+                    later = next(other for other in ranked if other not in norms)
+                    ranks.append([layer, later])
+            elif not ranks or layer not in ranks[-1]:
+                ranks.append([layer])
+        for rank, members in enumerate(ranks):
+            for chosen in members:
+                write(coefficients, chosen, transition.decay ** (len(ranks) - 1 - rank))
     else:
         raise TypeError(f"the oracle cannot replay {transition!r}")
     return frozen, coefficients

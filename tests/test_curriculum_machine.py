@@ -198,7 +198,7 @@ class ProjectMachine(CurriculumMachine):
 
     def apply_transition(self, transition, *, reset, shortcut=False):
         new_frozen, new_coefficients = replay_transition(
-            LAYERS, self.frozen, self.coefficients, transition
+            LAYERS, self.frozen, self.coefficients, transition, owners=OWNERS
         )
         expected = self.expected_plan(new_frozen, new_coefficients) if self.built else mf.NoChange
         result = super().apply_transition(transition, reset=reset, shortcut=shortcut)

@@ -314,13 +314,17 @@ def set_lr_coefficient(coefficient: float, patterns: Patterns) -> SetLrCoefficie
 def depth_ranks(state: CurriculumState, selected: Sequence[str]) -> list[list[str]]:
     """The ranks of ``selected`` by depth, input side first: what LLRD and spreads count.
 
-    A rank is a layer that owns parameters (a container that owns none is no
-    rank and gets no rule: it holds nothing a coefficient applies to). A
+    A rank is a selected layer that owns parameters, or a selected layer with
+    no selected layer below it, which then stands for its whole subtree. So
+    every layer selected (the default) ranks the layers that own parameters,
+    by depth, and containers are no ranks of their own; while a selection of
+    blocks (``r"encoder\\.layer\\.\\d+"``) ranks each block as one. A
     normalization layer is no rank of its own: it joins the rank of the
     layer before it (the one it normalizes; the first rank when it comes
     first), so a CNN of conv + BatchNorm blocks has one rank per conv, and a
     ViT's final norm shares the last block's rank, as in timm. With no layer
-    but normalization layers selected, each is a rank.
+    but normalization layers selected, each is a rank. ``selected`` is in
+    layer order (as :meth:`CurriculumState.select` returns it).
 
     Example:
         >>> state = CurriculumState(
@@ -330,14 +334,24 @@ def depth_ranks(state: CurriculumState, selected: Sequence[str]) -> list[list[st
         ... )
         >>> depth_ranks(state, state.layers)
         [['net.conv', 'net.bn'], ['head']]
+        >>> depth_ranks(state, ("net", "head"))  # nothing selected below "net"
+        [['net'], ['head']]
     """
-    owners = [layer for layer in selected if layer in state.parameter_owners]
+    owners = state.parameter_owners
+    # Layers are in pre-order, so a selected layer's selected descendants, if
+    # any, begin with the very next selected name.
+    ranked = [
+        layer
+        for position, layer in enumerate(selected)
+        if layer in owners
+        or not (position + 1 < len(selected) and selected[position + 1].startswith(layer + "."))
+    ]
     norms = state.norm_layers
-    if all(layer in norms for layer in owners):
-        return [[layer] for layer in owners]
+    if all(layer in norms for layer in ranked):
+        return [[layer] for layer in ranked]
     ranks: list[list[str]] = []
     leading: list[str] = []
-    for layer in owners:
+    for layer in ranked:
         if layer not in norms:
             ranks.append([*leading, layer])
             leading = []
@@ -358,11 +372,14 @@ def layerwise_lr_decay(
 
     The i-th of the n ranks gets coefficient ``decay ** (n - 1 - i)``: the
     last rank (the output) learns at the global lr, each earlier one
-    ``decay`` times slower. A rank is a layer that owns parameters, by depth
-    (:func:`depth_ranks`): containers are no ranks, and a normalization layer
-    shares the rank of the layer it follows. So a CNN of four conv +
-    BatchNorm blocks and a head has five ranks, and its first conv gets
-    ``decay ** 4``. This is what :func:`layerwise_lr_spread` counts too.
+    ``decay`` times slower. A rank is a selected layer that owns parameters,
+    by depth, or a selected layer with nothing selected below it, standing
+    for its subtree (:func:`depth_ranks`): on every layer, containers are no
+    ranks, and a normalization layer shares the rank of the layer it
+    follows. So a CNN of four conv + BatchNorm blocks and a head has five
+    ranks, and its first conv gets ``decay ** 4``; ``patterns=r"blocks\\.\\d+"``
+    makes each block one rank. This is what :func:`layerwise_lr_spread`
+    counts too.
     torch_mentor's LLRD loop (``set_lr_coefficient`` over every name of
     ``layer_names``) counts containers and norms as ranks as well (the same
     CNN's first conv gets ``decay ** 11`` there); write that loop to get its
@@ -407,6 +424,12 @@ def layerwise_lr_decay(
         ... )
         >>> layerwise_lr_decay(0.5)(cnn).resolved_coefficients()  # the container keeps 1.0
         (1.0, 0.5, 0.5, 1.0)
+        >>> blocks = CurriculumState(
+        ...     ("blocks.0", "blocks.0.fc", "blocks.1", "blocks.1.fc", "head"),
+        ...     parameter_owners=("blocks.0.fc", "blocks.1.fc", "head"),
+        ... )
+        >>> layerwise_lr_decay(0.5, patterns=r"blocks\\.\\d")(blocks).resolved_coefficients()
+        (0.5, 0.5, 1.0, 1.0, 1.0)
     """
     checked_decay = validate_fraction(decay, what="decay")
     if groups is None:
