@@ -27,6 +27,11 @@ NEEDS_TORCH = {
 
 # The optional frameworks an example may import (each an extra of its own).
 FRAMEWORKS = ("lightning", "transformers", "accelerate", "deepspeed")
+# Frameworks an example needs without importing them itself (its engine is chosen by name).
+NEEDS_MODULES = {
+    "transformers_deepspeed.py": ("deepspeed",),
+    "lightning_deepspeed.py": ("deepspeed",),
+}
 
 
 def _imported_frameworks(script: Path) -> list[str]:
@@ -44,7 +49,7 @@ def _skip_reason(script: Path) -> str | None:
     version, reason = NEEDS_TORCH.get(script.name, ((0, 0), ""))
     if version > TORCH_VERSION:
         return reason
-    for framework in _imported_frameworks(script):
+    for framework in (*_imported_frameworks(script), *NEEDS_MODULES.get(script.name, ())):
         if importlib.util.find_spec(framework) is None:
             return f"needs {framework}, not installed"
     return None
@@ -52,6 +57,11 @@ def _skip_reason(script: Path) -> str | None:
 
 # The longest first, so that the parallel runs finish together.
 _SLOW_FIRST = (
+    "deepspeed_loop.py",
+    "transformers_deepspeed.py",
+    "lightning_deepspeed.py",
+    "lightning_distributed.py",
+    "transformers_distributed.py",
     "transformers_finetune.py",
     "lightning_finetune.py",
     "distributed.py",
@@ -70,7 +80,10 @@ def example_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
     """
     order = sorted(
         (path for path in EXAMPLES if _skip_reason(path) is None),
-        key=lambda path: (path.name not in _SLOW_FIRST, path.name),
+        key=lambda path: (
+            _SLOW_FIRST.index(path.name) if path.name in _SLOW_FIRST else len(_SLOW_FIRST),
+            path.name,
+        ),
     )
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -149,6 +162,16 @@ GUIDE_EXAMPLES = {
     "hygiene.md": ["vit_hygiene.py"],
     "testing.md": ["property_test.py"],
     "scaling-out.md": ["distributed.py"],
+    "integrations.md": [
+        "lightning_finetune.py",
+        "lightning_distributed.py",
+        "lightning_deepspeed.py",
+        "transformers_finetune.py",
+        "transformers_distributed.py",
+        "transformers_deepspeed.py",
+    ],
+    "deepspeed.md": ["deepspeed_loop.py"],
+    "torch-mentor.md": ["torch_mentor_switch.py"],
 }
 
 
