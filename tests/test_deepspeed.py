@@ -29,7 +29,7 @@ from distributed_harness import on_cuda, run_world, skip_reason
 
 import mentor_fn as mf
 
-pytest.importorskip("deepspeed", reason="needs deepspeed: pip install 'mentor_fn[deepspeed]'")
+pytest.importorskip("deepspeed", reason="needs deepspeed: the 'deepspeed' extra")
 
 from mentor_fn.integrations import deepspeed as mf_deepspeed
 

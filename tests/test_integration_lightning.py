@@ -148,7 +148,9 @@ def test_without_lightning_the_import_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "lightning", None)  # what an uninstalled package looks like
     monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
     monkeypatch.delitem(sys.modules, "mentor_fn.integrations.lightning")
-    with pytest.raises(ImportError, match=r"pip install 'mentor_fn\[lightning\]'"):
+    with pytest.raises(
+        ImportError, match=r"pip install 'lightning>=2\.2' \(the 'lightning' extra of mentor_fn\)"
+    ):
         import mentor_fn.integrations.lightning  # noqa: F401
 
 

@@ -195,7 +195,10 @@ def test_without_transformers_the_import_error_names_the_extra(monkeypatch):
     # interpreter by test_integration_lightning.py.
     monkeypatch.setitem(sys.modules, "transformers", None)  # an uninstalled package
     monkeypatch.delitem(sys.modules, "mentor_fn.integrations.transformers")
-    with pytest.raises(ImportError, match=r"pip install 'mentor_fn\[transformers\]'"):
+    with pytest.raises(
+        ImportError,
+        match=r"pip install 'transformers>=4\.40' \(the 'transformers' extra of mentor_fn\)",
+    ):
         import mentor_fn.integrations.transformers  # noqa: F401
 
 

@@ -1,10 +1,10 @@
 """mentor_fn inside the training frameworks people already use.
 
-* :mod:`mentor_fn.integrations.lightning` (``pip install 'mentor_fn[lightning]'``):
+* :mod:`mentor_fn.integrations.lightning` (the ``lightning`` extra):
   ``CurriculumCallback`` for Lightning's ``Trainer``.
-* :mod:`mentor_fn.integrations.transformers` (``pip install 'mentor_fn[transformers]'``):
+* :mod:`mentor_fn.integrations.transformers` (the ``transformers`` extra):
   ``CurriculumCallback`` for the transformers ``Trainer``.
-* :mod:`mentor_fn.integrations.deepspeed` (``pip install 'mentor_fn[deepspeed]'``):
+* :mod:`mentor_fn.integrations.deepspeed` (the ``deepspeed`` extra):
   ``initialize`` / ``DeepSpeedCurriculum`` for a DeepSpeed ZeRO engine in your own loop.
 
 The Lightning and transformers adapters work in one process, under DDP (no

@@ -10,14 +10,18 @@ __all__ = ["require"]
 
 
 def require(module: str, *, extra: str, minimum: str, adapter: str) -> ModuleType:
-    """Import ``module``, or raise an ImportError naming ``extra``.
+    """Import ``module``, or raise an ImportError saying what to install.
+
+    The hint names the framework itself (``pip install 'lightning>=2.2'``),
+    which works however mentor_fn was installed, and the ``extra`` that
+    brings it.
 
     Raises:
         ImportError: ``module`` is not installed, or older than ``minimum``
             (its top-level package's ``__version__``).
     """
-    hint = f"pip install 'mentor_fn[{extra}]'"
     top = module.split(".")[0]
+    hint = f"pip install '{top}>={minimum}' (the {extra!r} extra of mentor_fn)"
     try:
         imported = importlib.import_module(module)
     except ImportError as error:

@@ -1,6 +1,6 @@
 """Curriculum learning on a DeepSpeed ZeRO engine (stages 1, 2 and 3), in your own training loop.
 
-``pip install 'mentor_fn[deepspeed]'``. In your code::
+the ``deepspeed`` extra (``pip install -e '.[deepspeed]'`` in a clone). In your code::
 
     from mentor_fn.integrations import deepspeed as mf_deepspeed
 

@@ -1,6 +1,6 @@
 """Curriculum learning in Lightning: a Callback that owns a Curriculum and its schedule.
 
-``pip install 'mentor_fn[lightning]'``. In your code::
+the ``lightning`` extra (``pip install -e '.[lightning]'`` in a clone). In your code::
 
     callback = CurriculumCallback(mf.Curriculum(model, lr=1e-3), schedule)
     trainer = L.Trainer(callbacks=[callback], ...)

@@ -1,6 +1,6 @@
 """Curriculum learning in the transformers Trainer: a TrainerCallback that owns a Curriculum.
 
-``pip install 'mentor_fn[transformers]'``. The callback hands the Trainer the
+the ``transformers`` extra (``pip install -e '.[transformers]'`` in a clone). The callback hands the Trainer the
 curriculum's optimizer and scheduler::
 
     callback = CurriculumCallback(mf.Curriculum(model, lr=5e-5, ...), schedule)

@@ -1,6 +1,6 @@
 """Property-test your own curriculum: strategies, invariant checks, a state machine.
 
-Needs hypothesis: ``pip install 'mentor_fn[testing]'``. ``import mentor_fn``
+Needs hypothesis: the ``testing`` extra (``pip install -e '.[testing]'`` in a clone). ``import mentor_fn``
 never imports this package (nor hypothesis).
 
 * Strategies: :func:`models` (small module trees with tied weights, shared
@@ -39,13 +39,13 @@ try:
 except ImportError as error:  # pragma: no cover - exercised in a subprocess
     raise ImportError(
         "mentor_fn.testing needs hypothesis, which is not installed: "
-        "pip install 'mentor_fn[testing]'"
+        "pip install 'hypothesis>=6.100' (the 'testing' extra of mentor_fn)"
     ) from error
 
 if hypothesis.version.__version_info__ < (6, 100):  # pragma: no cover
     raise ImportError(
         f"mentor_fn.testing needs hypothesis >= 6.100, found {hypothesis.__version__}: "
-        "pip install 'mentor_fn[testing]'"
+        "pip install 'hypothesis>=6.100' (the 'testing' extra of mentor_fn)"
     )
 
 from ._checks import check_flags, check_lrs, check_partition
