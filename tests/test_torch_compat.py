@@ -8,6 +8,7 @@ import types
 import pytest
 import torch
 
+import mentor_fn as mf
 from mentor_fn._core.torch_compat import is_dtensor
 
 
@@ -39,3 +40,14 @@ def test_torch_24s_package_without_dtensor_is_not_read_as_one(monkeypatch):
     assert is_dtensor(torch.zeros(2).as_subclass(FakeDTensor))
     monkeypatch.delitem(sys.modules, "torch.distributed._tensor")
     assert not is_dtensor(torch.zeros(2).as_subclass(FakeDTensor))
+
+
+def test_reading_torch_mentor_files_is_refused_up_front_on_an_older_torch(monkeypatch, tmp_path):
+    """Below the torch measured to read them, the refusal names the version and the way
+    out, before the file is even opened (a missing file gets the same refusal)."""
+    from mentor_fn._files import torch_mentor_file
+
+    monkeypatch.setattr(torch_mentor_file, "TORCH_RELEASE", (2, 5))
+    with pytest.raises(mf.CheckpointError, match=r"needs torch 2\.13 or newer .*Convert it with"):
+        mf.convert_torch_mentor_checkpoint(tmp_path / "never_opened.pt", tmp_path / "new.ckpt")
+    assert list(tmp_path.iterdir()) == []

@@ -27,9 +27,12 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["is_dtensor", "safe_globals", "unsafe_globals_in_checkpoint"]
+__all__ = ["TORCH_RELEASE", "is_dtensor", "safe_globals", "unsafe_globals_in_checkpoint"]
 
-_TORCH_RELEASE = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+TORCH_RELEASE: tuple[int, ...] = tuple(
+    int(part) for part in torch.__version__.split("+")[0].split(".")[:2]
+)
+"""The installed torch's ``(major, minor)``."""
 
 # Where each torch keeps DTensor, newest first.
 _DTENSOR_MODULES = ("torch.distributed.tensor", "torch.distributed._tensor")
@@ -104,14 +107,14 @@ def safe_globals(allowed: Sequence[Any]) -> Iterator[None]:
     that name.
     """
     manager = getattr(torch.serialization, "safe_globals", None)
-    if manager is not None and _TORCH_RELEASE >= (2, 6):
+    if manager is not None and TORCH_RELEASE >= (2, 6):
         with manager(list(allowed)):
             yield
         return
     # torch 2.4 and 2.5 match an allowed global by its __module__ and __name__:
     # an object allowed under another name gets a subclass carrying that name.
     previous = list(torch.serialization.get_safe_globals())
-    newer_defaults = list(_NEWER_DEFAULTS.values()) if _TORCH_RELEASE < (2, 5) else []
+    newer_defaults = list(_NEWER_DEFAULTS.values()) if TORCH_RELEASE < (2, 5) else []
     torch.serialization.add_safe_globals([*newer_defaults, *(_named(entry) for entry in allowed)])
     try:
         yield

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .._core.torch_compat import safe_globals, unsafe_globals_in_checkpoint
+from .._core.torch_compat import TORCH_RELEASE, safe_globals, unsafe_globals_in_checkpoint
 from . import mentee_fields as fields
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -147,13 +147,22 @@ def read_torch_mentor_checkpoint(
         CheckpointError: missing, unreadable, truncated or corrupt file; not a
             torch_mentor checkpoint (a mentor_fn one is named as such); a
             layout of no known torch_mentor release; a malformed field (named);
-            a file that needs full unpickling without ``trust``.
+            a file that needs full unpickling without ``trust``; a torch older
+            than :data:`READABLE_FROM` (before the file is opened).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"a checkpoint path must be a str or os.PathLike, got {path!r}")
     if not isinstance(trust, bool):
         raise TypeError(f"trust must be a bool, got {trust!r}")
     where = str(path)
+    if TORCH_RELEASE < READABLE_FROM:
+        raise CheckpointError(
+            f"reading torch_mentor checkpoint {where!r} needs torch "
+            f"{'.'.join(map(str, READABLE_FROM))} or newer (measured; this is torch "
+            f"{torch.__version__}): older weights-only unpicklers refuse what torch_mentor "
+            "files hold. Convert it with a newer torch; the converted file then loads on "
+            "every torch mentor_fn supports"
+        )
     data, fully_unpickled = _load(Path(path), where, trust)
     version = _layout_version(data, where)
     try:
@@ -212,6 +221,9 @@ def _load(path: Path, where: str, trust: bool) -> tuple[Any, bool]:
     except Exception as error:  # a trusted file can still be damaged
         raise CheckpointError(f"checkpoint {where!r} {describe_load_error(error)}") from None
 
+
+READABLE_FROM = (2, 13)
+"""The oldest torch that reads torch_mentor files here: 2.4.1 and 2.5.1 refuse them."""
 
 _REFUSED = "Weights only load failed"  # how torch starts the message of a refused global or opcode
 
