@@ -1167,6 +1167,30 @@ def test_progress_bars_can_be_switched_off(capsys):
     assert captured.out == ""
 
 
+class CountedBatches:
+    """An iterable of batches that counts how often it is iterated, as a DataLoader
+    reshuffles (and starts its workers) at each ``iter()``."""
+
+    def __init__(self, batches):
+        self.batches, self.iterations = batches, 0
+
+    def __iter__(self):
+        self.iterations += 1
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_fit_iterates_the_data_once_per_epoch(progress, capsys):
+    model = MyResNet()
+    model.create_train_objects(lr=1e-3)
+    train, val = CountedBatches(as_batches(images(4), 2)), CountedBatches(as_batches(images(4), 2))
+    model.fit(train, val, epochs=3, progress=progress)
+    assert (train.iterations, val.iterations) == (3, 3)
+
+
 def test_scheduler_steps_once_per_epoch():
     model = MyResNet()
     model.set_lr_coefficient(0.1, "backbone")

@@ -10,7 +10,7 @@ end, and a schedule advances at both.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,7 +18,11 @@ import optree
 import torch
 from torch.optim import lr_scheduler as torch_schedulers
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+
+# Not tqdm.auto: its asyncio bar calls iter() on the data in its constructor, even
+# when disabled, so each epoch iterated a loader twice (a seeded DataLoader then
+# skipped every other shuffle, and worker processes started twice).
+from tqdm.autonotebook import tqdm
 
 from .._wrapper.curriculum import Curriculum
 from .trainers import Trainer
@@ -224,7 +228,9 @@ def batches(data: Any, *, shuffle: bool, batch_size: int, epochs: int | None) ->
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle)
     if not isinstance(data, Iterable):
         raise TypeError(f"expected a DataLoader, a Dataset or an iterable of batches, got {data!r}")
-    if iter(data) is data and (epochs is None or epochs > 1):
+    # An iterator is one-shot; asking by type, not by calling iter(), spares a
+    # loader an iteration (a reshuffle, worker processes) that no epoch uses.
+    if isinstance(data, Iterator) and (epochs is None or epochs > 1):
         raise TypeError(
             "an iterator is exhausted after one epoch: pass a list, a Dataset or a DataLoader"
         )
