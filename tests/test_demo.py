@@ -696,6 +696,17 @@ def test_the_page_s_reading_says_what_the_seeds_block_shows(seeds):
     assert "[the protocol](demo-protocol.md)" in page
 
 
+def test_the_readme_quotes_the_seeds_block(seeds):
+    """The README's one-line result is the seeds block's (its text, reflowed)."""
+    _, summary, _ = seeds
+    versus, count = summary.versus, summary.count
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert versus["id"].behind == versus["ood"].behind  # one number quoted for both
+    assert f"behind on {versus['id'].behind} of {count} seeds in and out of distribution" in readme
+    assert summary.backbone_changed["by_hand"] == 0
+    assert "LP-FT written by hand never moved its backbone" in readme
+
+
 def test_the_page_quotes_the_first_run_as_the_protocol_records_it():
     page = _page_text()
     fix = " ".join(
