@@ -416,7 +416,7 @@ def test_seeds_print_one_line_per_seed_the_mean_the_spread_and_the_outcomes(demo
 def test_without_the_demo_extra_says_what_to_install(module, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, module, None)
     monkeypatch.setattr(experiment, "pretrain", lambda *_: pytest.fail("trained before failing"))
-    with pytest.raises(ImportError, match=r"mentor_fn\[demo\]"):
+    with pytest.raises(ImportError, match=r"pip install scikit-learn matplotlib \(the 'demo'"):
         _demo.run_demo(output=tmp_path, quiet=True, stream=io.StringIO())
 
 

@@ -83,7 +83,7 @@ def _parser() -> _Parser:
         "accuracy on held-out images as trained on (ID) and rotated by "
         f"{SHIFT_DEGREES:g} degrees (OOD). One seed writes a checkpoint and a timeline PNG; "
         "--seeds N prints the mean and spread over N seeds. "
-        "Needs: pip install 'mentor_fn[demo]'.",
+        "Needs scikit-learn and matplotlib (the 'demo' extra).",
     )
     demo.add_argument(
         "--output",

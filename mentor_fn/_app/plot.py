@@ -75,7 +75,7 @@ def _matplotlib() -> Any:
         from matplotlib.figure import Figure
     except ImportError as error:
         raise ImportError(
-            "plotting needs matplotlib: pip install matplotlib (or 'mentor_fn[demo]')"
+            "plotting needs matplotlib: pip install matplotlib (the 'demo' extra of mentor_fn)"
         ) from error
     return matplotlib, Figure, FigureCanvasAgg
 

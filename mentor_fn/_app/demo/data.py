@@ -57,7 +57,10 @@ PRETRAIN_ROTATION_DEGREES = 45
 """Pretraining rotates each source image by a random angle in [-45, 45] degrees,
 so the pretrained features have seen the shift (the setting LP-FT is about)."""
 DTYPE = torch.float64
-MISSING_EXTRA = "the demo needs scikit-learn and matplotlib: pip install 'mentor_fn[demo]'"
+MISSING_EXTRA = (
+    "the demo needs scikit-learn and matplotlib: pip install scikit-learn matplotlib "
+    "(the 'demo' extra of mentor_fn)"
+)
 
 
 @dataclass(frozen=True)
