@@ -286,3 +286,25 @@ def test_the_command_line_converts_and_inspect_reads_the_result(tmp_path, capsys
         main(["inspect", str(fixture("0.3.0_trained"))])
     assert raised.value.code == 2
     assert "convert it first" in capsys.readouterr().err
+
+
+def test_a_converted_history_plots_what_it_does_not_record_as_not_recorded(tmp_path):
+    """torch_mentor's history records no frozen layers: the timeline shows a layer as
+    trainable only where the record gives it an lr, and as not recorded elsewhere,
+    never as trainable by default; the epochs trained after the conversion say."""
+    pytest.importorskip("matplotlib")
+    from mentor_fn._app.plot import lane_states, plot_checkpoint
+
+    path, _ = converted(tmp_path, "0.2.3_frozen_after_build")
+    model, _, _ = TinyNet.resume_training(path)
+    converted_records = len(model.history)
+    model.fit(loader(), loader(), epochs=1, progress=False)
+    layers = model.curriculum_state.layers
+    lanes = lane_states(model.history, layers)
+    frozen_now = [layer for layer in layers if model.curriculum_state.is_frozen(layer)]
+    assert frozen_now, "the fixture froze a layer"
+    for layer in frozen_now:
+        assert None in lanes[layer][:converted_records]  # not recorded, not trainable
+        assert lanes[layer][converted_records:] == [True]
+    model.save(tmp_path / "continued.ckpt")
+    assert plot_checkpoint(tmp_path / "continued.ckpt", tmp_path / "timeline.png").stat().st_size

@@ -171,6 +171,28 @@ def _group_label(names: Sequence[str]) -> str:
     return f"{names[0]} and {len(names) - 1} more"
 
 
+def lane_states(
+    history: Sequence[Mapping[str, Any]], layers: Sequence[str]
+) -> dict[str, list[bool | None]]:
+    """Whether each layer was frozen at each record: True, False, or None where the
+    record does not say (no ``frozen`` list, as in histories converted from
+    torch_mentor, and no lr for the layer, which only trainable layers have).
+
+    Example:
+        >>> lane_states([{"frozen": ["a"], "lr": {"b": 0.1}}, {"lr": {"b": 0.1}}], ["a", "b"])
+        {'a': [True, None], 'b': [False, False]}
+    """
+    return {
+        layer: [
+            (layer in record["frozen"])
+            if "frozen" in record
+            else (False if layer in record.get("lr", {}) else None)
+            for record in history
+        ]
+        for layer in layers
+    }
+
+
 def plot_timeline(
     history: Sequence[Mapping[str, Any]],
     output: str | os.PathLike[str],
@@ -183,7 +205,9 @@ def plot_timeline(
 
     Args:
         history: records with ``epoch``, ``train``, ``val``, ``lr`` (layer ->
-            effective lr, trainable layers) and ``frozen`` (frozen layers);
+            effective lr, trainable layers) and ``frozen`` (frozen layers; a
+            record without it, as converted from torch_mentor, shows the
+            layers with no lr as not recorded, not as trainable);
             an optional ``phase`` name labels the spans, an optional
             ``baseline`` (see :func:`attach_baseline`) adds a comparison
             run's validation curve.
@@ -221,8 +245,8 @@ def plot_timeline(
         layer: [float(record.get("lr", {}).get(layer, nan)) for record in history]
         for layer in layers
     }
-    frozen_per_record = [set(record.get("frozen", ())) for record in history]
-    frozen_rows = {layer: [layer in frozen for frozen in frozen_per_record] for layer in layers}
+    frozen_rows = lane_states(history, layers)
+    unrecorded = any(None in row for row in frozen_rows.values())
 
     # Layers with identical lr series share one line (e.g. the convs of one block).
     series: dict[tuple[Any, ...], list[str]] = {}
@@ -325,8 +349,20 @@ def plot_timeline(
     for row, layer in enumerate(lane_order):
         trainable_spans: list[tuple[int, int]] = []
         frozen_spans: list[tuple[int, int]] = []
+        unrecorded_spans: list[tuple[int, int]] = []
         for start, stop, is_frozen in runs(frozen_rows[layer]):
-            (frozen_spans if is_frozen else trainable_spans).append((start, stop - start))
+            spans = {True: frozen_spans, False: trainable_spans, None: unrecorded_spans}
+            spans[is_frozen].append((start, stop - start))
+        if unrecorded_spans:
+            lane_axis.broken_barh(
+                unrecorded_spans,
+                (row + 0.12, 0.76),
+                facecolors="#f4f4f4",
+                edgecolors="#bbbbbb",
+                hatch="..",
+                linewidth=0.6,
+                zorder=2,
+            )
         if trainable_spans:
             lane_axis.broken_barh(
                 trainable_spans, (row + 0.12, 0.76), facecolors=line_color[layer], zorder=2
@@ -367,7 +403,11 @@ def plot_timeline(
     lane_axis.set_yticklabels(lane_order, fontsize=8 if len(layers) <= 16 else 6)
     lane_axis.tick_params(axis="y", length=0)
     lane_axis.set_title(
-        "trainable (colour) or frozen (hatched), per layer", fontsize=10, loc="left"
+        "trainable (colour), frozen (hatched)"
+        + (" or not recorded (dotted)" if unrecorded else "")
+        + ", per layer",
+        fontsize=10,
+        loc="left",
     )
     for side in ("top", "right", "left"):
         lane_axis.spines[side].set_visible(False)
