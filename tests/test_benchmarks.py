@@ -30,11 +30,24 @@ def test_every_bench_module_is_discovered():
     assert BENCHMARKS  # at least one
 
 
-def test_quick_mode_runs_every_benchmark():
-    completed = _run("--quick", timeout=600)
+# The benchmarks that start process groups (a 2-process DDP world; DeepSpeed's
+# engine): smoke-tested in the distributed group.
+WORLD_BENCHMARKS = ("bench_ddp", "bench_deepspeed")
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        pytest.param([name for name in BENCHMARKS if name not in WORLD_BENCHMARKS], id="one"),
+        pytest.param(list(WORLD_BENCHMARKS), id="worlds", marks=pytest.mark.distributed),
+    ],
+)
+def test_quick_mode_runs_every_benchmark(names):
+    assert set(WORLD_BENCHMARKS) <= set(BENCHMARKS)
+    completed = _run("--quick", *(f"--only={name}" for name in names), timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     summary = completed.stdout.rsplit("summary", 1)[1]
-    for name in BENCHMARKS:
+    for name in names:
         assert name in summary
     assert "crashed" not in summary
     assert "|---" in completed.stdout  # the tables were printed

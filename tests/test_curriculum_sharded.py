@@ -25,7 +25,10 @@ from torch_features import needs_fsdp2
 
 import mentor_fn as mf
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+pytestmark = [
+    pytest.mark.distributed,  # 2-process worlds: python -m pytest -m distributed
+    pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable"),
+]
 
 
 def _model() -> nn.Module:

@@ -91,6 +91,7 @@ def assert_zero_groups_follow(records):
         assert sorted(placed) == sorted(trainable), step  # each once, frozen ones in none
 
 
+@pytest.mark.distributed
 @needs_world
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_transition_kind_equals_one_process(world, reference_transitions, stage):
@@ -110,6 +111,7 @@ def test_every_transition_kind_equals_one_process(world, reference_transitions, 
     assert first["first_optimizer_freed"] and second["first_optimizer_freed"]
 
 
+@pytest.mark.distributed
 @needs_world
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_rebuild_carries_master_weights_moments_and_step_exactly(world, stage):
@@ -124,6 +126,7 @@ def test_a_rebuild_carries_master_weights_moments_and_step_exactly(world, stage)
                     assert torch.equal(before[key], after[key]), (name, key)
 
 
+@pytest.mark.distributed
 @needs_world
 @pytest.mark.parametrize("stage", STAGES)
 def test_schedule_with_warmups_and_a_fresh_phase_equals_one_process(
@@ -136,6 +139,7 @@ def test_schedule_with_warmups_and_a_fresh_phase_equals_one_process(
     assert_zero_groups_follow(first["records"])
 
 
+@pytest.mark.distributed
 @needs_world
 def test_coalesced_groups_of_carried_and_fresh_parameters_split_on_the_engine(world):
     reference = workers.coalesced(None)
@@ -149,6 +153,7 @@ def test_coalesced_groups_of_carried_and_fresh_parameters_split_on_the_engine(wo
     assert sorted(first["steps"]) == [2.0, 4.0]
 
 
+@pytest.mark.distributed
 @needs_world
 def test_the_schedule_advances_at_accumulation_boundaries_only(world):
     for rank in world:
@@ -159,6 +164,7 @@ def test_the_schedule_advances_at_accumulation_boundaries_only(world):
         assert result["plans"][1::2] == ["NoneType", "Rebuild", "Patch"]  # warmup ramps
 
 
+@pytest.mark.distributed
 @needs_world
 @pytest.mark.parametrize("stage", STAGES)
 def test_resumed_run_continues_as_the_uninterrupted_one_bit_for_bit(world, stage):
@@ -188,6 +194,7 @@ def test_resumed_run_continues_as_the_uninterrupted_one_bit_for_bit(world, stage
         ]
 
 
+@pytest.mark.distributed
 @needs_world
 @pytest.mark.parametrize("stage", STAGES)
 def test_bf16_rebuild_carries_fp32_master_weights_exactly(world, stage):
@@ -206,6 +213,7 @@ def test_bf16_rebuild_carries_fp32_master_weights_exactly(world, stage):
         assert torch.equal(value, second[name]), name
 
 
+@pytest.mark.distributed
 @needs_world
 def test_fp16_rebuild_carries_state_and_an_overflow_skips_the_schedule(world):
     for rank in world:
@@ -223,6 +231,7 @@ def test_fp16_rebuild_carries_state_and_an_overflow_skips_the_schedule(world):
         }
 
 
+@pytest.mark.distributed
 @needs_world
 def test_engines_that_cannot_follow_a_curriculum_are_refused(world):
     messages = world[0]["engine_checks"]
@@ -235,6 +244,7 @@ def test_engines_that_cannot_follow_a_curriculum_are_refused(world):
     assert "pipeline parallelism (PipelineEngine)" in messages["pipeline"]
 
 
+@pytest.mark.distributed
 @needs_world
 def test_an_engine_built_with_another_optimizer_is_taken_over_and_guarded(world):
     messages = world[0]["engine_checks"]
@@ -245,6 +255,7 @@ def test_an_engine_built_with_another_optimizer_is_taken_over_and_guarded(world)
     assert messages["synced_groups"] == 6
 
 
+@pytest.mark.distributed
 @needs_world
 def test_frozen_layers_hold_no_optimizer_memory(world):
     messages = world[0]["engine_checks"]
@@ -259,6 +270,7 @@ def test_frozen_layers_hold_no_optimizer_memory(world):
     )
 
 
+@pytest.mark.distributed
 @needs_world
 def test_the_example_runs_in_a_world(world):
     for rank in world:

@@ -16,7 +16,10 @@ import torch.distributed as dist
 from distributed_harness import run_world
 from torch_features import needs_fsdp2, needs_fsdp2_reduction_of_torch_2_13
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+pytestmark = [
+    pytest.mark.distributed,  # 2-process worlds: python -m pytest -m distributed
+    pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable"),
+]
 
 
 @pytest.fixture(scope="module")

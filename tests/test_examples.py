@@ -55,23 +55,28 @@ def _skip_reason(script: Path) -> str | None:
     return None
 
 
-# The longest first, so that the parallel runs finish together.
-_SLOW_FIRST = (
+# Examples that start 2-process worlds (or their launchers): the distributed group.
+WORLD_EXAMPLES = (
     "deepspeed_loop.py",
     "transformers_deepspeed.py",
     "lightning_deepspeed.py",
     "lightning_distributed.py",
     "transformers_distributed.py",
+    "distributed.py",
+)
+# The longest first, so that the parallel runs finish together.
+_SLOW_FIRST = (
+    *WORLD_EXAMPLES,
     "transformers_finetune.py",
     "lightning_finetune.py",
-    "distributed.py",
     "property_test.py",
 )
 
 
-@pytest.fixture(scope="module")
-def example_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, object]]:
-    """Every example run once, as a script in a fresh process and an empty folder.
+def _run_in_parallel(
+    scripts: list[Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, object]]:
+    """Each script run once, in a fresh process and an empty folder.
 
     The runs go in parallel, as many as there are CPUs: each spends about as
     long importing torch (and its framework) as running, and one at a time
@@ -79,7 +84,7 @@ def example_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
     parallel runs do not spin-wait on each other's cores.
     """
     order = sorted(
-        (path for path in EXAMPLES if _skip_reason(path) is None),
+        (path for path in scripts if _skip_reason(path) is None),
         key=lambda path: (
             _SLOW_FIRST.index(path.name) if path.name in _SLOW_FIRST else len(_SLOW_FIRST),
             path.name,
@@ -103,20 +108,55 @@ def example_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
         return folder, completed
 
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
-        results = dict(zip((path.name for path in order), pool.map(run, order)))
-    return results
+        return dict(zip((path.name for path in order), pool.map(run, order)))
 
 
-@pytest.mark.parametrize("script", EXAMPLES, ids=[path.name for path in EXAMPLES])
-def test_example_runs(script: Path, example_runs: dict[str, tuple[Path, object]]):
+@pytest.fixture(scope="module")
+def example_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, object]]:
+    """The one-process examples, each run once as a script."""
+    return _run_in_parallel(
+        [path for path in EXAMPLES if path.name not in WORLD_EXAMPLES], tmp_path_factory
+    )
+
+
+@pytest.fixture(scope="module")
+def world_example_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[Path, object]]:
+    """The examples that start 2-process worlds, each run once as a script."""
+    return _run_in_parallel(
+        [path for path in EXAMPLES if path.name in WORLD_EXAMPLES], tmp_path_factory
+    )
+
+
+def _check_run(script: Path, runs: dict[str, tuple[Path, object]]) -> None:
     reason = _skip_reason(script)
     if reason is not None:
         pytest.skip(reason)
-    folder, completed = example_runs[script.name]
+    folder, completed = runs[script.name]
     assert isinstance(completed, subprocess.CompletedProcess), f"{script.name} timed out"
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip()
     assert list(folder.iterdir()) == []  # leaves nothing behind
+
+
+ONE_PROCESS = [path for path in EXAMPLES if path.name not in WORLD_EXAMPLES]
+IN_WORLDS = [path for path in EXAMPLES if path.name in WORLD_EXAMPLES]
+
+
+@pytest.mark.parametrize("script", ONE_PROCESS, ids=[path.name for path in ONE_PROCESS])
+def test_example_runs(script: Path, example_runs: dict[str, tuple[Path, object]]):
+    _check_run(script, example_runs)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("script", IN_WORLDS, ids=[path.name for path in IN_WORLDS])
+def test_example_runs_in_a_world(script: Path, world_example_runs: dict[str, tuple[Path, object]]):
+    _check_run(script, world_example_runs)
+
+
+def test_the_world_examples_exist():
+    assert sorted(path.name for path in IN_WORLDS) == sorted(WORLD_EXAMPLES)
 
 
 def _code(script: Path) -> str:

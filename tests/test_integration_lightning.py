@@ -610,6 +610,7 @@ def assert_same_steps(first: dict[str, Any], second: dict[str, Any], reference: 
             torch.testing.assert_close(first["step_parameters"][step][name], value, **TOLERANCE)
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("kind", ["whole", "fsdp", *ZERO])
 def test_ranks_stay_equal_and_equal_one_process_through_every_transition(distributed, kind):
     reference = distributed["reference"]
@@ -619,6 +620,7 @@ def test_ranks_stay_equal_and_equal_one_process_through_every_transition(distrib
     assert_same_steps(first, second, reference)
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("kind", ["whole", "fsdp", *ZERO])
 def test_frozen_layers_never_move_under_every_engine(distributed, kind):
     initial = {k: v.detach() for k, v in workers.Regression().named_parameters()}
@@ -631,6 +633,7 @@ def test_frozen_layers_never_move_under_every_engine(distributed, kind):
             assert not torch.equal(steps[9][name], steps[6][name]), name
 
 
+@pytest.mark.distributed
 def test_ddp_follows_the_phases_without_unused_parameter_detection(distributed):
     for result in distributed["ranks"]:
         whole = result["whole"]
@@ -640,6 +643,7 @@ def test_ddp_follows_the_phases_without_unused_parameter_detection(distributed):
         assert whole["reducer_rebuilds"] == 4
 
 
+@pytest.mark.distributed
 def test_ddp_resumed_from_lightnings_checkpoint_equals_the_uninterrupted_run(distributed):
     for result in distributed["ranks"]:
         # stopped after 2 epochs, saved by rank 0, resumed on both: the same run
@@ -650,6 +654,7 @@ def test_ddp_resumed_from_lightnings_checkpoint_equals_the_uninterrupted_run(dis
         assert resumed["lrs"] == whole["lrs"]
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("kind", ZERO)
 def test_the_zero_groups_hold_the_trainable_parameters_at_their_groups_lr(distributed, kind):
     for result in distributed["ranks"]:
@@ -657,6 +662,7 @@ def test_the_zero_groups_hold_the_trainable_parameters_at_their_groups_lr(distri
         assert result[f"{kind}_resumed"]["zero_groups_follow"] == [True] * 4
 
 
+@pytest.mark.distributed
 def test_fsdp2_resumed_from_lightnings_checkpoint_equals_the_uninterrupted_run(distributed):
     for result in distributed["ranks"]:
         # saved by ModelCheckpoint at epoch 3's end, mid-"decay": the frozen head
@@ -671,6 +677,7 @@ def test_fsdp2_resumed_from_lightnings_checkpoint_equals_the_uninterrupted_run(d
                 assert torch.equal(value, whole["step_parameters"][6 + step][name]), (step, name)
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("kind", ZERO)
 def test_deepspeed_resumed_from_lightnings_checkpoint_equals_the_uninterrupted_run(
     distributed, kind
@@ -689,6 +696,7 @@ def test_deepspeed_resumed_from_lightnings_checkpoint_equals_the_uninterrupted_r
         assert "mentor_fn_curriculum.pt" in result[f"{kind}_files"]
 
 
+@pytest.mark.distributed
 def test_configurations_that_cannot_work_are_refused_naming_the_alternative(distributed):
     for result in distributed["ranks"]:
         assert "static_graph=True" in result["static_graph"]

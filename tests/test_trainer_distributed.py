@@ -37,6 +37,7 @@ ENGINES = ["whole", "fsdp", pytest.param("zero2", marks=needs_deepspeed)]
 ENGINES.append(pytest.param("zero3", marks=needs_deepspeed))
 
 pytestmark = [
+    pytest.mark.distributed,  # 2-process worlds: python -m pytest -m distributed
     pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason())),
     pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning"),
     pytest.mark.usefixtures("one_torch_thread"),
