@@ -170,6 +170,10 @@ def test_the_declared_torch_range_is_the_tested_one():
     assert "(`torch>=2.4,<2.15`)" in GETTING_STARTED.read_text()
     check = (ROOT / "tools" / "check_torch_versions.sh").read_text()
     assert "versions=(2.4.1)" in check
+    # CI runs the suite at both ends: the floor by default, the ceiling by name.
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "\n    bash tools/check_torch_versions.sh 2.14.1\n" in ci
+    assert "\nTORCH_VENVS=.ci bash tools/check_torch_versions.sh\n" in ci
 
 
 def test_the_readme_fits_on_a_few_screens():

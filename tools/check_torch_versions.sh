@@ -6,6 +6,8 @@
 #   bash tools/check_torch_versions.sh            # torch 2.4.1, the declared floor
 #   bash tools/check_torch_versions.sh 2.5.1 2.6.0
 #   PYTEST_ARGS="tests/test_distributed.py" bash tools/check_torch_versions.sh 2.6.0
+#   PYTHON=python3 EXTRAS=test WITH="torchvision==0.29.1 timm torch-mentor" \
+#       bash tools/check_torch_versions.sh 2.14.1   # the ceiling, as .ci/run runs it
 #
 # Each version gets .venv-torch-<version>/ (ignored by git; in $TORCH_VENVS if
 # set). A venv that already holds that torch is reused, so only the first run
@@ -14,12 +16,13 @@
 # NVIDIA libraries (about 2.8 GB for 2.4.1; pip's own cache keeps the wheels for
 # a venv made again). Nothing here needs a GPU: the CUDA build runs on the CPU.
 #
-# The venv gets the library, its testing kit and the demo's extra, pytest and
-# numpy (the test-core extra), with torch pinned by a constraint so that no
-# dependency can lift it. Lightning, transformers and accelerate are left out:
-# their current releases need a newer torch, and their test modules skip
-# without them (the adapters are tested on the torch of .ci/run). Tests of what
-# an old torch lacks skip with the reason; `-rs` lists them at the end.
+# The venv gets the library with the extra $EXTRAS (default test-core: its
+# testing kit, the demo's packages, pytest and numpy) and the packages $WITH
+# (default none), with torch pinned by a constraint so that no dependency can
+# lift it. By default Lightning, transformers, accelerate and DeepSpeed are
+# left out: their current releases need a newer torch than the floor, and their
+# test modules skip without them. Tests of what an old torch lacks skip with
+# the reason; `-rs` lists them at the end.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -36,6 +39,9 @@ oldest_python() {
     command -v python3
 }
 python=${PYTHON:-$(oldest_python)}
+extras=${EXTRAS:-test-core}
+# shellcheck disable=SC2206  # WITH is a list of requirements on purpose
+with=(${WITH:-})
 versions=("$@")
 if [ ${#versions[@]} -eq 0 ]; then
     versions=(2.4.1)
@@ -55,13 +61,15 @@ for version in "${versions[@]}"; do
         "$python" -m venv "$venv"
         constraint="$venv/torch-constraint.txt"
         echo "torch==$version" >"$constraint"
-        "$venv/bin/pip" install --quiet -c "$constraint" "torch==$version"
-        "$venv/bin/pip" install --quiet -c "$constraint" -e '.[test-core]'
+        "$venv/bin/pip" install --quiet -c "$constraint" "torch==$version" "${with[@]}"
     else
         echo "== reusing $venv (torch $version)"
-        # The project's own requirements may have changed since the venv was made.
-        "$venv/bin/pip" install --quiet -c "$venv/torch-constraint.txt" -e '.[test-core]'
+        if [ ${#with[@]} -gt 0 ]; then
+            "$venv/bin/pip" install --quiet -c "$venv/torch-constraint.txt" "${with[@]}"
+        fi
     fi
+    # The project's own requirements may have changed since the venv was made.
+    "$venv/bin/pip" install --quiet -c "$venv/torch-constraint.txt" -e ".[$extras]"
     echo "== $venv ready in $((SECONDS - started)) s; running the suite"
     started=$SECONDS
     # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words on purpose
