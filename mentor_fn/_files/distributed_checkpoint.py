@@ -13,11 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .._core.model_walk import walk_model
 from .._core.wrappers import unwrap_model
 from .._wrapper.curriculum import Curriculum
+from .._wrapper.optimizers import prime_optimizer_state
 from .checkpoint import CheckpointError
 from .mentee_file import (
     DistributedPlainPart,
@@ -108,42 +107,10 @@ def load_distributed_checkpoint(
     optimizer = curriculum.optimizer
     optimizer_tensors: dict[str, Any] = {}
     if optimizer is not None and state_keys:
-        _prime_state(optimizer, [parameters[name] for name in state_keys])
+        prime_optimizer_state(optimizer, [parameters[name] for name in state_keys])
         optimizer_tensors = {
             name: {key: optimizer.state[parameters[name]][key] for key in keys}
             for name, keys in state_keys.items()
         }
     dcp.load({"model": model.state_dict(), "optimizer": optimizer_tensors}, checkpoint_id=target)
     return dict(part.extra)
-
-
-def _prime_state(optimizer: torch.optim.Optimizer, parameters: list[torch.Tensor]) -> None:
-    """Allocate optimizer state for ``parameters`` with one step at lr 0 on zero grads.
-
-    The flags and lrs are restored afterwards; parameters do not move (lr 0,
-    zero gradients) and the primed values are overwritten by the load.
-    """
-    priming = {id(parameter) for parameter in parameters}
-    flags = []
-    for group in optimizer.param_groups:
-        for parameter in group["params"]:
-            flags.append((parameter, parameter.requires_grad, parameter.grad))
-            if id(parameter) in priming:
-                parameter.requires_grad_(True)
-                parameter.grad = torch.zeros_like(parameter)
-            else:
-                parameter.grad = None
-    learning_rates = [group["lr"] for group in optimizer.param_groups]
-    try:
-        for group in optimizer.param_groups:
-            group["lr"] = (
-                torch.zeros_like(group["lr"]) if isinstance(group["lr"], torch.Tensor) else 0.0
-            )
-        with torch.no_grad():
-            optimizer.step()
-    finally:
-        for group, learning_rate in zip(optimizer.param_groups, learning_rates, strict=True):
-            group["lr"] = learning_rate
-        for parameter, flag, grad in flags:
-            parameter.requires_grad_(flag)
-            parameter.grad = grad

@@ -24,6 +24,7 @@ __all__ = [
     "load_optimizer_state",
     "optimizer_on_one_group",
     "optimizer_state_by_name",
+    "prime_optimizer_state",
 ]
 
 
@@ -164,6 +165,44 @@ def load_optimizer_state(
             for key, value in values.items()
         }
     return optimizer
+
+
+def prime_optimizer_state(
+    optimizer: torch.optim.Optimizer, parameters: Sequence[torch.Tensor]
+) -> None:
+    """Give ``parameters`` the optimizer state a step would, without moving anything.
+
+    Loaders that write saved values into existing state in place (DCP, a
+    framework's sharded checkpoint) need that state to exist first. One step
+    at lr 0 on zero gradients, for ``parameters`` only (frozen ones included,
+    which is why their flags are set for it); flags, gradients and lrs are
+    restored afterwards, and no parameter moves.
+    """
+    priming = {id(parameter) for parameter in parameters}
+    if not priming:
+        return
+    flags = []
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            flags.append((parameter, parameter.requires_grad, parameter.grad))
+            if id(parameter) in priming:
+                parameter.requires_grad_(True)
+                parameter.grad = torch.zeros_like(parameter)
+            else:
+                parameter.grad = None
+    learning_rates = [group["lr"] for group in optimizer.param_groups]
+    try:
+        for group in optimizer.param_groups:
+            lr = group["lr"]
+            group["lr"] = torch.zeros_like(lr) if isinstance(lr, torch.Tensor) else 0.0
+        with torch.no_grad():
+            optimizer.step()
+    finally:
+        for group, lr in zip(optimizer.param_groups, learning_rates, strict=True):
+            group["lr"] = lr
+        for parameter, flag, grad in flags:
+            parameter.requires_grad_(flag)
+            parameter.grad = grad
 
 
 def _cast(value: Any, parameter: torch.Tensor, *, keep_as_is: bool) -> Any:

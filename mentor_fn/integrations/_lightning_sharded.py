@@ -36,6 +36,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from .. import CheckpointError, load_checkpoint, save_checkpoint
+from .._wrapper.optimizers import prime_optimizer_state
 from ._handles import LiveOptimizer
 
 __all__ = ["RUN_FILE", "CurriculumModelParallelStrategy"]
@@ -158,7 +159,7 @@ class CurriculumModelParallelStrategy(ModelParallelStrategy):
         keys: Mapping[str, list[str]] = saved["state_tensors"]
         optimizer = curriculum.optimizer
         assert optimizer is not None
-        _prime_state(optimizer, [parameters[name] for name in keys])
+        prime_optimizer_state(optimizer, [parameters[name] for name in keys])
         tensors = {
             name: {key: optimizer.state[parameters[name]][key] for key in names}
             for name, names in keys.items()
@@ -190,37 +191,3 @@ def _plain_run(handle: LiveOptimizer) -> dict[str, Any]:
         "run": {**run, "curriculum": curriculum},
         "state_tensors": keys,
     }
-
-
-def _prime_state(optimizer: torch.optim.Optimizer, parameters: list[torch.Tensor]) -> None:
-    """Give ``parameters`` optimizer state (DCP then loads the saved values into it in place).
-
-    One step at lr 0 on zero gradients, for these parameters only (frozen ones
-    included, which is why the flags are set for it); flags, gradients and
-    lrs are restored after, and no parameter moves.
-    """
-    priming = {id(parameter) for parameter in parameters}
-    if not priming:
-        return
-    flags = []
-    for group in optimizer.param_groups:
-        for parameter in group["params"]:
-            flags.append((parameter, parameter.requires_grad, parameter.grad))
-            if id(parameter) in priming:
-                parameter.requires_grad_(True)
-                parameter.grad = torch.zeros_like(parameter)
-            else:
-                parameter.grad = None
-    learning_rates = [group["lr"] for group in optimizer.param_groups]
-    try:
-        for group in optimizer.param_groups:
-            lr = group["lr"]
-            group["lr"] = torch.zeros_like(lr) if isinstance(lr, torch.Tensor) else 0.0
-        with torch.no_grad():
-            optimizer.step()
-    finally:
-        for group, lr in zip(optimizer.param_groups, learning_rates, strict=True):
-            group["lr"] = lr
-        for parameter, flag, grad in flags:
-            parameter.requires_grad_(flag)
-            parameter.grad = grad
