@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
+from ._forwarding import ForwardingOptimizer
 
 __all__ = ["EngineOptimizer"]
 
 
-class EngineOptimizer(torch.optim.Optimizer):
+class EngineOptimizer(ForwardingOptimizer):
     """The optimizer a DeepSpeed engine holds now (``engine.optimizer``), whichever object that is.
 
     ``param_groups``, ``state``, :meth:`step`, :meth:`zero_grad`,
@@ -34,30 +34,6 @@ class EngineOptimizer(torch.optim.Optimizer):
     def live(self) -> Any:
         """The engine's ZeRO optimizer right now."""
         return self._engine.optimizer
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.live.param_groups
-
-    @param_groups.setter
-    def param_groups(self, groups: list[dict[str, Any]]) -> None:
-        self.live.param_groups = groups
-
-    @property
-    def state(self) -> Any:
-        return self.live.state
-
-    @state.setter
-    def state(self, state: Any) -> None:
-        self.live.state = state
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return getattr(self.live, "defaults", {})
-
-    @defaults.setter
-    def defaults(self, defaults: dict[str, Any]) -> None:
-        self.live.defaults = defaults
 
     def step(self, *args: Any, **kwargs: Any) -> Any:
         return self.live.step(*args, **kwargs)

@@ -29,6 +29,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from .._wrapper.curriculum import Curriculum
 from .._wrapper.plan_execution import reference_index
+from ._forwarding import ForwardingOptimizer
 
 __all__ = ["LiveOptimizer", "LivePlateauScheduler", "LiveScheduler", "scheduler_handle"]
 
@@ -56,7 +57,7 @@ class CurriculumRun(Protocol):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None: ...
 
 
-class LiveOptimizer(torch.optim.Optimizer):
+class LiveOptimizer(ForwardingOptimizer):
     """The optimizer a :class:`~mentor_fn.Curriculum` holds now, whichever object that is.
 
     ``param_groups``, ``state``, ``defaults``, :meth:`step` and
@@ -97,30 +98,6 @@ class LiveOptimizer(torch.optim.Optimizer):
                 "the curriculum has no optimizer yet: the training run has not started"
             )
         return optimizer
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.live.param_groups
-
-    @param_groups.setter
-    def param_groups(self, groups: list[dict[str, Any]]) -> None:
-        self.live.param_groups = groups
-
-    @property
-    def state(self) -> Any:
-        return self.live.state
-
-    @state.setter
-    def state(self, state: Any) -> None:
-        self.live.state = state
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return self.live.defaults
-
-    @defaults.setter
-    def defaults(self, defaults: dict[str, Any]) -> None:
-        self.live.defaults = defaults
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Step the live optimizer (with the handle's step hooks around it).
