@@ -2,7 +2,7 @@
 
 Usage, from anywhere (the venv with the demo's extra active)::
 
-    python tools/update_demo_docs.py               # everything (about two and a half minutes)
+    python tools/update_demo_docs.py               # everything (about a minute and a half)
     python tools/update_demo_docs.py --skip-seeds  # the default run and the figure only
 
 1. ``python -m mentor_fn demo`` runs in the repository root: its output
