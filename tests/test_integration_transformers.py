@@ -21,12 +21,11 @@ import pytest
 import torch
 from torch import nn
 from torch.optim import lr_scheduler
-from torch.utils.data import Dataset
 
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from framework_runs import assert_same_run
+from framework_runs import Tokens, assert_same_run
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -62,25 +61,6 @@ def _quiet(one_torch_thread):
     transformers_logging.disable_progress_bar()
     yield
     transformers_logging.enable_progress_bar()
-
-
-class Tokens(Dataset):
-    """Random token sequences; the label says whether the first token is in the top half."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(0, 50, (size, 8), generator=generator)
-        self.labels = (self.ids[:, 0] >= 25).long()
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {
-            "input_ids": self.ids[index],
-            "attention_mask": torch.ones(8, dtype=torch.long),
-            "labels": self.labels[index],
-        }
 
 
 def tiny_bert() -> BertForSequenceClassification:

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 warnings.filterwarnings("ignore", category=UserWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 from distributed_harness import WORLD_SIZE, on_cuda  # noqa: E402
+from framework_runs import Tokens  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
     BertForSequenceClassification,
@@ -48,25 +48,6 @@ PER_DEVICE = 8
 SAMPLES = 48  # 3 optimizer steps per epoch
 EPOCHS = 4
 STEPS = 40  # the linear schedule's length: longer than any run here
-
-
-class Tokens(Dataset):
-    """Random token sequences; the label says whether the first token is in the top half."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(0, 50, (size, 8), generator=generator)
-        self.labels = (self.ids[:, 0] >= 25).long()
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {
-            "input_ids": self.ids[index],
-            "attention_mask": torch.ones(8, dtype=torch.long),
-            "labels": self.labels[index],
-        }
 
 
 def bert_config() -> BertConfig:
